@@ -1,0 +1,255 @@
+"""What every dataset shares: the `Sample` record, image/mask loading, transforms, the validation split and
+the `AnomalyDataModule` base class that the trainer talks to.
+
+A dataset subclass only implements `list_samples()` (a pure listing of files with labels); everything else —
+splitting, loading, resizing, batching — lives here so all datasets behave identically.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from ad.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image on disk. `label` 0 = normal, 1 = anomalous; `mask_path` None = no pixel annotation."""
+
+    path: str
+    label: int
+    defect_type: str = "good"
+    mask_path: Optional[str] = None
+    split: str = "test"  # "train" | "test" (validation is carved out of train by the data module)
+
+
+def list_images(folder: Path) -> List[Path]:
+    """Image files of a folder, sorted by name (deterministic order across file systems)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB (grey-scale and palette images become 3-channel)."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc.__class__.__name__}; replace or remove the file") from None
+
+
+def load_mask(path: str | Path, image_size: tuple[int, int]) -> Image.Image:
+    """Open a mask as a binary 'L' image (any non-zero pixel is a defect), checking it matches its image."""
+    try:
+        with Image.open(path) as im:
+            mask = im.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read mask {path}: {exc.__class__.__name__}; replace or remove the file") from None
+    if mask.size != image_size:
+        raise DataError(
+            f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {image_size[0]}x{image_size[1]}; "
+            "masks must have the size of their image"
+        )
+    return mask.point(lambda v: 255 if v > 0 else 0)
+
+
+class ImageTransform:
+    """Resize (+ optional centre crop) an image and its mask together; masks use nearest interpolation.
+
+    Output image is float [3,H,W] in [0,1]. Per-backbone normalisation is applied by the model, so a saved
+    model scores raw images without needing the data config.
+    """
+
+    def __init__(self, image_size: int | Sequence[int] = 256, center_crop: int | Sequence[int] | None = None):
+        self.image_size = _pair(image_size)
+        self.center_crop = _pair(center_crop) if center_crop else None
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.center_crop or self.image_size
+
+    def __call__(self, image: Image.Image, mask: Optional[Image.Image] = None):
+        h, w = self.image_size
+        image = image.resize((w, h), Image.BILINEAR)
+        if mask is not None:
+            mask = mask.resize((w, h), Image.NEAREST)
+        if self.center_crop:
+            image = _center_crop(image, self.center_crop)
+            mask = _center_crop(mask, self.center_crop) if mask is not None else None
+        img = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        if mask is None:
+            m = torch.zeros(img.shape[1:], dtype=torch.float32)
+        else:
+            m = torch.from_numpy((np.asarray(mask) > 0).astype(np.float32))
+        return img, m
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or (height, width), got {v}")
+    return v  # type: ignore[return-value]
+
+
+def _center_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    h, w = size
+    left = (im.width - w) // 2
+    top = (im.height - h) // 2
+    return im.crop((left, top, left + w, top + h))
+
+
+class SampleDataset(Dataset):
+    """Torch dataset over `Sample`s. Items are dicts: image [3,H,W] in [0,1], mask [H,W] in {0,1}, label,
+    path, defect_type, has_mask."""
+
+    def __init__(self, samples: Sequence[Sample], transform: ImageTransform):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Dict:
+        s = self.samples[i]
+        image = load_image(s.path)
+        mask = load_mask(s.mask_path, image.size) if s.mask_path else None
+        img, m = self.transform(image, mask)
+        return {
+            "image": img,
+            "mask": m,
+            "label": s.label,
+            "path": s.path,
+            "defect_type": s.defect_type,
+            "has_mask": s.mask_path is not None,
+        }
+
+
+def split_validation(train: Sequence[Sample], fraction: float, seed: int) -> tuple[List[Sample], List[Sample]]:
+    """Hold out `fraction` of the train normals (at least one when fraction > 0) for thresholds,
+    normalisation and early stopping. Test images are never used for that."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"dataset.val_fraction={fraction} must be in [0, 1)")
+    train = list(train)
+    n_val = int(round(len(train) * fraction))
+    if fraction > 0 and len(train) > 1:
+        n_val = max(1, n_val)
+    n_val = min(n_val, len(train) - 1)
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    val = [s for i, s in enumerate(train) if i in val_idx]
+    rest = [s for i, s in enumerate(train) if i not in val_idx]
+    return rest, val
+
+
+class AnomalyDataModule:
+    """Base class of every dataset. Subclasses implement `list_samples()` returning all train and test
+    `Sample`s; this class checks them, carves the validation split and builds loaders."""
+
+    name: str = "base"
+
+    def __init__(
+        self,
+        root: str,
+        category: str,
+        image_size: int | Sequence[int] = 256,
+        center_crop: int | Sequence[int] | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.category = str(category)
+        self.transform = ImageTransform(image_size, center_crop)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self._splits: Optional[Dict[str, List[Sample]]] = None
+
+    # --- to implement -------------------------------------------------------------------------------------
+    def list_samples(self) -> List[Sample]:
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------------------
+    def setup(self) -> "AnomalyDataModule":
+        if self._splits is not None:
+            return self
+        samples = self.list_samples()
+        train = [s for s in samples if s.split == "train"]
+        test = [s for s in samples if s.split == "test"]
+        if not train:
+            raise DataError(f"no training images found for {self.name} category '{self.category}' under {self.root}")
+        if any(s.label != 0 for s in train):
+            raise DataError(f"{self.name} '{self.category}': training split contains anomalous images")
+        if not test:
+            raise DataError(f"no test images found for {self.name} category '{self.category}' under {self.root}")
+        train, val = split_validation(train, self.val_fraction, self.seed)
+        self._splits = {"train": train, "val": val, "test": test}
+        anomalous = [s for s in test if s.label == 1]
+        if anomalous and not any(s.mask_path for s in anomalous):
+            log.warning(
+                "%s '%s' has no ground-truth masks under %s: pixel metrics will be reported as unavailable",
+                self.name, self.category, self.root,
+            )
+        return self
+
+    def samples(self, split: str) -> List[Sample]:
+        self.setup()
+        assert self._splits is not None
+        return self._splits[split]
+
+    @property
+    def has_masks(self) -> bool:
+        """True when every anomalous test image has a mask (pixel metrics are then meaningful)."""
+        anomalous = [s for s in self.samples("test") if s.label == 1]
+        return bool(anomalous) and all(s.mask_path for s in anomalous)
+
+    def dataset(self, split: str, limit: Optional[int] = None) -> SampleDataset:
+        samples = self.samples(split)
+        if limit is not None and limit < len(samples):
+            samples = _stratified_head(samples, limit)
+        return SampleDataset(samples, self.transform)
+
+    def dataloader(
+        self, split: str, batch_size: int, shuffle: bool = False, num_workers: int = 0,
+        limit: Optional[int] = None, generator: Optional[torch.Generator] = None, drop_last: bool = False,
+    ) -> DataLoader:
+        ds = self.dataset(split, limit)
+        return DataLoader(
+            ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator,
+            drop_last=drop_last and len(ds) > batch_size, collate_fn=collate,
+            persistent_workers=False,
+        )
+
+
+def _stratified_head(samples: List[Sample], limit: int) -> List[Sample]:
+    """First `limit` samples keeping both classes when present (for smoke runs on a few images)."""
+    normal = [s for s in samples if s.label == 0]
+    anomalous = [s for s in samples if s.label == 1]
+    if not normal or not anomalous:
+        return samples[:limit]
+    n_anom = max(1, limit // 2)
+    n_norm = max(1, limit - n_anom)
+    return normal[:n_norm] + anomalous[:n_anom]
+
+
+def collate(items: List[Dict]) -> Dict:
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": torch.stack([it["mask"] for it in items]),
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "path": [it["path"] for it in items],
+        "defect_type": [it["defect_type"] for it in items],
+        "has_mask": torch.tensor([it["has_mask"] for it in items], dtype=torch.bool),
+    }

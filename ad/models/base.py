@@ -1,0 +1,80 @@
+"""The contract between a model and the trainer.
+
+A model is a plain `nn.Module` with explicit keyword arguments. It *declares* what it needs and the trainer
+never asks which model it is running:
+
+- `configure_optimizers()` → an `OptimizerSpec` for gradient-trained models, or None for models that only
+  collect statistics (PatchCore, PaDiM...). Without an optimizer the trainer runs `training_step` under
+  `torch.no_grad()` for `default_max_epochs` passes (1 for memory models) and never back-propagates.
+- `training_step(batch)` → loss tensor (trained models) or None (memory models collect features here).
+- `validation_step(batch)` → validation loss on held-out *normal* images, or None when the model has none
+  (then early stopping is off for it).
+- `on_fit_end(val_loader)` → finalise after the last epoch (coreset, Gaussian fit, map-normalisation
+  quantiles on validation normals...).
+- `predict(images)` → `Prediction(scores [B], maps [B,H,W])` at input resolution. `images` are float
+  [B,3,H,W] in [0,1]; a model applies its own backbone normalisation.
+
+All fitted state lives in parameters or buffers, so `state_dict()` round-trips the whole fitted model. Buffers
+whose size is only known after fitting (memory banks) are resized on load by `_load_from_state_dict`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Prediction:
+    scores: torch.Tensor  # [B] image anomaly scores, higher = more anomalous
+    maps: torch.Tensor  # [B,H,W] pixel anomaly maps at input resolution
+
+
+@dataclass
+class OptimizerSpec:
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[Any] = None  # a torch LR scheduler
+    scheduler_interval: str = "epoch"  # "epoch" | "step"
+
+
+class AnomalyModel(nn.Module):
+    #: epochs the trainer runs when `trainer.max_epochs` is null
+    default_max_epochs: int = 1
+    #: optimisation steps cap when `trainer.max_steps` is null (None = no cap)
+    default_max_steps: Optional[int] = None
+    #: train batch size the model needs (None = the trainer's `batch_size`)
+    train_batch_size: Optional[int] = None
+    #: shuffle training images (memory models don't care; trained models do)
+    shuffle_train: bool = True
+    #: name of the backbone for reporting (None for backbone-free models)
+    backbone_name: Optional[str] = None
+
+    def configure_optimizers(self) -> Optional[OptimizerSpec]:
+        return None
+
+    def training_step(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
+        raise NotImplementedError
+
+    def validation_step(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
+        return None
+
+    def on_fit_start(self) -> None:
+        """Called once before the first epoch (e.g. reset a memory bank)."""
+
+    def on_fit_end(self, val_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
+        """Called once after training; `val_loader` yields the validation normals."""
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        raise NotImplementedError
+
+    # Memory banks and other fitted tensors change size when fitted: accept the saved shape on load.
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        for name, buf in list(self._buffers.items()):
+            key = prefix + name
+            if key in state_dict and buf is not None and buf.shape != state_dict[key].shape:
+                self._buffers[name] = torch.empty_like(state_dict[key], device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
