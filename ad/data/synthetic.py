@@ -318,6 +318,15 @@ def render_normal(category: str, size: int, seed: int, split: str, index: int) -
 
 def render_defect(category: str, defect: str, size: int, seed: int, index: int) -> Tuple[Array, Array]:
     """One defective uint8 image [size,size,3] and its boolean mask: the pixels the defect touched."""
+    image, mask, _ = render_defect_with_clean(category, defect, size, seed, index)
+    return image, mask
+
+
+def render_defect_with_clean(
+    category: str, defect: str, size: int, seed: int, index: int
+) -> Tuple[Array, Array, Array]:
+    """(defective image, mask, the same image before the defect was applied): lets tests check that exactly
+    the masked pixels changed."""
     rng = _rng(seed, category, "test_defect", defect, index)
     img, region = _RENDERERS[category](rng, size)
     min_area = max(3, int(2e-4 * size * size))
@@ -329,7 +338,7 @@ def render_defect(category: str, defect: str, size: int, seed: int, index: int) 
         if np.count_nonzero(alpha) >= min_area:
             break
     out = img * (1 - alpha[..., None]) + np.asarray(target, dtype=np.float32) * alpha[..., None]
-    return _to_uint8(out), alpha > 0
+    return _to_uint8(out), alpha > 0, _to_uint8(img)
 
 
 # --------------------------------------------------------------------------------------------------------------
