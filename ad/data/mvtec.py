@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-from ad.data._base import IMAGE_EXTENSIONS, AnomalyDataModule, Sample, list_images
+from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_index, require_dir
 from ad.errors import DataError
 from ad.registry import register_dataset
 
@@ -15,33 +15,13 @@ MVTEC_CATEGORIES = (
 )
 
 
-def check_root(root: Path, what: str, expected: str, key: str = "dataset.root") -> None:
-    """One-line error for a missing or non-directory root, saying what layout belongs there."""
-    if not root.exists():
-        raise DataError(f"{what} root {root} does not exist; put the data there or set {key}=<dir> ({expected})")
-    if not root.is_dir():
-        raise DataError(f"{what} root {root} is not a directory; set {key}=<dir> ({expected})")
-
-
 def mvtec_categories(root: Path) -> List[str]:
     """Category folders under an MVTec-layout root (those with a `train/` folder)."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "train").is_dir())
-
-
-def _mask_index(folder: Path) -> Dict[str, Path]:
-    """stem -> mask file of a ground-truth folder; `000_mask.png` and `000.png` both map to stem `000`."""
-    index: Dict[str, Path] = {}
-    if not folder.is_dir():
-        return index
-    for p in folder.iterdir():
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-            stem = p.stem[: -len("_mask")] if p.stem.endswith("_mask") else p.stem
-            # Prefer the official `_mask` name if both forms exist.
-            if stem not in index or p.stem.endswith("_mask"):
-                index[stem] = p
-    return index
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "train").is_dir()
+    )
 
 
 def list_mvtec(root: str | Path, category: str, dataset_name: str = "MVTec AD") -> List[Sample]:
@@ -64,11 +44,9 @@ def list_mvtec(root: str | Path, category: str, dataset_name: str = "MVTec AD") 
             )
         raise DataError(f"{root} has no {dataset_name} category folders: {layout} (e.g. {cat_dir}/train/good)")
     train_dir = cat_dir / "train" / "good"
-    if not train_dir.is_dir():
-        raise DataError(f"expected folder {train_dir} is missing ({layout})")
+    require_dir(train_dir, layout)
     test_dir = cat_dir / "test"
-    if not test_dir.is_dir():
-        raise DataError(f"expected folder {test_dir} is missing ({layout})")
+    require_dir(test_dir, layout)
 
     train = [Sample(str(p), 0, "good", None, "train") for p in list_images(train_dir)]
     if not train:
@@ -80,7 +58,7 @@ def list_mvtec(root: str | Path, category: str, dataset_name: str = "MVTec AD") 
         if defect == "good":
             test += [Sample(str(p), 0, "good", None, "test") for p in list_images(defect_dir)]
             continue
-        masks = _mask_index(cat_dir / "ground_truth" / defect)
+        masks = mask_index(cat_dir / "ground_truth" / defect)
         for p in list_images(defect_dir):
             m: Optional[Path] = masks.get(p.stem)
             test.append(Sample(str(p), 1, defect, str(m) if m else None, "test"))
