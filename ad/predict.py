@@ -72,7 +72,7 @@ def predict_paths(model, meta: Dict[str, Any], paths: List[Path], batch_size: in
     return {
         "scores": scores_,
         "normalized": metrics.normalize(scores_, meta["normalization"]),
-        "maps": metrics.normalize(np.concatenate(maps), meta["pixel_normalization"]),
+        "maps": metrics.normalize(np.concatenate(maps), meta["pixel_normalization"]) if meta.get("pixel_normalization") else np.concatenate(maps),
         "images": np.concatenate(images),
     }
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_overlays = args.get("overlays", "true").lower() in ("1", "true", "yes")
         for i, p in enumerate(paths):
             row = {"path": str(p), "score": float(res["scores"][i]), "normalized_score": float(res["normalized"][i]),
-                   "is_anomalous": bool(res["scores"][i] > threshold)}
+                   "is_anomalous": bool(res["scores"][i] >= threshold)}
             if write_overlays:
                 name = f"{i:05d}_{p.stem}.png"
                 Image.fromarray(overlay(res["images"][i], res["maps"][i])).save(out / name)

@@ -107,12 +107,16 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
         val = trainer.predict(model, trainer.val_loader(data), desc="scoring validation normals")
         if len(val.scores) == 0:
             raise ADError("no validation images: set dataset.val_fraction > 0 so thresholds can be fitted on held-out normals")
-        image_threshold = metrics.fit_threshold(val.scores, method=ev.threshold, k=ev.k, quantile=ev.quantile)
-        pixel_threshold = metrics.fit_pixel_threshold(val.maps, method=ev.threshold, k=ev.k, quantile=ev.quantile)
-        normalization = metrics.fit_normalization(val.scores, image_threshold)
-        pixel_normalization = metrics.fit_normalization(val.maps, pixel_threshold)
+        cal = metrics.fit_calibration(val.scores, val.maps, method=ev.threshold, k=ev.k, quantile=ev.quantile, pool=ev.pixel_pool)
+        if cal["image_threshold"] is None:
+            raise ADError("cannot fit a threshold on the validation normals (" + "; ".join(cal["notes"])
+                          + "); raise dataset.val_fraction or check the model's scores")
+        image_threshold, pixel_threshold = cal["image_threshold"], cal["pixel_threshold"]
+        normalization, pixel_normalization = cal["image_normalization"], cal["pixel_normalization"]
         results["thresholds"] = {"image": image_threshold, "pixel": pixel_threshold, "method": ev.threshold,
-                                 "k": ev.k, "quantile": ev.quantile, "fitted_on": "validation normals"}
+                                 "k": ev.k, "quantile": ev.quantile, "pixel_pool": ev.pixel_pool,
+                                 "fitted_on": f"{cal['n_val']} validation normals"}
+        results["notes"] += cal["notes"]
 
         test = trainer.predict(model, data.dataloader("test", trainer.eval_batch_size, limit=trainer.limit_test,
                                                       num_workers=trainer.num_workers), desc="scoring test images")
@@ -123,6 +127,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
             test.labels, test.scores, test.defect_types,
             masks=test.masks if use_pixels else None, maps=test.maps if use_pixels else None,
             image_threshold=image_threshold, pixel_threshold=pixel_threshold, max_fpr=ev.aupro_max_fpr,
+            has_mask=test.has_mask if use_pixels else None,
         )
         results["image"], results["pixel"], results["per_defect"] = scored["image"], scored["pixel"], scored["per_defect"]
         results["image"]["threshold"] = image_threshold
@@ -147,7 +152,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
         normalized = metrics.normalize(test.scores, normalization)
         rows = [
             {"path": p, "defect_type": d, "label": int(l), "score": float(s), "normalized_score": float(n),
-             "is_anomalous": bool(s > image_threshold)}
+             "is_anomalous": bool(s >= image_threshold)}
             for p, d, l, s, n in zip(test.paths, test.defect_types, test.labels, test.scores, normalized)
         ]
         write_predictions_csv(run_dir / "predictions.csv", rows,
@@ -175,7 +180,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
 
         picks = pick_visualizations(test.labels, test.scores, trainer.num_visualizations)
         test_ds = data.dataset("test", trainer.limit_test)
-        vis = [{"image": test_ds[i]["image"].numpy(), "map": metrics.normalize(test.maps[i], pixel_normalization),
+        shown = pixel_normalization or {"min": float(test.maps.min()), "threshold": float(test.maps.mean() + 1e-12)}
+        vis = [{"image": test_ds[i]["image"].numpy(), "map": metrics.normalize(test.maps[i], shown),
                 "mask": test.masks[i] if test.has_mask[i] else None, "caption": f"{Path(test.paths[i]).name} {cap}"}
                for i, cap in picks]
         hparams = {"model": results["model"], "dataset": results["dataset"], "category": results["category"],

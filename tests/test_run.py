@@ -75,10 +75,10 @@ def test_predictions_csv_matches_metrics(memory_run):
     scores = [float(r["score"]) for r in rows]
     assert roc_auc_score(labels, scores) == pytest.approx(res["image"]["auroc"], abs=1e-6)
     thr = res["thresholds"]["image"]
-    assert all((float(r["score"]) > thr) == bool(int(r["is_anomalous"])) for r in rows)
+    assert all((float(r["score"]) >= thr) == bool(int(r["is_anomalous"])) for r in rows)
     # normalisation maps the validation threshold to 0.5
     for r in rows:
-        assert (float(r["normalized_score"]) > 0.5) == (float(r["score"]) > thr)
+        assert (float(r["normalized_score"]) >= 0.5) == (float(r["score"]) >= thr)
 
 
 def test_tensorboard_events_hold_scalars_images_histograms_hparams(memory_run):
