@@ -332,7 +332,8 @@ class Trainer:
             maps.append(out.maps.float().cpu().numpy())
             labels.append(batch["label"].numpy())
             masks.append(batch["mask"].numpy().astype(np.uint8))
-            has_mask.append(batch["has_mask"].numpy())
+            # A normal image's mask is known to be empty even when no mask file exists for it.
+            has_mask.append(batch["has_mask"].numpy() | (batch["label"].numpy() == 0))
             paths += batch["path"]
             defects += batch["defect_type"]
         return PredictionSet(
