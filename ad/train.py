@@ -220,7 +220,8 @@ def format_summary(results: Dict[str, Any], run_dir: Path) -> str:
         lines.append(f"time     fit {t['fit_s']:.1f} s, predict {t['ms_per_image']:.1f} ms/image, "
                      f"peak RSS {results['memory']['peak_rss_mb']:.0f} MB")
     lines.append(f"outputs  {run_dir}")
-    lines.append(f"tensorboard --logdir {run_dir / 'tb'}")
+    if (run_dir / "tb").is_dir():
+        lines.append(f"tensorboard --logdir {run_dir / 'tb'}")
     return "\n".join(lines)
 
 
