@@ -7,8 +7,9 @@ Masks hold non-binary label ids: any non-zero pixel is a defect (handled by `loa
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root
 from ad.errors import DataError
@@ -26,6 +27,17 @@ _LAYOUT = "expected <root>/split_csv/1cls.csv and <root>/<category>/Data/Images/
 def read_visa_split(csv_path: str | Path) -> List[Dict[str, str]]:
     """Rows of an official VisA split file, validated (columns, split and label values), in file order."""
     csv_path = Path(csv_path)
+    try:
+        st = csv_path.stat()
+    except OSError:
+        raise DataError(f"VisA split file {csv_path} not found; copy split_csv/1cls.csv of the VisA release there") from None
+    # A sweep over the 12 objects reads the same 10k-row file each time: parse it once per content version.
+    return [dict(r) for r in _read_split_cached(str(csv_path), st.st_mtime_ns, st.st_size)]
+
+
+@functools.lru_cache(maxsize=8)
+def _read_split_cached(path: str, _mtime_ns: int, _size: int) -> Tuple[Dict[str, str], ...]:
+    csv_path = Path(path)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -51,7 +63,7 @@ def read_visa_split(csv_path: str | Path) -> List[Dict[str, str]]:
                 rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read VisA split file {csv_path} ({exc.__class__.__name__}); replace it") from None
-    return rows
+    return tuple(rows)
 
 
 def list_visa(
