@@ -865,8 +865,9 @@ def plot_heatmap(table: Table, out_dir: Path, metric: str = HEATMAP_METRIC) -> O
     vmax = float(finite.max()) if finite.size else 1.0
     if is_fraction(metric):
         vmin, vmax = min(vmin, 50.0), 100.0
-    cmap = __import__("matplotlib").colormaps["viridis"].copy()
-    cmap.set_bad("#dddddd")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
     for (i, k), c in cells.items():
         if c.mean is not None:
