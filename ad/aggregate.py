@@ -360,6 +360,12 @@ class Table:
     def cell(self, row: Tuple[str, str], col: Column, metric: str) -> Cell:
         return self.cells.get((row, col.key, metric)) or Cell()
 
+    def has_jobs(self, rows: Sequence[Tuple[str, str]], col: Column) -> bool:
+        """Whether the column ran anything in these rows (paper numbers are only shown next to own runs)."""
+        m = self.metrics[0]
+        return any((c := self.cells.get((r, col.key, m))) is not None and (c.n + c.n_failed + c.n_missing + c.n_na)
+                   for r in rows)
+
     def problems(self) -> List[Job]:
         return [j for j in self.jobs if j.status != "ok"]
 
@@ -532,7 +538,9 @@ def _value_columns(table: Table) -> List[_Col]:
         for m in table.metrics:
             out.append(_Col(col, m))
             for ref in col.references:
-                if ref.has(m):
+                # a paper column only where the paper reports this metric on a dataset this column ran on
+                if any(m in ref.results.get(ds, {}) and table.has_jobs([r for r in table.rows if r[0] == ds], col)
+                       for ds in table.datasets):
                     out.append(_Col(col, m, ref))
     return out
 
@@ -546,11 +554,15 @@ def table_rows(table: Table, pm: str = "±") -> Tuple[List[Tuple[str, List[str],
 
     def ref_category(vc: _Col, row: Tuple[str, str]) -> str:
         assert vc.ref is not None
+        if not table.has_jobs([row], vc.column):
+            return ""
         return fmt_number(vc.metric, vc.ref.value(row[0], vc.metric, row[1]))
 
     def ref_mean(vc: _Col, rows: Sequence[Tuple[str, str]], dataset: Optional[str]) -> str:
         nonlocal published_used
         assert vc.ref is not None
+        if not table.has_jobs(rows, vc.column):
+            return ""
         v, published = table.reference_mean(rows, vc.column, vc.ref, vc.metric, dataset)
         if v is None:
             return ""
@@ -611,7 +623,7 @@ def render_markdown(table: Table, sources: Sequence[Path] = (), plots: Sequence[
     if published_used:
         out.write("`*`: the paper's mean over its full category set (the sweep covers categories the paper "
                   "does not list per category).\n")
-    refs = {r.name: r for c in table.columns for r in c.references}
+    refs = {vc.ref.name: vc.ref for vc in vcols if vc.ref is not None}
     if refs:
         out.write("\n## Published numbers\n\n")
         for r in refs.values():
@@ -657,7 +669,8 @@ def write_results_csv(table: Table, path: Path) -> None:
                 line: List[str] = [r[0], r[1]]
                 for vc in vcols:
                     if vc.ref is not None:
-                        line.append(num(vc.ref.value(r[0], vc.metric, r[1])))
+                        shown = table.has_jobs([r], vc.column)
+                        line.append(num(vc.ref.value(r[0], vc.metric, r[1]) if shown else None))
                     else:
                         c = table.cell(r, vc.column, vc.metric)
                         line += [num(c.mean), num(c.std), str(c.n), str(c.n_failed + c.n_missing)]
@@ -671,7 +684,8 @@ def _csv_mean_line(table: Table, vcols: List[_Col], rows, head: List[str], datas
     line = list(head)
     for vc in vcols:
         if vc.ref is not None:
-            line.append(num(table.reference_mean(rows, vc.column, vc.ref, vc.metric, dataset)[0]))
+            shown = table.has_jobs(rows, vc.column)
+            line.append(num(table.reference_mean(rows, vc.column, vc.ref, vc.metric, dataset)[0] if shown else None))
         else:
             mc = table.mean_cell(rows, vc.column, vc.metric)
             line += [num(mc.mean), num(mc.std), str(mc.n), str(mc.total - mc.n)]
@@ -993,7 +1007,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ad-aggregate: {e}", file=sys.stderr)
         return 2
     if not args.quiet:
-        print(res["markdown"])
+        try:
+            print(res["markdown"])
+            sys.stdout.flush()
+        except BrokenPipeError:  # `ad-aggregate ... | head`: the files are written, stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     out_dir = res["paths"]["md"].parent
     print(f"ad-aggregate: wrote {', '.join(sorted(p.name for p in res['paths'].values()))} to {out_dir}",
           file=sys.stderr)
