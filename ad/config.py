@@ -51,8 +51,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ad_threads", threads_per_job)
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose the real configs outside a Hydra app (tests, notebooks), with `hydra:` resolvers available."""
+def compose(overrides: Sequence[str] = (), config_name: str = "config", output_dir: str | None = None) -> DictConfig:
+    """Compose the real configs outside a Hydra app (tests, notebooks), with `hydra:` resolvers available.
+    `output_dir` plays the run directory (`${hydra:runtime.output_dir}`)."""
     from hydra import compose as _compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -62,6 +63,11 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = _compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    if output_dir is not None:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve outside an app
     return cfg
 
