@@ -7,43 +7,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of [B,H,W] maps (kernel radius 4σ, reflect padding)."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, int(4.0 * sigma + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    out = maps.unsqueeze(1)
-    h, w = out.shape[-2:]
-    # reflect padding needs pad < size; tiny maps fall back to replicate
-    mode = "reflect" if radius < min(h, w) else "replicate"
-    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode=mode), k.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), k.view(1, 1, -1, 1))
-    return out.squeeze(1)
+from ad.models._maps import gaussian_blur2d, upsample_to
 
 
 def upsample_maps(maps: torch.Tensor, size: Tuple[int, int], sigma: float = 0.0) -> torch.Tensor:
     """[B,h,w] patch-grid scores -> [B,H,W] at input resolution (bilinear), optionally Gaussian-smoothed."""
-    out = F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
-    return gaussian_blur(out, sigma)
+    return gaussian_blur2d(upsample_to(maps, size), sigma)
 
 
 def aligned_features(
-    features: Sequence[torch.Tensor], pool: int = 0, size: Optional[Tuple[int, int]] = None
+    features: Sequence[torch.Tensor], pool: int = 0, size: Optional[Tuple[int, int]] = None, mode: str = "bilinear"
 ) -> List[torch.Tensor]:
     """Optionally neighbourhood-average each layer (PatchCore's locally aware patches: mean over a pool×pool
-    window, stride 1, zero padding counted as in the paper's implementation) and resize every layer
-    bilinearly to `size` (default: the first, finest layer's grid)."""
+    window, stride 1, zero padding counted as in the paper's implementation) and resize every layer to `size`
+    (default: the first, finest layer's grid) with `mode` ("bilinear" or "nearest")."""
     size = tuple(size) if size is not None else tuple(features[0].shape[-2:])
     out = []
     for f in features:
         if pool and pool > 1:
             f = F.avg_pool2d(f, kernel_size=pool, stride=1, padding=pool // 2)
         if tuple(f.shape[-2:]) != size:
-            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            f = F.interpolate(f, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
         out.append(f)
     return out
 
@@ -112,7 +96,6 @@ def log_det_from_cholesky(chol: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "FlatL2Index",
     "aligned_features",
-    "gaussian_blur",
     "log_det_from_cholesky",
     "pairwise_sq_dists",
     "seeded_channel_subset",
