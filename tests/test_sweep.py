@@ -107,7 +107,7 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                AD_ROOT=str(tmp_path), CI="1", HYDRA_FULL_ERROR="0")
     multirun = tmp_path / "multirun"
-    tiny = ["trainer=smoke", "backbone.pretrained=false", "dataset.num_train=12", "dataset.num_test_good=4",
+    tiny = ["trainer=smoke", "backbone.pretrained=false", "dataset.num_train=12", "dataset.val_fraction=0.25", "dataset.num_test_good=4",
             "dataset.num_test_defect=2", "dataset.generated_size=64"]
     good = _run(["-m", "model=patchcore,padim", "category=syn_disc,syn_tiles", "launcher=joblib",
                  "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={multirun / 'good'}", *tiny], env)
