@@ -87,7 +87,7 @@ def evaluate(
     def _image_curve() -> Dict[str, Any]:
         check_finite(s, "image scores")
         require_both_classes(y, "image metrics")
-        rc = RankCounts(s[y], s[~y])
+        rc = RankCounts(s, y)
         best = rc.f1_max()
         return {"auroc": rc.auroc(), "ap": rc.average_precision(), "f1_max": best["f1"],
                 "f1_max_threshold": best["threshold"]}
