@@ -96,7 +96,7 @@ def test_non_finite_scores_null_only_the_affected_level():
     s[3] = np.nan
     r = M.evaluate(y, s, types, masks, maps, image_threshold=0.5)
     assert r["image"]["auroc"] is None and r["image"]["precision"] is None and r["per_defect"] is None
-    assert "NaN" in " ".join(r["notes"])
+    assert "NaN" in " ".join(r["notes"]) and len(r["notes"]) == len(set(r["notes"]))
     assert r["pixel"]["auroc"] is not None
     maps = maps.copy()
     maps[0, 0, 0] = np.inf
@@ -116,6 +116,8 @@ def test_has_mask_excludes_unannotated_images():
     assert any("3 images without a pixel annotation" in n for n in r["notes"])
     r = M.evaluate(y, s, types, unannotated, maps)  # without has_mask: counted as defect-free, and said so
     assert any("3 anomalous images have empty masks" in n for n in r["notes"])
+    r = M.evaluate(y, s, types, masks, maps, has_mask=np.zeros(y.size, bool))
+    assert r["pixel"] is None and any("no image has a pixel annotation" in n for n in r["notes"])
 
 
 def test_malformed_inputs_raise():
