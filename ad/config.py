@@ -1,8 +1,9 @@
 """Config helpers: the path to `conf/`, OmegaConf resolvers used by the configs, composing in code."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -14,20 +15,61 @@ def _params_suffix(override_dirname: str) -> str:
     return f"_{override_dirname}".replace("/", "-") if override_dirname else ""
 
 
+def available_cpus() -> int:
+    """CPU cores this process may use (CPU affinity / cgroup-pinned sets count, not the machine's total)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
+    """torch CPU threads for each of `n_jobs` jobs running side by side, so that n_jobs × threads ≈ cores.
+
+    `n_jobs` follows joblib: -1 = one job per core, -2 = all cores but one, ... Oversubscribing the cores
+    (every job using every core) makes a parallel sweep slower than a sequential one, hence the division.
+    """
+    from ad.errors import ConfigError
+
+    cores = available_cpus() if cpus in (None, "") else int(cpus)
+    try:
+        n = 1 if n_jobs in (None, "") else int(n_jobs)
+    except (TypeError, ValueError):
+        raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r} is not an integer; use e.g. hydra.launcher.n_jobs=2") from None
+    if n == 0:
+        raise ConfigError("hydra.launcher.n_jobs=0 runs nothing; use a positive count or -1 (one job per core)")
+    if n < 0:
+        n = max(cores + 1 + n, 1)
+    return max(cores // n, 1)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("ad_params"):
         OmegaConf.register_new_resolver("ad_params", _params_suffix)
+    # ${ad_threads:<n_jobs>[,<cpus>]}: CPU threads per job for launchers running jobs in parallel
+    if not OmegaConf.has_resolver("ad_threads"):
+        OmegaConf.register_new_resolver("ad_threads", threads_per_job)
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose the real configs outside a Hydra app (tests, notebooks), with `hydra:` resolvers available."""
+def compose(overrides: Sequence[str] = (), config_name: str = "config", output_dir: str | None = None) -> DictConfig:
+    """Compose the real configs outside a Hydra app (tests, notebooks), with `hydra:` resolvers available.
+    `output_dir` plays the run directory (`${hydra:runtime.output_dir}`)."""
     from hydra import compose as _compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register_resolvers()
     GlobalHydra.instance().clear()
+    from hydra.core.hydra_config import HydraConfig
+
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return _compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = _compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    if output_dir is not None:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve outside an app
+    return cfg
 
 
 register_resolvers()
