@@ -289,7 +289,7 @@ def test_distilled_teacher_file_loads_into_efficientad(tmp_path):
     files = sorted(folder.glob("*.png"))
     torch.manual_seed(0)
     backbone = BackboneConfig(name="tf_efficientnet_lite0", pretrained=False)
-    teacher, losses = distill_pdn_teacher(files, backbone, layers=(2, 3), model_size="s", image_size=64, steps=3,
+    teacher, losses = distill_pdn_teacher(files, backbone, layers=(2, 3), model_size="s", image_size=96, crop_size=64, steps=3,
                                           batch_size=2, lr=1e-3, procedural_fraction=0.5, stats_batches=2)
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     path = tmp_path / "pdn_s.pth"
