@@ -1,10 +1,12 @@
 """U-Net autoencoder: the encoder-decoder of `ad.models._unet` with skip connections.
 
 A U-Net with skips at every level learns the identity: the finest skip alone carries the whole image, so
-anomalies are reconstructed too and the error map goes blank. Three choices keep it an anomaly detector:
-skips only at coarse levels (`skip_levels`, default [3] = 1/8 resolution), each squeezed to `skip_channels`
-by a 1x1 conv, and a squeezed bottleneck (`bottleneck_channels`); training as a denoiser (`noise_std`) makes
-copying the input suboptimal. Fine detail must therefore be re-synthesised from what normal images look like.
+anomalies are reconstructed too and the error map goes blank. So skips are kept only at coarse levels
+(`skip_levels`, default [3] = 1/8 resolution), each squeezed to `skip_channels` (16) by a 1x1 conv, and the
+bottleneck is squeezed too (`bottleneck_channels`): at 256 px the skip carries 32x32x16 values, 1/12 of the
+image, so fine detail must be re-synthesised from what normal images look like. Optional denoising training
+(`noise_std` > 0) makes copying suboptimal as well; it is off by default because BatchNorm statistics gathered
+on noisy inputs then mismatch the clean test images.
 Fully convolutional: any input size (padded to a multiple of 2^(levels-1)); `image_size` optional.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ class UNetAE(ReconstructionModel):
     def __init__(
         self, image_size: Optional[int] = 256, widths: Sequence[int] = (32, 64, 128, 256, 256),
         skip_levels: Sequence[int] = (3,), skip_channels: Optional[int] = 16, bottleneck_channels: Optional[int] = 32,
-        noise_std: float = 0.1, score: str = "mse", loss: Optional[str] = None, smoothing_sigma: float = 4.0,
+        noise_std: float = 0.0, score: str = "mse", loss: Optional[str] = None, smoothing_sigma: float = 4.0,
         topk: Optional[int] = None, lr: float = 2e-4, weight_decay: float = 1e-5,
     ) -> None:
         super().__init__(image_size, score, loss, smoothing_sigma, topk, lr, weight_decay, noise_std)
