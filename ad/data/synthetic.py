@@ -38,7 +38,7 @@ from ad.errors import DataError
 from ad.registry import register_dataset
 
 # Bump when the rendering changes so existing generated folders are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 4
 MARKER = ".ad_synthetic.json"
 
 CATEGORIES: Dict[str, str] = {"syn_tiles": "texture", "syn_weave": "texture", "syn_disc": "object"}
@@ -74,6 +74,17 @@ def _smooth_noise(rng: np.random.Generator, shape: Tuple[int, int], cells: Tuple
     g = rng.standard_normal((cells[0] + 1, cells[1] + 1)).astype(np.float32)
     im = Image.fromarray(g).resize((shape[1], shape[0]), Image.BICUBIC)
     return np.asarray(im, dtype=np.float32)
+
+
+def _blur(img: Array, factor: int) -> Array:
+    """Local mean: downsample by `factor` (box average) and upsample bicubically."""
+    s = img.shape[0]
+    small = s // factor
+    out = np.empty_like(img)
+    for c in range(img.shape[-1]):
+        ch = Image.fromarray(np.ascontiguousarray(img[..., c], dtype=np.float32))
+        out[..., c] = np.asarray(ch.resize((small, small), Image.BOX).resize((s, s), Image.BICUBIC))
+    return out
 
 
 def _blob_alpha(
@@ -194,6 +205,14 @@ def _render_disc(rng: np.random.Generator, s: int) -> Tuple[Array, Array]:
     metal = metal + 3.0 * _smooth_noise(rng, (s, s), (12, 12)) + _gauss(rng, (s, s), 2.0)
     groove = np.exp(-(((r - r_groove) / (0.008 * s)) ** 2))
     metal = metal - 55.0 * groove
+    # Turning marks: short faint concentric arcs, normal on a lathe-machined part. They make faint scratches
+    # (which cross the turning direction) harder to tell from normal surface variation.
+    for _ in range(int(rng.integers(0, 4))):
+        ra = rng.uniform(0.12, 0.32) * s
+        start, span = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 1.1)
+        within = np.mod(ang - start, 2 * np.pi) < span
+        arc = np.clip(max(0.6, 0.004 * s) - np.abs(r - ra) + 0.5, 0.0, 1.0) * within
+        metal = metal + rng.uniform(-14.0, 14.0) * arc
     rim = np.clip((r - (R - 0.025 * s)) / (0.025 * s), 0.0, 1.0)  # chamfer darkens the outer edge
     metal = metal - 35.0 * rim
     disc_rgb = np.stack([metal * 0.97, metal * 0.99, metal * 1.03], axis=-1)
@@ -271,9 +290,12 @@ def _defect_stain(rng, img, region, s, gain):
     tint = tints[int(rng.integers(len(tints)))].astype(np.float32)
     # Dried stains are darker at the rim ("coffee ring"); strength never drops below ~half inside the mask.
     ring = 0.55 + 0.45 * np.exp(-((depth / 0.25) ** 2))
-    strength = gain * rng.uniform(0.4, 0.8)
-    # Tint plus a slight darkening: a pure hue shift barely registers on dark, saturated fabric.
-    return alpha * ring * strength, img * tint * 0.85
+    strength = gain * rng.uniform(0.45, 0.85)
+    # A soaked area is tinted, darker and flatter (the liquid fills the surface relief): a pure hue shift
+    # barely registers on dark, saturated fabric.
+    flat = _blur(img, max(2, s // 16))
+    target = (flat + (img - flat) * rng.uniform(0.3, 0.6)) * tint * rng.uniform(0.65, 0.9)
+    return alpha * ring * strength, target
 
 
 def _defect_cut_paste(rng, img, region, s, gain):
@@ -335,8 +357,11 @@ def render_defect_with_clean(
     rng = _rng(seed, category, "test_defect", defect, index)
     img, region = _RENDERERS[category](rng, size)
     min_area = max(3, int(2e-4 * size * size))
+    # Per-image severity: most defects are clear, a tail is faint (as in real inspection data), so a good
+    # model scores high but not trivially perfect. Cut-paste is structural and ignores it.
+    severity = rng.uniform(0.35, 1.0) ** 0.7
     for _ in range(20):  # redraw the rare defect that falls almost entirely outside the allowed region
-        alpha, target = _DEFECTS[defect](rng, img, region, size, _DEFECT_GAIN[category])
+        alpha, target = _DEFECTS[defect](rng, img, region, size, _DEFECT_GAIN[category] * severity)
         alpha = alpha * region
         # Quantise alpha first so the mask is exactly the set of pixels the composite can change.
         alpha = np.where(alpha >= 1.0 / 64, alpha, 0.0).astype(np.float32)
