@@ -159,3 +159,26 @@ def test_datamodule_generates_on_first_use_and_batches(tmp_path: Path):
     assert batch["has_mask"].tolist() == defect.tolist()
     assert 0.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
     assert batch["image"].dtype == torch.float32
+
+
+def test_parallel_generation_keeps_the_first_finished_copy(tmp_path: Path, monkeypatch):
+    """Two jobs of a sweep generating the same category: the one finishing second must not replace (and so
+    briefly remove) the folder the first one is already reading."""
+    kw = dict(categories=["syn_weave"], num_train=2, num_test_good=1, num_test_defect=1, size=40, seed=0)
+    real_write = S._write_category
+    winner = {}
+
+    def write_then_other_job_finishes(dest, category, params):
+        real_write(dest, category, params)
+        other = Path(str(dest) + "-other")
+        real_write(other, category, params)
+        os.rename(other, tmp_path / category)  # the other job wins the rename
+        winner["ino"] = (tmp_path / category).stat().st_ino
+
+    monkeypatch.setattr(S, "_write_category", write_then_other_job_finishes)
+    S.generate_synthetic(tmp_path, **kw)
+    assert (tmp_path / "syn_weave").stat().st_ino == winner["ino"]
+    monkeypatch.setattr(S, "_write_category", real_write)
+    S.generate_synthetic(tmp_path, **kw)
+    assert (tmp_path / "syn_weave").stat().st_ino == winner["ino"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn_weave"]

@@ -38,11 +38,15 @@ from ad.errors import DataError
 from ad.registry import register_dataset
 
 # Bump when the rendering changes so existing generated folders are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = ".ad_synthetic.json"
 
 CATEGORIES: Dict[str, str] = {"syn_tiles": "texture", "syn_weave": "texture", "syn_disc": "object"}
 DEFECT_TYPES: Tuple[str, ...] = ("scratch", "spot", "stain", "cut_paste")
+
+# Defect strength per category: defects on the smooth metal disc stand out far more than on busy textures, so
+# they are drawn fainter there to keep the categories comparably (and not trivially) hard.
+_DEFECT_GAIN = {"syn_tiles": 1.0, "syn_weave": 1.0, "syn_disc": 0.5}
 
 _SPLIT_CODES = {"train": 1, "test_good": 2, "test_defect": 3}
 
@@ -231,7 +235,7 @@ def _place(rng: np.random.Generator, region: Array, s: int) -> Tuple[float, floa
     return float(ys[i] + lo + rng.uniform(-0.5, 0.5)), float(xs[i] + lo + rng.uniform(-0.5, 0.5))
 
 
-def _defect_scratch(rng, img, region, s):
+def _defect_scratch(rng, img, region, s, gain):
     cy, cx = _place(rng, region, s)
     length = rng.uniform(0.18, 0.36) * s
     phi = rng.uniform(0, np.pi)
@@ -245,21 +249,21 @@ def _defect_scratch(rng, img, region, s):
     dist, box = _polyline_distance(s, pts, width + 2)
     alpha = np.zeros((s, s), dtype=np.float32)
     alpha[box] = np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)
-    contrast = rng.uniform(40.0, 85.0) * (1 if rng.random() < 0.5 else -1)
+    contrast = gain * rng.uniform(35.0, 85.0) * (1 if rng.random() < 0.5 else -1)
     return alpha * rng.uniform(0.7, 1.0), img + contrast
 
 
-def _defect_spot(rng, img, region, s):
+def _defect_spot(rng, img, region, s, gain):
     cy, cx = _place(rng, region, s)
     r0 = max(1.6, rng.uniform(0.016, 0.034) * s)
     alpha, depth = _blob_alpha(rng, s, cy, cx, r0, roughness=0.3)
     palettes = np.array([[40.0, 32.0, 24.0], [28.0, 28.0, 30.0], [120.0, 70.0, 30.0], [225.0, 222.0, 205.0]])
     colour = palettes[int(rng.integers(len(palettes)))].astype(np.float32)
     target = np.broadcast_to(colour, img.shape) + (8.0 * depth)[..., None]
-    return alpha * rng.uniform(0.65, 0.95), target
+    return alpha * gain * rng.uniform(0.65, 0.95), target
 
 
-def _defect_stain(rng, img, region, s):
+def _defect_stain(rng, img, region, s, gain):
     cy, cx = _place(rng, region, s)
     r0 = max(3.0, rng.uniform(0.055, 0.1) * s)
     alpha, depth = _blob_alpha(rng, s, cy, cx, r0, roughness=0.35, harmonics=5)
@@ -267,11 +271,12 @@ def _defect_stain(rng, img, region, s):
     tint = tints[int(rng.integers(len(tints)))].astype(np.float32)
     # Dried stains are darker at the rim ("coffee ring"); strength never drops below ~half inside the mask.
     ring = 0.55 + 0.45 * np.exp(-((depth / 0.25) ** 2))
-    strength = rng.uniform(0.35, 0.7)
-    return alpha * ring * strength, img * tint
+    strength = gain * rng.uniform(0.4, 0.8)
+    # Tint plus a slight darkening: a pure hue shift barely registers on dark, saturated fabric.
+    return alpha * ring * strength, img * tint * 0.85
 
 
-def _defect_cut_paste(rng, img, region, s):
+def _defect_cut_paste(rng, img, region, s, gain):
     cy, cx = _place(rng, region, s)
     ps = max(4, int(round(rng.uniform(0.09, 0.16) * s)))
     scale = rng.uniform(0.65, 1.5)
@@ -331,7 +336,7 @@ def render_defect_with_clean(
     img, region = _RENDERERS[category](rng, size)
     min_area = max(3, int(2e-4 * size * size))
     for _ in range(20):  # redraw the rare defect that falls almost entirely outside the allowed region
-        alpha, target = _DEFECTS[defect](rng, img, region, size)
+        alpha, target = _DEFECTS[defect](rng, img, region, size, _DEFECT_GAIN[category])
         alpha = alpha * region
         # Quantise alpha first so the mask is exactly the set of pixels the composite can change.
         alpha = np.where(alpha >= 1.0 / 64, alpha, 0.0).astype(np.float32)
@@ -427,8 +432,10 @@ def generate_synthetic(
 
 
 def _swap_into_place(tmp: Path, dest: Path, params: dict) -> None:
-    """Rename a finished folder into place. Parallel jobs (a sweep) may race: the loser keeps the winner's
-    identical result."""
+    """Rename a finished folder into place. Parallel jobs of a sweep may race: whoever finishes second keeps the
+    first one's identical copy (never pulling files away from under a job that is already reading them)."""
+    if _read_marker(dest) == params:
+        return
     if dest.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
         try:
