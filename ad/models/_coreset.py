@@ -131,6 +131,10 @@ def greedy_coreset(
     picks_id = [point_id[torch.arange(cells), first]]
     mind = _sq_dists_to(pts, sq, pts[torch.arange(cells), :, first])
     mind.masked_fill_(~valid, -1.0)
+    mind[torch.arange(cells), first] = -1.0
+    # Squared distances via the Gram trick carry round-off of order 1e-7·|x|²: anything below this counts as
+    # already covered (exact duplicates of a center are never picked as new centers).
+    tol = 1e-6 * float(sq.max())
 
     total = cells
     while True:
@@ -139,9 +143,9 @@ def greedy_coreset(
         # enter the top-k selection, now or later (the threshold only grows, a cell's values only shrink).
         if total >= n_select:
             kth = torch.cat(picks_val).kthvalue(total - n_select + 1).values
-            keep = vals > kth
+            keep = vals > max(float(kth), tol)
         else:
-            keep = vals > 0
+            keep = vals > tol
         n_keep = int(keep.sum())
         if n_keep == 0:
             break
