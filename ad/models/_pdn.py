@@ -153,7 +153,7 @@ class _ImagePool:
         self.procedural_fraction = procedural_fraction if self.files else 1.0
         load_side = int(image_size * 1.25)
         self._load = lambda f: torch.from_numpy(  # noqa: E731
-            np.asarray(load_image(f).resize((load_side, load_side)), dtype=np.uint8)).permute(2, 0, 1)
+            np.array(load_image(f).resize((load_side, load_side)), dtype=np.uint8)).permute(2, 0, 1)
         self.cache = [self._load(f) for f in self.files] if len(self.files) <= cache_limit else None
 
     def sample(self) -> torch.Tensor:
@@ -229,7 +229,7 @@ def distill_pdn_teacher(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress(step, losses[-1])
         if log_every and step % log_every == 0:

@@ -63,7 +63,6 @@ class DRAEM(AnomalyModel):
         self.focal_gamma = float(focal_gamma)
         self.seed = int(seed)
         self.train_batch_size = train_batch_size
-        self._rng = np.random.default_rng(self.seed)
         #: the trainer may set the epoch budget it will run; milestones are fractions of it
         self.planned_max_epochs: Optional[int] = None
 
@@ -84,7 +83,9 @@ class DRAEM(AnomalyModel):
         return F.mse_loss(recon, clean) + ssim_loss(recon, clean) + focal_loss(logits, masks, self.focal_gamma)
 
     def training_step(self, batch: Dict[str, Any]) -> torch.Tensor:
-        return self._loss(batch, self._rng)
+        # drawn from torch's global RNG, which the trainer seeds and checkpoints: a resumed run synthesises
+        # exactly the anomalies an uninterrupted one would
+        return self._loss(batch, np.random.default_rng(int(torch.randint(0, 2**62, (1,)))))
 
     def validation_step(self, batch: Dict[str, Any]) -> torch.Tensor:
         # the same synthetic anomalies every epoch (seeded by the image paths), so the loss is comparable
