@@ -58,8 +58,12 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
     register_resolvers()
     GlobalHydra.instance().clear()
+    from hydra.core.hydra_config import HydraConfig
+
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return _compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = _compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve outside an app
+    return cfg
 
 
 register_resolvers()

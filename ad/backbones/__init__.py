@@ -8,7 +8,10 @@ import timm
 import torch
 from torch import nn
 
-from ad.backbones._weights import load_pretrained_weights
+from ad.errors import ConfigError
+
+from ad.backbones._specs import BackboneSpec, normalisation
+from ad.backbones._weights import load_pretrained_weights, resolve_weights
 
 
 @dataclass
@@ -18,7 +21,7 @@ class BackboneConfig:
     name: str = "tf_efficientnet_lite0"
     pretrained: bool = True
     weights: Optional[str] = None  # explicit weight file; overrides the search
-    weights_dir: Optional[str] = None  # `paths.backbone_dir`: looked up as <dir>/<name>.{pth,safetensors}
+    weights_dir: Optional[str] = None  # `paths.backbone_dir`: looked up as <dir>/<name>.{pth,pt,safetensors}
 
 
 def as_backbone_config(backbone: "BackboneConfig | str | dict") -> BackboneConfig:
@@ -38,14 +41,19 @@ class FeatureExtractor(nn.Module):
         cfg = as_backbone_config(backbone)
         self.config = cfg
         self.layers = tuple(int(i) for i in layers)
-        self.model = timm.create_model(cfg.name, pretrained=False, features_only=True, out_indices=self.layers)
-        if cfg.pretrained:
-            load_pretrained_weights(self.model, cfg)
+        try:
+            self.model = timm.create_model(cfg.name, pretrained=False, features_only=True, out_indices=self.layers)
+        except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+            raise ConfigError(
+                f"backbone.name={cfg.name} with layers={list(self.layers)} is not a timm features_only model "
+                f"({str(exc).splitlines()[0][:100]}); pick a timm model name and valid layer indices"
+            ) from None
+        _drop_unused_blocks(self.model)
+        #: where the weights came from ("random init" when backbone.pretrained=false)
+        self.weights_source = load_pretrained_weights(self.model, cfg) if cfg.pretrained else "random init"
         self.channels: List[int] = list(self.model.feature_info.channels())
         self.reductions: List[int] = list(self.model.feature_info.reduction())
-        data_cfg = self.model.pretrained_cfg or {}
-        mean = data_cfg.get("mean", (0.485, 0.456, 0.406))
-        std = data_cfg.get("std", (0.229, 0.224, 0.225))
+        mean, std = normalisation(cfg.name, self.model.pretrained_cfg)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.frozen = frozen
@@ -71,8 +79,20 @@ class FeatureExtractor(nn.Module):
         return self.model(x)
 
 
+def _drop_unused_blocks(model: nn.Module) -> None:
+    """timm's EfficientNet `features_only` runs every block even when the deepest requested feature comes
+    earlier (ResNet's FeatureListNet already stops at the last requested layer). Dropping the trailing blocks
+    changes no output and saves their compute (for lite0 at layers 2+3, about a third of the forward)."""
+    stage_idx = getattr(model, "_stage_out_idx", None)
+    blocks = getattr(model, "blocks", None)
+    if stage_idx and isinstance(blocks, nn.Sequential) and getattr(model, "feature_hooks", None) is None:
+        last = max(stage_idx)  # forward emits stage s after block s-1
+        if last < len(blocks):
+            model.blocks = blocks[:last]
+
+
 def create_feature_extractor(backbone: "BackboneConfig | str | dict", layers: Sequence[int] = (2, 3), frozen: bool = True) -> FeatureExtractor:
     return FeatureExtractor(backbone, layers, frozen)
 
 
-__all__ = ["BackboneConfig", "FeatureExtractor", "as_backbone_config", "create_feature_extractor"]
+__all__ = ["BackboneConfig", "BackboneSpec", "resolve_weights", "FeatureExtractor", "as_backbone_config", "create_feature_extractor"]

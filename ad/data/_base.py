@@ -22,6 +22,22 @@ from ad.errors import DataError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+
+
+class DataFileError(DataError):
+    """A bad image or mask file, raised while loading.
+
+    A DataLoader worker re-raises an exception as `type(exc)("Caught ... Original Traceback ...\n<last line>")`;
+    this class keeps only the original one-line message so the runner can still print it as one line.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        if message.startswith("Caught ") and "Traceback" in message:
+            last = [ln for ln in message.strip().splitlines() if ln.strip()][-1]
+            head, sep, rest = last.partition(": ")
+            message = rest if sep and "Error" in head else last
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -44,24 +60,84 @@ def load_image(path: str | Path) -> Image.Image:
     """Open an image as RGB (grey-scale and palette images become 3-channel)."""
     try:
         with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16/32-bit grey: scale to 8 bit by the file's own range instead of letting convert() clip.
+                arr = np.asarray(im, dtype=np.float64)
+                top = max(float(arr.max()), 1.0)
+                im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc.__class__.__name__}; replace or remove the file") from None
+    except FileNotFoundError:
+        raise DataFileError(f"image file {path} does not exist; restore it or fix the dataset listing") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataFileError(
+            f"cannot read image {path} ({exc.__class__.__name__}: {_one_line(exc)}); replace or remove the file"
+        ) from None
 
 
 def load_mask(path: str | Path, image_size: tuple[int, int]) -> Image.Image:
-    """Open a mask as a binary 'L' image (any non-zero pixel is a defect), checking it matches its image."""
+    """Open a mask as a binary 'L' image (0/255), checking it has the size of its image.
+
+    Any non-zero label is a defect (VisA masks hold class ids, MVTec masks 255). Palette masks are read by
+    index, not by colour (a label id 1 may be drawn black in the palette); colour masks count a pixel as
+    defect when any colour channel is non-zero; JPEG masks are thresholded at half range to ignore
+    compression noise.
+    """
     try:
         with Image.open(path) as im:
-            mask = im.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read mask {path}: {exc.__class__.__name__}; replace or remove the file") from None
-    if mask.size != image_size:
-        raise DataError(
-            f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {image_size[0]}x{image_size[1]}; "
-            "masks must have the size of their image"
+            size = im.size
+            mode = im.mode
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DataFileError(f"mask file {path} does not exist; restore it or remove it from the listing") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataFileError(
+            f"cannot read mask {path} ({exc.__class__.__name__}: {_one_line(exc)}); replace or remove the file"
+        ) from None
+    if size != tuple(image_size):
+        raise DataFileError(
+            f"mask {path} is {size[0]}x{size[1]} but its image is {image_size[0]}x{image_size[1]}; "
+            "masks must have the size of their image (re-export the mask at the image resolution)"
         )
-    return mask.point(lambda v: 255 if v > 0 else 0)
+    if arr.ndim == 3:
+        arr = arr[..., : (arr.shape[-1] - 1 if mode.endswith("A") else arr.shape[-1])].max(axis=-1)
+    threshold = (np.iinfo(arr.dtype).max // 2) if (
+        Path(path).suffix.lower() in _LOSSY_EXTENSIONS and np.issubdtype(arr.dtype, np.integer)
+    ) else 0
+    return Image.fromarray(np.where(arr > threshold, 255, 0).astype(np.uint8))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or "unreadable"
+
+
+def check_root(root: Path, what: str, expected: str, key: str = "dataset.root") -> None:
+    """One-line error for a missing or non-directory dataset root, saying which layout belongs there."""
+    if not root.exists():
+        raise DataError(f"{what} root {root} does not exist; put the data there or set {key}=<dir> ({expected})")
+    if not root.is_dir():
+        raise DataError(f"{what} root {root} is not a directory; set {key}=<dir> ({expected})")
+
+
+def require_dir(folder: Path, expected: str) -> None:
+    if not folder.is_dir():
+        raise DataError(f"expected folder {folder} is missing ({expected})")
+
+
+def mask_stem(path: Path) -> str:
+    """`000_mask.png` and `000.png` both belong to image `000`."""
+    return path.stem[: -len("_mask")] if path.stem.endswith("_mask") else path.stem
+
+
+def mask_index(folder: Path) -> Dict[str, Path]:
+    """stem -> mask file of a ground-truth folder (any image extension; `<stem>_mask` preferred when both)."""
+    index: Dict[str, Path] = {}
+    if not folder.is_dir():
+        return index
+    for p in list_images(folder):
+        stem = mask_stem(p)
+        if stem not in index or p.stem.endswith("_mask"):
+            index[stem] = p
+    return index
 
 
 class ImageTransform:
@@ -197,10 +273,17 @@ class AnomalyDataModule:
         train, val = split_validation(train, self.val_fraction, self.seed)
         self._splits = {"train": train, "val": val, "test": test}
         anomalous = [s for s in test if s.label == 1]
-        if anomalous and not any(s.mask_path for s in anomalous):
+        unmasked = [s for s in anomalous if not s.mask_path]
+        # Logged once per data module (setup is cached), whatever is asked of it afterwards.
+        if unmasked and len(unmasked) == len(anomalous):
             log.warning(
                 "%s '%s' has no ground-truth masks under %s: pixel metrics will be reported as unavailable",
                 self.name, self.category, self.root,
+            )
+        elif unmasked:
+            log.warning(
+                "%s '%s': %d of %d anomalous test images have no mask (e.g. %s): pixel metrics will be reported "
+                "as unavailable", self.name, self.category, len(unmasked), len(anomalous), unmasked[0].path,
             )
         return self
 

@@ -1,0 +1,360 @@
+"""One pure-PyTorch loop for every model.
+
+The trainer reads what a model declares (optimizer or none, epoch/step budget, batch size) and never asks
+which model it is running. Memory models (no optimizer) get `default_max_epochs` feature-collection passes
+under no_grad; trained models get the usual loop with validation loss, early stopping, checkpoints and resume.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ad.models.base import AnomalyModel, OptimizerSpec
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def progress_enabled(setting: "str | bool") -> bool:
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        return str(setting).lower() in ("1", "true", "yes", "on")
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the validation loss has not improved by `min_delta` for `patience` epochs."""
+
+    enabled: bool = True
+    patience: int = 5
+    min_delta: float = 0.0
+    best: float = math.inf
+    bad_epochs: int = 0
+
+    def update(self, value: float) -> tuple[bool, bool]:
+        """Returns (improved, should_stop)."""
+        if value < self.best - self.min_delta:
+            self.best, self.bad_epochs = value, 0
+            return True, False
+        self.bad_epochs += 1
+        return False, self.enabled and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> Dict[str, float]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: Dict[str, float]) -> None:
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
+@dataclass
+class FitResult:
+    epochs: int = 0
+    steps: int = 0
+    stopped_early: bool = False
+    resumed_from_epoch: Optional[int] = None
+    best_val_loss: Optional[float] = None
+    train_losses: List[float] = field(default_factory=list)  # per epoch
+    val_losses: List[float] = field(default_factory=list)  # per epoch
+    fit_s: float = 0.0
+
+
+@dataclass
+class PredictionSet:
+    """Model outputs over a split, on CPU, in dataset order."""
+
+    scores: np.ndarray  # [N]
+    maps: np.ndarray  # [N,H,W] float32
+    labels: np.ndarray  # [N]
+    masks: np.ndarray  # [N,H,W] uint8
+    has_mask: np.ndarray  # [N] bool
+    paths: List[str]
+    defect_types: List[str]
+    seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(
+        self,
+        max_epochs: Optional[int] = None,
+        max_steps: Optional[int] = None,
+        batch_size: int = 16,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        gradient_clip_val: Optional[float] = None,
+        precision: str = "auto",
+        device: str = "auto",
+        num_threads: Optional[int] = None,
+        deterministic: bool = False,
+        early_stopping: Optional[Dict[str, Any]] = None,
+        checkpoint_every_n_epochs: int = 1,
+        resume: bool = True,
+        limit_train: Optional[int] = None,
+        limit_val: Optional[int] = None,
+        limit_test: Optional[int] = None,
+        log_every_n_steps: int = 10,
+        progress_bar: "str | bool" = "auto",
+        num_visualizations: int = 8,
+        seed: int = 0,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.gradient_clip_val = gradient_clip_val
+        self.device = resolve_device(device)
+        self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.deterministic = deterministic
+        self.early_stopping_cfg = dict(early_stopping or {"enabled": False})
+        self.checkpoint_every_n_epochs = max(1, int(checkpoint_every_n_epochs))
+        self.resume = resume
+        self.limit_train, self.limit_val, self.limit_test = limit_train, limit_val, limit_test
+        self.log_every_n_steps = max(1, int(log_every_n_steps))
+        self.progress = progress_enabled(progress_bar)
+        self.num_visualizations = int(num_visualizations)
+        self.seed = int(seed)
+        self.callbacks = list(callbacks)
+
+    # ----------------------------------------------------------------------------------------------------
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(*args)
+
+    def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def val_loader(self, data):
+        return data.dataloader("val", self.eval_batch_size, limit=self.limit_val, num_workers=self.num_workers)
+
+    def fit(self, model: AnomalyModel, data, run_dir: "str | Path | None" = None, logger: Any = None) -> FitResult:
+        """Fit `model` on the train normals of `data`; validation normals drive early stopping and
+        `on_fit_end`. With `run_dir`, trained models checkpoint to `<run_dir>/checkpoints/` and resume."""
+        t0 = time.perf_counter()
+        model.to(self.device)
+        spec: Optional[OptimizerSpec] = model.configure_optimizers()
+        trains = spec is not None
+        max_epochs = self.max_epochs if self.max_epochs is not None else model.default_max_epochs
+        max_steps = self.max_steps if self.max_steps is not None else model.default_max_steps
+        if max_steps is not None and self.max_epochs is None and trains:
+            max_epochs = 10**9  # a step budget alone decides when to stop
+        batch_size = model.train_batch_size or self.batch_size
+        ckpt_dir = Path(run_dir) / "checkpoints" if (run_dir is not None and trains) else None
+        stopper = EarlyStopping(**{k: v for k, v in self.early_stopping_cfg.items() if k in ("enabled", "patience", "min_delta")})  # noqa: E501
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and trains)
+        result = FitResult()
+        start_epoch, step = 0, 0
+        restore_best = bool(self.early_stopping_cfg.get("restore_best", True))
+
+        model.on_fit_start()
+        if ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file():
+            state = torch.load(ckpt_dir / "last.ckpt", map_location=self.device, weights_only=False)
+            model.load_state_dict(state["model"])
+            spec.optimizer.load_state_dict(state["optimizer"])
+            if spec.scheduler is not None and state.get("scheduler") is not None:
+                spec.scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            stopper.load_state_dict(state["early_stopping"])
+            _set_rng_state(state["rng"])
+            start_epoch, step = state["epoch"] + 1, state["step"]
+            result.train_losses, result.val_losses = state["train_losses"], state["val_losses"]
+            result.resumed_from_epoch = state["epoch"]
+            log.info("resumed from %s (epoch %d, step %d)", ckpt_dir / "last.ckpt", state["epoch"], step)
+            if state.get("finished"):
+                max_epochs = start_epoch  # nothing left to train; go straight to on_fit_end
+
+        epochs_done = start_epoch
+        for epoch in range(start_epoch, max_epochs):
+            if max_steps is not None and step >= max_steps:
+                break
+            # Data order depends only on (seed, epoch): a resumed run sees the same batches.
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            loader = data.dataloader(
+                "train", batch_size, shuffle=model.shuffle_train, num_workers=self.num_workers,
+                limit=self.limit_train, generator=gen, drop_last=trains,
+            )
+            model.train()
+            losses: List[float] = []
+            bar = tqdm(loader, desc=f"epoch {epoch}" if trains else "collecting features", disable=not self.progress,
+                       leave=False, total=len(loader))
+            for batch in bar:
+                batch = self._to_device(batch)
+                if not trains:
+                    with torch.no_grad():
+                        model.training_step(batch)
+                    continue
+                with torch.autocast(self.device.type, enabled=self.use_amp):
+                    loss = model.training_step(batch)
+                spec.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if self.gradient_clip_val:
+                    scaler.unscale_(spec.optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(self.gradient_clip_val))
+                scaler.step(spec.optimizer)
+                scaler.update()
+                if spec.scheduler is not None and spec.scheduler_interval == "step":
+                    spec.scheduler.step()
+                step += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"training loss became {value} at step {step}; lower the learning rate or enable trainer.gradient_clip_val")
+                losses.append(value)
+                bar.set_postfix(loss=f"{value:.4f}")
+                if logger is not None and step % self.log_every_n_steps == 0:
+                    logger.scalar("train/loss_step", value, step)
+                    logger.scalar("train/lr", spec.optimizer.param_groups[0]["lr"], step)
+                self._call("on_train_step_end", self, model, step, value)
+                if max_steps is not None and step >= max_steps:
+                    break
+            if not trains:
+                continue
+            if spec.scheduler is not None and spec.scheduler_interval == "epoch":
+                spec.scheduler.step()
+            epochs_done = epoch + 1
+            train_loss = float(np.mean(losses)) if losses else float("nan")
+            val_loss = self.validation_loss(model, data)
+            result.train_losses.append(train_loss)
+            stop = False
+            if val_loss is not None:
+                result.val_losses.append(val_loss)
+                improved, stop = stopper.update(val_loss)
+                if improved and ckpt_dir is not None:
+                    self._save(ckpt_dir / "best.ckpt", model, spec, scaler, stopper, epoch, step, result)
+            if logger is not None:
+                logger.scalar("train/loss_epoch", train_loss, epoch)
+                if val_loss is not None:
+                    logger.scalar("val/loss", val_loss, epoch)
+                logger.scalar("train/lr_epoch", spec.optimizer.param_groups[0]["lr"], epoch)
+            log.info("epoch %d: train loss %.5f%s", epoch, train_loss, f", val loss {val_loss:.5f}" if val_loss is not None else "")
+            self._call("on_epoch_end", self, model, epoch, train_loss, val_loss)
+            done = stop or (max_steps is not None and step >= max_steps) or epoch + 1 >= max_epochs
+            if ckpt_dir is not None and (done or (epoch + 1) % self.checkpoint_every_n_epochs == 0):
+                self._save(ckpt_dir / "last.ckpt", model, spec, scaler, stopper, epoch, step, result, finished=done)
+            if stop:
+                result.stopped_early = True
+                log.info("early stopping at epoch %d: val loss has not improved for %d epochs", epoch, stopper.patience)
+                break
+
+        result.epochs = epochs_done if trains else max(0, max_epochs)
+        result.steps = step
+        result.best_val_loss = stopper.best if math.isfinite(stopper.best) else None
+        if trains and restore_best and ckpt_dir is not None and (ckpt_dir / "best.ckpt").is_file():
+            # The last epochs after the best one only overfit or drift: score with the best weights.
+            model.load_state_dict(torch.load(ckpt_dir / "best.ckpt", map_location=self.device, weights_only=False)["model"])
+        model.eval()
+        model.on_fit_end(self.val_loader(data))
+        result.fit_s = time.perf_counter() - t0
+        return result
+
+    @torch.no_grad()
+    def validation_loss(self, model: AnomalyModel, data) -> Optional[float]:
+        model.eval()
+        losses, weights = [], []
+        for batch in self.val_loader(data):
+            batch = self._to_device(batch)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                loss = model.validation_step(batch)
+            if loss is None:
+                model.train()
+                return None
+            losses.append(float(loss))
+            weights.append(len(batch["path"]))
+        model.train()
+        if not losses:
+            return None
+        return float(np.average(losses, weights=weights))
+
+    def _save(self, path: Path, model, spec, scaler, stopper, epoch, step, result, finished: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "model": model.state_dict(),
+            "optimizer": spec.optimizer.state_dict(),
+            "scheduler": spec.scheduler.state_dict() if spec.scheduler is not None else None,
+            "scaler": scaler.state_dict(),
+            "early_stopping": stopper.state_dict(),
+            "rng": _get_rng_state(),
+            "epoch": epoch,
+            "step": step,
+            "finished": finished,
+            "train_losses": list(result.train_losses),
+            "val_losses": list(result.val_losses),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # an interruption never leaves a half-written checkpoint
+
+    @torch.no_grad()
+    def predict(self, model: AnomalyModel, loader, desc: str = "predicting") -> PredictionSet:
+        model.to(self.device).eval()
+        t0 = time.perf_counter()
+        scores, maps, labels, masks, has_mask, paths, defects = [], [], [], [], [], [], []
+        for batch in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
+            images = batch["image"].to(self.device)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                out = model.predict(images)
+            if out.maps.shape[-2:] != images.shape[-2:]:
+                raise RuntimeError(f"{type(model).__name__}.predict returned maps of size {tuple(out.maps.shape[-2:])}, expected {tuple(images.shape[-2:])}")
+            scores.append(out.scores.float().cpu().numpy().reshape(-1))
+            maps.append(out.maps.float().cpu().numpy())
+            labels.append(batch["label"].numpy())
+            masks.append(batch["mask"].numpy().astype(np.uint8))
+            # A normal image's mask is known to be empty even when no mask file exists for it.
+            has_mask.append(batch["has_mask"].numpy() | (batch["label"].numpy() == 0))
+            paths += batch["path"]
+            defects += batch["defect_type"]
+        return PredictionSet(
+            scores=np.concatenate(scores), maps=np.concatenate(maps), labels=np.concatenate(labels),
+            masks=np.concatenate(masks), has_mask=np.concatenate(has_mask), paths=paths, defect_types=defects,
+            seconds=time.perf_counter() - t0,
+        )
+
+
+def _get_rng_state() -> Dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

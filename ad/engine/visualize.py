@@ -1,0 +1,30 @@
+"""Heatmap overlays with ground-truth contours, for TensorBoard and `ad.predict`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from matplotlib import colormaps
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, mask: Optional[np.ndarray] = None,
+            vmin: float = 0.0, vmax: float = 1.0, alpha: float = 0.45) -> np.ndarray:
+    """image float [3,H,W] or [H,W,3] in [0,1]; amap [H,W] (scaled by vmin/vmax); mask [H,W] in {0,1} drawn
+    as a green contour. Returns uint8 [H,W,3]."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.shape[0] == 3 and img.ndim == 3 and img.shape[-1] != 3:
+        img = img.transpose(1, 2, 0)
+    span = max(vmax - vmin, 1e-12)
+    heat = colormaps["jet"](np.clip((np.asarray(amap, dtype=np.float32) - vmin) / span, 0, 1))[..., :3]
+    out = (1 - alpha) * img + alpha * heat
+    if mask is not None and np.any(mask):
+        out[contour(mask > 0)] = (0.0, 1.0, 0.0)
+    return (np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+def contour(mask: np.ndarray) -> np.ndarray:
+    """Boolean map of the inner boundary pixels of a binary mask."""
+    m = np.pad(mask.astype(bool), 1, mode="constant")
+    inner = m[1:-1, 1:-1]
+    eroded = inner & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return inner & ~eroded

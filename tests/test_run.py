@@ -1,0 +1,176 @@
+"""End-to-end runs through the real configs: outputs, TensorBoard contents, reproducibility, prediction,
+failure handling, and the CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import open_dict
+
+from ad.config import compose
+from tests.conftest import REPO_ROOT
+
+FAST = ["trainer=smoke", "trainer.limit_train=null", "trainer.limit_test=null", "trainer.limit_val=null",
+        "dataset.num_train=12", "dataset.num_test_good=4", "dataset.num_test_defect=2", "dataset.generated_size=64",
+        "dataset.val_fraction=0.25"]
+
+
+def run_in_process(tmp_path: Path, overrides, name="run"):
+    from ad.train import run
+
+    cfg = compose(overrides)
+    run_dir = tmp_path / name
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.root_dir = str(tmp_path)
+        del cfg["hydra"]
+    return run(cfg, run_dir, choices, list(overrides)), run_dir
+
+
+@pytest.fixture(scope="module")
+def memory_run(synthetic_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("memrun")
+    res, run_dir = run_in_process(tmp, ["model=padim", "category=syn_disc", f"dataset.root={synthetic_root}",
+                                        "backbone.pretrained=false", *FAST])
+    return res, run_dir
+
+
+def test_results_json_has_the_documented_keys(memory_run):
+    res, run_dir = memory_run
+    assert res["status"] == "ok", res["error"]
+    saved = json.loads((run_dir / "results.json").read_text())
+    for key in ("status", "error", "model", "dataset", "category", "backbone", "seed", "counts", "image", "pixel",
+                "per_defect", "timing", "memory"):
+        assert key in saved, key
+    assert saved["model"] == "padim" and saved["dataset"] == "synthetic" and saved["category"] == "syn_disc"
+    assert saved["backbone"] == "tf_efficientnet_lite0"
+    c = saved["counts"]
+    assert c["train"] + c["val"] == 12 and c["val"] == 3
+    assert c["test"] == 4 + 2 * len(saved["per_defect"]) and c["test_anomalous"] == c["test"] - 4
+    for k in ("auroc", "ap", "f1_max", "threshold"):
+        assert saved["image"][k] is not None
+    for k in ("auroc", "aupro", "ap", "f1_max"):
+        assert 0.0 <= saved["pixel"][k] <= 1.0
+    assert set(saved["timing"]) >= {"fit_s", "predict_s", "ms_per_image"}
+    assert saved["memory"]["peak_rss_mb"] > 0
+
+
+def test_predictions_csv_matches_metrics(memory_run):
+    from sklearn.metrics import roc_auc_score
+
+    res, run_dir = memory_run
+    with open(run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "defect_type", "label", "score", "normalized_score", "is_anomalous"]
+    assert len(rows) == res["counts"]["test"]
+    labels = [int(r["label"]) for r in rows]
+    scores = [float(r["score"]) for r in rows]
+    assert roc_auc_score(labels, scores) == pytest.approx(res["image"]["auroc"], abs=1e-6)
+    thr = res["thresholds"]["image"]
+    assert all((float(r["score"]) >= thr) == bool(int(r["is_anomalous"])) for r in rows)
+    # normalisation maps the validation threshold to 0.5
+    for r in rows:
+        assert (float(r["normalized_score"]) >= 0.5) == (float(r["score"]) >= thr)
+
+
+def test_tensorboard_events_hold_scalars_images_histograms_hparams(memory_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir = memory_run
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert "test/image/auroc" in tags["scalars"] and "test/pixel/aupro" in tags["scalars"]
+    assert "test/overlays_best_and_worst" in tags["images"]
+    assert {"test/scores_normal", "test/scores_anomalous"} <= set(tags["histograms"])
+    assert "test/pr_curve" in tags["tensors"]
+    plugins = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugins
+
+
+def test_trained_model_logs_losses(synthetic_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    res, run_dir = run_in_process(tmp_path, ["model=stfpm", "category=syn_tiles", f"dataset.root={synthetic_root}",
+                                             "backbone.pretrained=false", *FAST, "trainer.max_steps=4",
+                                             "trainer.max_epochs=2", "trainer.log_every_n_steps=1"])
+    assert res["status"] == "ok", res["error"]
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    assert {"train/loss_step", "train/lr", "train/loss_epoch", "val/loss"} <= set(acc.Tags()["scalars"])
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_same_seed_gives_identical_metrics(synthetic_root, tmp_path):
+    args = ["model=padim", "category=syn_tiles", f"dataset.root={synthetic_root}", "backbone.pretrained=false", *FAST]
+    a, _ = run_in_process(tmp_path, args, "a")
+    b, _ = run_in_process(tmp_path, args, "b")
+    assert a["status"] == b["status"] == "ok"
+    for section in ("image", "pixel", "per_defect", "thresholds"):
+        assert a[section] == b[section], section
+
+
+def test_predict_reproduces_test_scores(memory_run, tmp_path):
+    from ad.predict import main as predict_main
+
+    _, run_dir = memory_run
+    with open(run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    folder = Path(rows[0]["path"]).parent
+    out = tmp_path / "pred"
+    assert predict_main([f"run_dir={run_dir}", f"input={folder}", f"out={out}"]) == 0
+    with open(out / "predictions.csv") as f:
+        pred = {r["path"]: r for r in csv.DictReader(f)}
+    expected = {r["path"]: r for r in rows if Path(r["path"]).parent == folder}
+    assert set(pred) == set(expected)
+    for p, r in expected.items():
+        assert float(pred[p]["score"]) == pytest.approx(float(r["score"]), rel=1e-5, abs=1e-6)
+        assert pred[p]["is_anomalous"] == r["is_anomalous"]
+    pngs = list(out.glob("*.png"))
+    assert len(pngs) == len(expected)
+
+
+def test_predict_errors_are_one_line(tmp_path, capsys):
+    from ad.predict import main as predict_main
+
+    assert predict_main([f"run_dir={tmp_path}", f"input={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.pt" in err and len(err.splitlines()) == 1
+
+
+def test_bad_root_records_failure(tmp_path):
+    res, run_dir = run_in_process(tmp_path, ["category=bottle", f"dataset.root={tmp_path / 'nope'}", "trainer=smoke"])
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["status"] == "failed"
+    assert str(tmp_path / "nope") in saved["error"] and "\n" not in saved["error"]
+
+
+def _cli(args, tmp_path, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AD_ROOT": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "ad.train", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def test_cli_help_and_cfg_job(tmp_path):
+    out = _cli(["--help"], tmp_path)
+    assert out.returncode == 0 and "model" in out.stdout and "category" in out.stdout
+    out = _cli(["--cfg", "job", "category=candle"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ad.data.visa.VisA" in out.stdout and "candle" in out.stdout
+
+
+def test_cli_failed_run_exits_nonzero_without_traceback(tmp_path):
+    out = _cli(["category=bottle", "dataset.root=/definitely/not/here", "trainer=smoke",
+                "hydra.run.dir=" + str(tmp_path / "run")], tmp_path)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr + out.stdout
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["status"] == "failed" and "/definitely/not/here" in saved["error"]
