@@ -23,22 +23,48 @@ Convention everywhere: a sample is predicted anomalous iff `score >= threshold` 
 """
 from __future__ import annotations
 
-from typing import Optional
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional
 
 import numpy as np
+
+# Above this many negatives the values-only sort is split in two halves sorted on two threads (numpy releases
+# the GIL while sorting); counts are additive over chunks, so the halves never need merging.
+PARALLEL_SORT_MIN = 4_000_000
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _sorted_chunks(values: np.ndarray) -> List[np.ndarray]:
+    """`values` (a private copy) sorted in place, as one or two independently sorted chunks."""
+    if values.size < PARALLEL_SORT_MIN or _cpus() < 2:
+        values.sort()
+        return [values]
+    half = values.size // 2
+    chunks = [values[:half], values[half:]]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(np.ndarray.sort, chunks))
+    return chunks
 
 
 class RankCounts:
     """TP/FP counts at every distinct positive score (descending), from one sort of each class."""
 
     def __init__(
-        self, pos: np.ndarray, neg: np.ndarray, pos_weights: Optional[np.ndarray] = None, n_regions: int = 1
+        self, scores: np.ndarray, is_pos: np.ndarray, pos_weights: Optional[np.ndarray] = None, n_regions: int = 1
     ) -> None:
-        # pos, neg: 1-D finite scores of one dtype; pos_weights: per-positive PRO increments (1 / region size),
-        # accumulated then divided by the number of regions, as the official code does.
+        # scores: 1-D finite; is_pos: 1-D bool; pos_weights: PRO increment (1 / region size) of each positive in
+        # the order of scores[is_pos], accumulated then divided by the number of regions as the official code does.
+        pos = scores[is_pos]
         self.n_pos = int(pos.size)
-        self.n_neg = int(neg.size)
-        order = np.argsort(pos, kind="stable")[::-1]
+        self.n_neg = int(scores.size) - self.n_pos
+        order = np.argsort(pos)[::-1]  # the order inside a tie is irrelevant: only run ends are read
         pos_sorted = pos[order]
         # Last index of each run of equal values: the point that includes every positive tied at that value.
         ends = np.flatnonzero(pos_sorted[1:] != pos_sorted[:-1])
@@ -46,11 +72,16 @@ class RankCounts:
         self.values = pos_sorted[ends]  # distinct positive scores, descending
         self.tp = (ends + 1).astype(np.int64)  # positives >= value
         # Negatives below the lowest positive score never lie between two positive values: count them only.
-        hi = neg[neg >= self.values[-1]]
-        hi.sort()
+        # (Selected straight from `scores`, so no full copy of the negatives is ever made.)
+        hi = scores[np.greater_equal(scores, self.values[-1]) & ~is_pos]
         asc = self.values[::-1]  # ascending queries let searchsorted reuse its previous position
-        self.fp_ge = (hi.size - np.searchsorted(hi, asc, side="left"))[::-1].astype(np.int64)  # negatives >= v
-        self.fp_gt = (hi.size - np.searchsorted(hi, asc, side="right"))[::-1].astype(np.int64)  # negatives > v
+        ge = np.zeros(asc.size, np.int64)
+        gt = np.zeros(asc.size, np.int64)
+        for chunk in _sorted_chunks(hi):
+            ge += chunk.size - np.searchsorted(chunk, asc, side="left")  # negatives >= v
+            gt += chunk.size - np.searchsorted(chunk, asc, side="right")  # negatives > v
+        self.fp_ge = ge[::-1]
+        self.fp_gt = gt[::-1]
         self.n_regions = int(n_regions) if pos_weights is not None else 0
         self.pro: Optional[np.ndarray] = None
         if pos_weights is not None:

@@ -83,7 +83,8 @@ def fit_normalization(val_scores: Any, threshold: float) -> Dict[str, float]:
     fn = "fit_normalization"
     t = check_threshold(threshold, f"{fn}: threshold")
     mn = float(_validation_values(val_scores, "all", fn).min())
-    if not t > mn:
+    # A gap at rounding-error level (constant validation scores give mean + k*std = min + ~1e-16) is no scale.
+    if not t - mn > 64 * np.finfo(np.float64).eps * max(abs(t), abs(mn)):
         raise UndefinedMetricError(
             f"{fn}: threshold {t} is not above the lowest validation score {mn}; "
             "the validation scores are (nearly) constant, so no scale can be fitted"

@@ -1,0 +1,104 @@
+"""Pieces shared by the feature-memory models (PatchCore, PaDiM, SPADE, DFM)."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ad.models._maps import gaussian_blur2d, upsample_to
+
+
+def upsample_maps(maps: torch.Tensor, size: Tuple[int, int], sigma: float = 0.0) -> torch.Tensor:
+    """[B,h,w] patch-grid scores -> [B,H,W] at input resolution (bilinear), optionally Gaussian-smoothed."""
+    return gaussian_blur2d(upsample_to(maps, size), sigma)
+
+
+def aligned_features(
+    features: Sequence[torch.Tensor], pool: int = 0, size: Optional[Tuple[int, int]] = None, mode: str = "bilinear"
+) -> List[torch.Tensor]:
+    """Optionally neighbourhood-average each layer (PatchCore's locally aware patches: mean over a pool×pool
+    window, stride 1, zero padding counted as in the paper's implementation) and resize every layer to `size`
+    (default: the first, finest layer's grid) with `mode` ("bilinear" or "nearest")."""
+    size = tuple(size) if size is not None else tuple(features[0].shape[-2:])
+    out = []
+    for f in features:
+        if pool and pool > 1:
+            f = F.avg_pool2d(f, kernel_size=pool, stride=1, padding=pool // 2)
+        if tuple(f.shape[-2:]) != size:
+            f = F.interpolate(f, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+        out.append(f)
+    return out
+
+
+def set_faiss_threads() -> None:
+    import faiss
+
+    # faiss' OpenMP pool otherwise takes every core regardless of torch's thread budget
+    faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
+
+
+class FlatL2Index:
+    """Exact L2 nearest neighbours over a fixed bank (faiss IndexFlatL2), rebuilt whenever the bank changes.
+
+    The index is derived data: it is never saved; the bank lives in the model's buffer.
+    """
+
+    def __init__(self) -> None:
+        self._index = None
+        self._key = None
+
+    def get(self, bank: torch.Tensor):
+        import faiss
+
+        key = (bank.data_ptr(), tuple(bank.shape), bank._version)
+        if self._index is None or self._key != key:
+            index = faiss.IndexFlatL2(bank.shape[1])
+            index.add(np.ascontiguousarray(bank.detach().cpu().float().numpy()))
+            self._index, self._key = index, key
+        return self._index
+
+    def search(self, bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 65536):
+        """(distances [Q,k] (L2, not squared), indices [Q,k]) of the k nearest bank rows of each query."""
+        set_faiss_threads()
+        index = self.get(bank)
+        k = min(int(k), bank.shape[0])
+        q = np.ascontiguousarray(queries.detach().cpu().float().numpy())
+        dists, idx = [], []
+        for s in range(0, q.shape[0], chunk):
+            d, i = index.search(q[s : s + chunk], k)
+            dists.append(d)
+            idx.append(i)
+        d = torch.from_numpy(np.concatenate(dists)).clamp_min_(0).sqrt_()
+        return d.to(queries.device), torch.from_numpy(np.concatenate(idx)).to(queries.device)
+
+
+def pairwise_sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances [A,B] via the Gram trick (no [A,B,d] intermediate)."""
+    a = a.float()
+    b = b.float()
+    d = (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)
+    return d.clamp_min_(0)
+
+
+def seeded_channel_subset(total: int, keep: int, seed: int) -> torch.Tensor:
+    """Sorted random subset of `keep` channel indices out of `total` (PaDiM's random dimension reduction)."""
+    keep = min(int(keep), total)
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(total, generator=g)[:keep].sort().values
+
+
+def log_det_from_cholesky(chol: torch.Tensor) -> torch.Tensor:
+    return 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+
+
+__all__ = [
+    "FlatL2Index",
+    "aligned_features",
+    "log_det_from_cholesky",
+    "pairwise_sq_dists",
+    "seeded_channel_subset",
+    "set_faiss_threads",
+    "upsample_maps",
+]

@@ -1,0 +1,28 @@
+"""U-Net autoencoder: the encoder-decoder of `ad.models._unet` with skip connections.
+
+A U-Net with skips at every level learns the identity: the finest skip alone carries the whole image, so
+anomalies are reconstructed too and the error map goes blank. Three choices keep it an anomaly detector:
+skips only at coarse levels (`skip_levels`, default [3] = 1/8 resolution), each squeezed to `skip_channels`
+by a 1x1 conv, and a squeezed bottleneck (`bottleneck_channels`); training as a denoiser (`noise_std`) makes
+copying the input suboptimal. Fine detail must therefore be re-synthesised from what normal images look like.
+Fully convolutional: any input size (padded to a multiple of 2^(levels-1)); `image_size` optional.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ad.models._autoencoder import ReconstructionModel, UNetReconstructor
+from ad.models._unet import UNet
+from ad.registry import register_model
+
+
+@register_model("unet_ae")
+class UNetAE(ReconstructionModel):
+    def __init__(
+        self, image_size: Optional[int] = 256, widths: Sequence[int] = (32, 64, 128, 256, 256),
+        skip_levels: Sequence[int] = (3,), skip_channels: Optional[int] = 16, bottleneck_channels: Optional[int] = 32,
+        noise_std: float = 0.1, score: str = "mse", loss: Optional[str] = None, smoothing_sigma: float = 4.0,
+        topk: Optional[int] = None, lr: float = 2e-4, weight_decay: float = 1e-5,
+    ) -> None:
+        super().__init__(image_size, score, loss, smoothing_sigma, topk, lr, weight_decay, noise_std)
+        self.net = UNetReconstructor(UNet(3, 3, widths, skip_levels, skip_channels, bottleneck_channels))

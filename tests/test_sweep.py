@@ -1,0 +1,186 @@
+"""Sweeps: launcher/sweeper configs compose, threads are divided between parallel jobs, and the acceptance test —
+a real `python -m ad.train -m` sweep with the joblib launcher, one broken job, then the aggregator over it."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ad import aggregate as agg
+from ad.config import MAX_PARAMS_SUFFIX, _params_suffix, available_cpus, compose, threads_per_job
+from ad.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.fixture()
+def hydra_cfg():
+    """Compose with Hydra's own node set as the current HydraConfig, so `${hydra:...}` values resolve as in a job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    def _compose(overrides):
+        cfg = compose(overrides)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _compose
+    HydraConfig.instance().cfg = None
+
+
+def test_threads_per_job_divides_cores():
+    assert threads_per_job(2, cpus=8) == 4
+    assert threads_per_job(3, cpus=8) == 2
+    assert threads_per_job(1, cpus=8) == 8
+    assert threads_per_job(16, cpus=8) == 1  # more jobs than cores: never 0 threads
+    assert threads_per_job(-1, cpus=8) == 1  # joblib: one job per core
+    assert threads_per_job(-2, cpus=8) == 1  # all cores but one -> 7 jobs
+    assert threads_per_job(-5, cpus=8) == 2  # 4 jobs
+    assert threads_per_job(None, cpus=6) == 6
+    assert threads_per_job(2) == max(available_cpus() // 2, 1)
+    with pytest.raises(ConfigError, match="n_jobs=0"):
+        threads_per_job(0, cpus=8)
+    with pytest.raises(ConfigError, match="hydra.launcher.n_jobs"):
+        threads_per_job("many", cpus=8)
+
+
+def test_job_dir_params_stay_short_and_distinct():
+    assert _params_suffix("") == ""
+    assert _params_suffix("model.k=3,dataset.root=/a/b") == "_model.k=3,dataset.root=-a-b"
+    fixed = ",".join(f"dataset.option_{i}={i * 1000}" for i in range(12))
+    a, b = _params_suffix(fixed + ",seed=1"), _params_suffix(fixed + ",seed=2")
+    assert len(a) <= MAX_PARAMS_SUFFIX and len(b) <= MAX_PARAMS_SUFFIX and a != b
+    assert a.startswith("_dataset.option_0=0,") and a == _params_suffix(fixed + ",seed=1")  # stable
+    assert "/" not in _params_suffix("x=" + "/y" * 200)
+
+
+def test_joblib_launcher_config(hydra_cfg):
+    cfg = hydra_cfg(["launcher=joblib"])
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == 2
+    assert cfg.trainer.num_threads == threads_per_job(2)
+    cfg = hydra_cfg(["launcher=joblib", "hydra.launcher.n_jobs=1"])
+    assert cfg.trainer.num_threads == available_cpus()
+    cfg = hydra_cfg(["launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.num_threads=3"])
+    assert cfg.trainer.num_threads == 3  # an explicit choice wins
+    # the basic launcher leaves torch's default
+    assert hydra_cfg([]).trainer.num_threads is None
+
+
+@pytest.mark.skipif(not _has("hydra_plugins.hydra_submitit_launcher"),
+                    reason='hydra-submitit-launcher not installed (pip install -e ".[slurm]")')
+def test_slurm_launcher_config(hydra_cfg):
+    cfg = hydra_cfg(["launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.cpus_per_task=6"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.mem_gb, launcher.timeout_min) == ("gpu", 1, 32, 240)
+    assert cfg.trainer.num_threads == 6  # the job owns its allocated cores
+    assert str(launcher.submitit_folder).endswith("/.submitit/%j")
+
+
+@pytest.mark.skipif(not _has("hydra_plugins.hydra_optuna_sweeper"),
+                    reason='hydra-optuna-sweeper not installed (pip install -e ".[optuna]")')
+def test_optuna_search_config(hydra_cfg):
+    cfg = hydra_cfg(["+hparams_search=patchcore_optuna", "seed=7", "category=bottle"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "maximize"  # the runner returns the validation objective (higher = better)
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 7
+    assert set(sweeper.params) == {"model.coreset_ratio", "model.layers", "backbone"}
+    assert cfg.hydra.runtime.choices.model == "patchcore"
+    assert sweeper.study_name == "patchcore_bottle"
+    assert cfg.hydra.mode.name == "MULTIRUN"
+
+
+def _run(args, env, timeout=540):
+    return subprocess.run([sys.executable, "-m", "ad.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_real_sweep_with_joblib_and_aggregate(tmp_path):
+    """Acceptance: 2 synthetic categories × 2 fast models in parallel (joblib), one job with a bad dataset root
+    recorded as failed, then the aggregator's table/CSV/plots over both sweep dirs."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               AD_ROOT=str(tmp_path), CI="1", HYDRA_FULL_ERROR="0")
+    multirun = tmp_path / "multirun"
+    # smoke trainer on a tiny generated dataset: every test image kept (AUROC needs both classes), 3 val normals
+    tiny = ["trainer=smoke", "trainer.limit_train=null", "trainer.limit_val=null", "trainer.limit_test=null",
+            "backbone.pretrained=false", "dataset.num_train=12", "dataset.num_test_good=4",
+            "dataset.num_test_defect=2", "dataset.generated_size=64", "dataset.val_fraction=0.25"]
+    good = _run(["-m", "model=patchcore,padim", "category=syn_disc,syn_tiles", "launcher=joblib",
+                 "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={multirun / 'good'}", *tiny], env)
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
+    bad_root = tmp_path / "no_such_mvtec"
+    # a second sweep dir beside it (the basic launcher: no worker pool to start for one job)
+    broken = _run(["-m", "model=patchcore", "category=bottle", f"dataset.root={bad_root}",
+                   f"hydra.sweep.dir={multirun / 'broken'}", "trainer=smoke", "backbone.pretrained=false"], env)
+    assert broken.returncode != 0  # a sweep with a failed job ends non-zero, after running every job
+
+    # every job left a results.json; the good ones are ok and logged to TensorBoard
+    results = {}
+    for p in sorted((multirun / "good").glob("*/results.json")):
+        r = json.loads(p.read_text())
+        results[(r["model"], r["category"])] = (p.parent, r)
+    assert set(results) == {(m, c) for m in ("patchcore", "padim") for c in ("syn_disc", "syn_tiles")}
+    for (model, cat), (job, r) in results.items():
+        assert r["status"] == "ok" and r["error"] is None and r["dataset"] == "synthetic", (model, cat, r["error"])
+        assert 0.0 <= r["image"]["auroc"] <= 1.0 and 0.0 <= r["pixel"]["aupro"] <= 1.0
+        assert list(job.rglob("events.out.tfevents.*")), f"no TensorBoard events in {job}"
+    failed = list((multirun / "broken").glob("*/results.json"))
+    assert len(failed) == 1, broken.stdout[-2000:] + broken.stderr[-2000:]
+    fr = json.loads(failed[0].read_text())
+    assert fr["status"] == "failed" and str(bad_root) in fr["error"] and "\n" not in fr["error"]
+
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "ad.aggregate", str(multirun), "--out", str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "results.md").read_text()
+    assert md.strip() in proc.stdout
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("| dataset | category |"))
+    header = [c.strip() for c in lines[start].strip("|").split(" | ")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+    assert header == ["dataset", "category"] + [f"{m} · {lbl}" for m in ("padim", "patchcore")
+                                                for lbl in ("image AUROC", "pixel AUROC", "pixel AUPRO")]
+    assert [r[:2] for r in rows] == [["mvtec", "bottle"], ["**mvtec**", "**mean**"], ["synthetic", "syn_disc"],
+                                     ["synthetic", "syn_tiles"], ["**synthetic**", "**mean**"], ["**all**", "**mean**"]]
+    by = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in rows}
+    assert by[("mvtec", "bottle")]["patchcore · image AUROC"] == "failed"
+    assert by[("mvtec", "bottle")]["padim · image AUROC"] == "—"
+    for (model, cat), (_, r) in results.items():
+        assert by[("synthetic", cat)][f"{model} · image AUROC"] == f"{100 * r['image']['auroc']:.1f}"
+    failed_section = md.split("## Failed or missing jobs (1)", 1)[1]
+    assert failed[0].parent.name in failed_section and "failed" in failed_section
+
+    with open(out / "results.csv", newline="") as f:
+        csv_rows = {(r["dataset"], r["category"]): r for r in csv.DictReader(f)}
+    assert list(csv_rows) == [("mvtec", "bottle"), ("mvtec", "mean"), ("synthetic", "syn_disc"),
+                              ("synthetic", "syn_tiles"), ("synthetic", "mean"), ("all", "mean")]
+    for model in ("patchcore", "padim"):
+        for metric in ("image.auroc", "pixel.auroc", "pixel.aupro"):
+            want = statistics.mean(agg._dotted(results[(model, c)][1], metric) for c in ("syn_disc", "syn_tiles"))
+            for row in (("synthetic", "mean"), ("all", "mean")):  # the failed bottle job never enters a mean
+                assert float(csv_rows[row][f"{model} | {metric} | mean"]) == pytest.approx(want, abs=1e-12)
+    assert csv_rows[("all", "mean")]["patchcore | image.auroc | n_failed"] == "1"
+    for name in ("bars_patchcore.png", "bars_padim.png", "heatmap_image_auroc.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+    assert "\\begin{tabular}" in (out / "results.tex").read_text()
