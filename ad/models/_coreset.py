@@ -122,42 +122,44 @@ def greedy_coreset(
     valid = (order < n).view(cells, m)
     pts = _cells_t(z, point_id.reshape(-1), cells)
     sq = (pts * pts).sum(1)
+    rows = torch.arange(cells)
 
+    def offsets_to(centers: torch.Tensor) -> torch.Tensor:
+        """|c|² − 2·x·c for each cell's points and its center (the squared distance minus |x|²), one fused op."""
+        return torch.baddbmm((centers * centers).sum(1).view(-1, 1, 1), centers.unsqueeze(1), pts, alpha=-2.0).squeeze(1)
+
+    # We track off = min over chosen centers of (|c|² − 2·x·c); a point's squared distance to its nearest
+    # center is sq + off. Padding slots get −inf so they are never picked.
     # First pick per cell: the point farthest from the cell mean (an extreme point, like greedy's 2nd pick).
-    mind = _sq_dists_to(pts, sq, pts.mean(2))
-    mind.masked_fill_(~valid, -1.0)
-    first = mind.argmax(1)
+    first = (sq + offsets_to(pts.mean(2))).masked_fill_(~valid, -1.0).argmax(1)
     picks_val = [torch.full((cells,), float("inf"))]  # every cell keeps its first center
-    picks_id = [point_id[torch.arange(cells), first]]
-    mind = _sq_dists_to(pts, sq, pts[torch.arange(cells), :, first])
-    mind.masked_fill_(~valid, -1.0)
-    mind[torch.arange(cells), first] = -1.0
+    picks_id = [point_id[rows, first]]
+    off = offsets_to(pts[rows, :, first]).masked_fill_(~valid, float("-inf"))
     # Squared distances via the Gram trick carry round-off of order 1e-7·|x|²: anything below this counts as
-    # already covered (exact duplicates of a center are never picked as new centers).
+    # already covered (a chosen center, exact duplicates of it).
     tol = 1e-6 * float(sq.max())
 
-    total = cells
+    total, step, kth = cells, 0, tol
     while True:
-        vals, idx = mind.max(1)
+        vals, idx = (sq + off).max(1)
         # The k-th largest value recorded so far: a cell whose best remaining pick is not above it can no longer
         # enter the top-k selection, now or later (the threshold only grows, a cell's values only shrink).
-        if total >= n_select:
-            kth = torch.cat(picks_val).kthvalue(total - n_select + 1).values
-            keep = vals > max(float(kth), tol)
-        else:
-            keep = vals > tol
+        # Refreshed every few steps: a stale, lower threshold only keeps cells a little longer.
+        if total >= n_select and step % 4 == 0:
+            kth = max(float(torch.cat(picks_val).kthvalue(total - n_select + 1).values), tol)
+        keep = vals > kth
         n_keep = int(keep.sum())
         if n_keep == 0:
             break
         if n_keep < 0.75 * keep.numel():  # compact finished cells away (a copy, so not at every step)
-            pts, sq, mind, point_id = pts[keep], sq[keep], mind[keep], point_id[keep]
+            pts, sq, off, point_id = pts[keep], sq[keep], off[keep], point_id[keep]
             vals, idx, keep = vals[keep], idx[keep], keep[keep]
-        rows = torch.arange(pts.shape[0])
+            rows = torch.arange(pts.shape[0])
         picks_val.append(vals[keep])
         picks_id.append(point_id[rows, idx][keep])
         total += n_keep
-        torch.minimum(mind, _sq_dists_to(pts, sq, pts[rows, :, idx]), out=mind)
-        mind[rows, idx] = -1.0  # a chosen center is covered exactly (guards against round-off re-picks)
+        step += 1
+        torch.minimum(off, offsets_to(pts[rows, :, idx]), out=off)
 
     all_val = torch.cat(picks_val)
     all_id = torch.cat(picks_id)
