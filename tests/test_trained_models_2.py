@@ -20,6 +20,7 @@ from ad.models import create_model
 from ad.models._anomaly_synthesis import AnomalySynthesizer, perlin_mask, perlin_noise, procedural_texture
 from ad.models._ssim import ssim_map
 from ad.models.draem import focal_loss
+from ad.models.efficientad import EfficientAD
 
 
 def toy_images(n: int, anomalous: bool, seed: int, size: int = 64) -> torch.Tensor:
@@ -289,7 +290,7 @@ def test_distilled_teacher_file_loads_into_efficientad(tmp_path):
     files = sorted(folder.glob("*.png"))
     torch.manual_seed(0)
     backbone = BackboneConfig(name="tf_efficientnet_lite0", pretrained=False)
-    teacher, losses = distill_pdn_teacher(files, backbone, layers=(2, 3), model_size="s", image_size=64, steps=3,
+    teacher, losses = distill_pdn_teacher(files, backbone, layers=(2, 3), model_size="s", image_size=96, crop_size=64, steps=3,
                                           batch_size=2, lr=1e-3, procedural_fraction=0.5, stats_batches=2)
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     path = tmp_path / "pdn_s.pth"
@@ -350,3 +351,33 @@ def test_trainer_checkpoint_resume_matches_uninterrupted_run(name, synthetic_roo
         assert torch.equal(ref_state[k], new_state[k]), k
     preds = trainer.predict(reference, data.dataloader("test", 8))
     assert preds.maps.shape == (len(data.samples("test")), 64, 64) and np.isfinite(preds.scores).all()
+
+
+def test_lr_schedules_follow_the_planned_budget():
+    e = create_model("efficientad", teacher_weights="random", image_size=64, out_channels=8)
+    e.planned_max_steps = 200
+    spec = e.configure_optimizers()
+    assert spec.scheduler_interval == "step"
+    lrs = []
+    for _ in range(200):
+        lrs.append(spec.optimizer.param_groups[0]["lr"])
+        spec.optimizer.step()
+        spec.scheduler.step()
+    assert lrs[189] == pytest.approx(1e-4) and lrs[190] == pytest.approx(1e-5)  # x0.1 at 95 %
+    d = create_model("draem", recon_base_width=4, disc_base_width=4)
+    d.planned_max_epochs = 10
+    spec = d.configure_optimizers()
+    assert spec.scheduler_interval == "epoch" and spec.scheduler.milestones == {8: 1, 9: 1}
+    d.planned_max_epochs, d.planned_max_steps = None, 1000
+    spec = d.configure_optimizers()
+    assert spec.scheduler_interval == "step" and spec.scheduler.milestones == {800: 1, 900: 1}
+
+
+def test_efficientad_rebuilds_from_state_dict_without_teacher_file(fitted):
+    model, _, size = fitted("efficientad")
+    state = model.state_dict()
+    cfg = EfficientAD.config_for_state_dict({"teacher_weights": "/nowhere/pdn_s.pth", "image_size": 64}, state)
+    twin = create_model("efficientad", **cfg).eval()
+    twin.load_state_dict(state)
+    x = toy_images(2, True, seed=5, size=size)
+    assert torch.equal(model.predict(x).maps, twin.predict(x).maps)

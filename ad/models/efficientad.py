@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 
 @register_model("efficientad")
 class EfficientAD(AnomalyModel):
-    default_max_steps = 70000
-    default_max_epochs = 1_000_000  # budget is in steps; epochs only bound it from above
+    default_max_steps = 70000  # the trainer then runs as many epochs as these steps need
     train_batch_size = 1
 
     def __init__(
@@ -60,6 +59,10 @@ class EfficientAD(AnomalyModel):
                 self.teacher, self.teacher_meta = pdn(model_size, out_channels), {"source": "random"}
         else:
             self.teacher, self.teacher_meta = load_teacher(teacher_weights, model_size)
+            distilled_at = self.teacher_meta.get("image_size")
+            if distilled_at and int(distilled_at) != int(image_size):
+                log.warning("EfficientAD: teacher %s was distilled at %s px but model.image_size=%s: patches are "
+                            "seen at another scale than the teacher learned", teacher_weights, distilled_at, image_size)
         self.teacher.eval().requires_grad_(False)
         c = self.teacher_meta.get("out_channels", out_channels)
         self.channels, self.image_size, self.model_size = int(c), int(image_size), model_size
@@ -94,6 +97,13 @@ class EfficientAD(AnomalyModel):
         except ConfigError:
             raise ConfigError(f"model.imagenet_dir={folder} is not a folder with images; point it at ImageNet-like "
                               "images for the penalty term or set model.imagenet_dir=null") from None
+
+    @staticmethod
+    def config_for_state_dict(cfg: Dict[str, Any], state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """Model config to rebuild a fitted EfficientAD from its state dict alone: the teacher's weights are in
+        the state dict, so the teacher file need not exist on the predicting machine."""
+        last = [k for k in state_dict if k.startswith("teacher.") and k.endswith(".weight")][-1]
+        return {**cfg, "teacher_weights": "random", "out_channels": int(state_dict[last].shape[0])}
 
     def train(self, mode: bool = True):
         super().train(mode)
