@@ -333,3 +333,13 @@ def test_trainer_fits_and_predicts_on_synthetic(synthetic_root, name):
     assert np.isfinite(out.scores).all() and np.isfinite(out.maps).all()
     # the disc's defects (scratches, spots, stains, cut-paste) raise the mean score
     assert out.scores[out.labels == 1].mean() > out.scores[out.labels == 0].mean(), name
+
+
+def test_fused_upsample_blur_equals_upsample_then_blur():
+    from ad.models._maps import gaussian_blur2d, upsample_to
+    from ad.models._memory import upsample_maps
+
+    g = torch.Generator().manual_seed(4)
+    for shape, size, sigma in [((3, 8, 8), (64, 64), 4.0), ((2, 5, 7), (64, 48), 2.0), ((2, 16, 16), (64, 64), 0.0)]:
+        x = torch.rand(*shape, generator=g)
+        assert torch.allclose(upsample_maps(x, size, sigma), gaussian_blur2d(upsample_to(x, size), sigma), atol=1e-5)

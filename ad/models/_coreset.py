@@ -21,37 +21,42 @@ covering radius stays within a small factor of the exact greedy's.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Sequence
 
 import torch
 
 
-def random_projection(features: torch.Tensor, dim: int, seed: int = 0, chunk: int = 65536) -> torch.Tensor:
-    """Gaussian Johnson-Lindenstrauss projection to `dim` dimensions (identity when already that small)."""
-    n, d = features.shape
+def random_projection(
+    features: "torch.Tensor | Sequence[torch.Tensor]", dim: int, seed: int = 0, chunk: int = 65536
+) -> torch.Tensor:
+    """Gaussian Johnson-Lindenstrauss projection of the rows of `features` (one tensor or a list of chunks)
+    to `dim` dimensions, written chunk by chunk into one float32 tensor (identity when already that small)."""
+    chunks = [features] if isinstance(features, torch.Tensor) else list(features)
+    n, d = sum(c.shape[0] for c in chunks), chunks[0].shape[1]
     if dim <= 0 or dim >= d:
-        return features.float()
+        return chunks[0].float() if len(chunks) == 1 else torch.cat([c.float() for c in chunks])
     g = torch.Generator().manual_seed(seed)
     proj = torch.randn(d, dim, generator=g) / math.sqrt(dim)
     out = torch.empty(n, dim)
-    for s in range(0, n, chunk):  # chunks keep the float32 copy of half-precision features small
-        out[s : s + chunk] = features[s : s + chunk].float() @ proj
+    row = 0
+    for c in chunks:
+        for s in range(0, c.shape[0], chunk):
+            part = c[s : s + chunk]
+            out[row : row + part.shape[0]] = part.float() @ proj
+            row += part.shape[0]
     return out
 
 
-def _sq_dists_to(points_t: torch.Tensor, sq_norms: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """Squared distances [C, n] from each cell's points, stored transposed [C, d, n], to its center [C, d].
-
-    The transposed layout turns the per-cell product into a row-times-matrix bmm, several times faster on
-    CPU than the matrix-times-column form.
-    """
-    cross = torch.bmm(centers.unsqueeze(1), points_t).squeeze(1)
-    return (sq_norms - 2 * cross + (centers * centers).sum(-1, keepdim=True)).clamp_min_(0)
-
-
-def _cells_t(z: torch.Tensor, rows: torch.Tensor, cells: int) -> torch.Tensor:
-    """Rows of `z` gathered into cells, transposed: [cells, d, m]."""
-    return z[rows].view(cells, -1, z.shape[1]).transpose(1, 2).contiguous()
+def _cells_t(z: torch.Tensor, rows: torch.Tensor, cells: int, chunk_elems: int = 1 << 23) -> torch.Tensor:
+    """Rows of `z` gathered into cells, transposed: [cells, d, m]; filled a few cells at a time so the only
+    full-size allocation is the result."""
+    m, d = rows.numel() // cells, z.shape[1]
+    out = torch.empty(cells, d, m)
+    step = max(1, chunk_elems // (m * d))
+    for c0 in range(0, cells, step):
+        c1 = min(cells, c0 + step)
+        out[c0:c1] = z[rows[c0 * m : c1 * m]].view(c1 - c0, m, d).transpose(1, 2)
+    return out
 
 
 def _balanced_cells(sketch: torch.Tensor, levels: int, gen: torch.Generator) -> torch.Tensor:
@@ -83,29 +88,30 @@ def _balanced_cells(sketch: torch.Tensor, levels: int, gen: torch.Generator) -> 
 
 
 def greedy_coreset(
-    features: torch.Tensor,
+    features: "torch.Tensor | Sequence[torch.Tensor]",
     n_select: int,
     projection_dim: int = 128,
     cell_size: int = 256,
     seed: int = 0,
     sketch_dim: int = 32,
-    projected: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Indices (into `features` rows) of an approximate greedy k-center coreset of size `n_select`.
+    """Indices (into the rows of `features`, one tensor or a list of chunks taken in order) of an
+    approximate greedy k-center coreset of size `n_select`.
 
+    `projection_dim`: JL projection width for the distance computations (paper: 128; <=0 = none).
     `cell_size` bounds the points per cell: larger = closer to the exact global greedy, slower.
     `sketch_dim` leading projected coordinates (themselves a JL projection) drive the cell partition.
-    `projected` lets a caller pass already projected features (e.g. projected chunk by chunk while fitting).
     """
-    n = features.shape[0] if features is not None else projected.shape[0]
+    chunks = [features] if isinstance(features, torch.Tensor) else list(features)
+    n = sum(c.shape[0] for c in chunks)
     n_select = int(n_select)
     if n_select >= n:
         return torch.arange(n)
     if n_select <= 0:
         raise ValueError("n_select must be positive")
     gen = torch.Generator().manual_seed(seed)
-    z = projected if projected is not None else random_projection(features, projection_dim, seed)
-    z = z.float()
+    z = random_projection(chunks, projection_dim, seed)
+    del chunks
 
     levels = max(0, int(math.floor(math.log2(max(1.0, n / max(cell_size, 1))))))
     while levels > 0 and 2 ** levels > n_select:
@@ -121,6 +127,7 @@ def greedy_coreset(
     point_id = src[order].view(cells, m)  # original index of every cell slot
     valid = (order < n).view(cells, m)
     pts = _cells_t(z, point_id.reshape(-1), cells)
+    del z  # from here on only the cell layout is used
     sq = (pts * pts).sum(1)
     rows = torch.arange(cells)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
-from ad.models._coreset import greedy_coreset, random_projection
+from ad.models._coreset import greedy_coreset
 from ad.models._memory import FlatL2Index, aligned_features, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
 from ad.registry import register_model
@@ -98,19 +98,14 @@ class PatchCore(AnomalyModel):
         if n_select >= n:
             bank = torch.cat(chunks)
         else:
-            # project chunk by chunk into one preallocated tensor: no second full-width copy of the features
-            d_proj = min(self.projection_dim, chunks[0].shape[1]) if self.projection_dim > 0 else chunks[0].shape[1]
-            projected = torch.empty(n, d_proj)
-            offsets = [0]
+            idx = greedy_coreset(chunks, n_select, projection_dim=self.projection_dim,
+                                 cell_size=self.coreset_cell_size, seed=self.seed)
+            # idx is sorted: select each chunk's rows in turn (no concatenated copy of all features)
+            bank, lo = [], 0
             for c in chunks:
-                projected[offsets[-1] : offsets[-1] + c.shape[0]] = random_projection(c, self.projection_dim, self.seed)
-                offsets.append(offsets[-1] + c.shape[0])
-            idx = greedy_coreset(None, n_select, cell_size=self.coreset_cell_size, seed=self.seed, projected=projected)
-            del projected
-            # idx is sorted: select each chunk's rows in turn
-            bank = torch.cat([
-                c[idx[(idx >= lo) & (idx < lo + c.shape[0])] - lo] for c, lo in zip(chunks, offsets[:-1])
-            ])
+                bank.append(c[idx[(idx >= lo) & (idx < lo + c.shape[0])] - lo])
+                lo += c.shape[0]
+            bank = torch.cat(bank)
         self.memory_bank = bank.to(self.memory_bank.device, torch.float32).contiguous()
 
     # --- inference ----------------------------------------------------------------------------------------
