@@ -76,7 +76,7 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--no-pretrained", action="store_true", help="random backbone init (for pipeline checks only)")
     p.add_argument("--max-steps", type=int, default=None, help="override the schedule's step budget")
     p.add_argument("--batch-size", type=int, default=None, help="override the schedule's train batch size")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the result to this JSON file")

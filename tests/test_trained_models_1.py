@@ -266,3 +266,17 @@ def test_trainer_checkpoint_resume_matches_uninterrupted_run(name, synthetic_roo
     preds = trainer.predict(reference, data.dataloader("test", 8))
     assert preds.maps.shape == (len(data.samples("test")), SIZE, SIZE)
     assert np.isfinite(preds.scores).all()
+
+
+def test_benchmark_script_runs_end_to_end(synthetic_root, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_trained", Path(__file__).resolve().parent.parent / "scripts" / "benchmark_trained.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert {"stfpm", "reverse_distillation", "fastflow"} <= set(bench.SCHEDULES)
+    out = tmp_path / "r.json"
+    res = bench.main(["--model", "fastflow", "--root", str(synthetic_root), "--category", "syn_weave",
+                      "--image-size", str(SIZE), "--max-steps", "2", "--batch-size", "4", "--json", str(out)])
+    assert res["steps"] == 2 and res["test_images"] == 12 and 0.0 <= res["image_auroc"] <= 1.0
+    assert out.is_file()
