@@ -23,6 +23,10 @@ from ad.engine.sweep import EXIT as _EXIT  # set by failed single runs and by th
 log = logging.getLogger("ad.train")
 
 NAME_KEYS = ("model", "dataset", "category")
+# Overrides that say where or how a job runs, not what it is: left out of run names and hparams
+# (keep in sync with hydra.job.config.override_dirname.exclude_keys in conf/hydra/default.yaml).
+NOT_PARAMS = ("hydra", "sweep", "+sweep", "hparams_search", "launcher", "trainer.progress_bar", "trainer.num_threads",
+              "dataset.root", "paths.")
 
 
 def swept_params(overrides: List[str]) -> Dict[str, str]:
@@ -30,7 +34,7 @@ def swept_params(overrides: List[str]) -> Dict[str, str]:
     out = {}
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
-        if key not in NAME_KEYS and not key.startswith(("hydra", "sweep", "launcher", "trainer.progress_bar")):
+        if key not in NAME_KEYS and not key.startswith(NOT_PARAMS):
             out[key] = value
     return out
 
