@@ -115,12 +115,10 @@ def greedy_coreset(
     # The traversal is a few dozen memory-bound passes plus many small ops; intra-op threads add a barrier to
     # each of them, which on a shared CPU (other jobs, parallel sweeps) made it 3-4x *slower* in our
     # measurements. One thread is the robust choice.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from ad.models._memory import single_thread
+
+    with single_thread():
         return _traverse(holder, n, n_select, cell_size, seed, sketch_dim)
-    finally:
-        torch.set_num_threads(prev)
 
 
 def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sketch_dim: int) -> torch.Tensor:
