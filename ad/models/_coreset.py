@@ -109,9 +109,21 @@ def greedy_coreset(
         return torch.arange(n)
     if n_select <= 0:
         raise ValueError("n_select must be positive")
-    gen = torch.Generator().manual_seed(seed)
-    z = random_projection(chunks, projection_dim, seed)
+    # one big GEMM (uses all intra-op threads); handed over in a list so the traversal can free it
+    holder = [random_projection(chunks, projection_dim, seed)]
     del chunks
+    # The traversal is a few dozen memory-bound passes plus many small ops; intra-op threads add a barrier to
+    # each of them, which on a shared CPU (other jobs, parallel sweeps) made it 3-4x *slower* in our
+    # measurements. One thread is the robust choice.
+    from ad.models._memory import single_thread
+
+    with single_thread():
+        return _traverse(holder, n, n_select, cell_size, seed, sketch_dim)
+
+
+def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sketch_dim: int) -> torch.Tensor:
+    z = holder.pop()
+    gen = torch.Generator().manual_seed(seed)
 
     levels = max(0, int(math.floor(math.log2(max(1.0, n / max(cell_size, 1))))))
     while levels > 0 and 2 ** levels > n_select:

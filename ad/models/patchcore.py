@@ -123,9 +123,11 @@ class PatchCore(AnomalyModel):
         return Prediction(scores=scores, maps=maps)
 
     def _image_scores(self, queries: torch.Tensor, patch_scores: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
-        """Paper eq. 7: s = (1 - softmax over N_b(m*) of ||m_test* - m||, taken at m*) · s*, where m_test* is
-        the most anomalous test patch, m* its nearest bank patch and N_b(m*) the b nearest bank patches of
-        m* (itself included). A nearest patch that sits in a dense nominal region lowers the score."""
+        """Paper eq. 7: s = (1 - exp||m_test* - m*|| / Σ_{m ∈ N_b(m*)} exp||m_test* - m||) · s*, where m_test*
+        is the most anomalous test patch, m* its nearest bank patch and N_b(m*) the b nearest bank patches of
+        m* (itself included). The factor lies in [1 - 1/b, 1): s* is kept when m*'s neighbours are much
+        farther from the test patch than m* (m* is an isolated bank entry, so the match says little about
+        normality), and lowered when the test patch sits inside a dense nominal neighbourhood."""
         s_star, where = patch_scores.max(1)
         rows = torch.arange(queries.shape[0])
         test_patch = queries[rows, where]  # [B, d]
