@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import resource
 import sys
 import time
@@ -31,7 +32,7 @@ from ad.data._base import ImageTransform, Sample, collate, list_images, load_ima
 from ad.models import create_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mvtec_ad"
+DEFAULT_DATA = Path(os.environ.get("AD_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mvtec_ad"
 
 # Short CPU schedules: a few minutes each on 2 shared CPU cores, so the networks work at 128 px internally
 # (data and maps stay 256 px) with small batches. Paper budgets are far longer (each model's defaults).
