@@ -51,6 +51,10 @@ class AnomalyModel(nn.Module):
     shuffle_train: bool = True
     #: name of the backbone for reporting (None for backbone-free models)
     backbone_name: Optional[str] = None
+    #: set by the trainer before `configure_optimizers()`: the step budget (None = unbounded) and the epoch
+    #: budget (None when a step budget alone decides), so schedules can be laid out over the real run
+    planned_max_steps: Optional[int] = None
+    planned_max_epochs: Optional[int] = None
 
     def configure_optimizers(self) -> Optional[OptimizerSpec]:
         return None
