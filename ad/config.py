@@ -1,6 +1,7 @@
 """Config helpers: the path to `conf/`, OmegaConf resolvers used by the configs, composing in code."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,9 +11,28 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+# Longest parameter suffix of a job directory name: the whole name must stay under the 255-byte limit of
+# common file systems even when many fixed overrides (not only swept ones) end up in override_dirname.
+MAX_PARAMS_SUFFIX = 140
+
+
 def _params_suffix(override_dirname: str) -> str:
-    """Swept parameters for a job directory name: "" or "_lr=0.1,k=3" (slashes made safe)."""
-    return f"_{override_dirname}".replace("/", "-") if override_dirname else ""
+    """Parameters for a job directory name: "" or "_lr=0.1,k=3" (slashes made safe).
+
+    Too long a list is cut at a whole `key=value` item and ends with a hash of the full list, so two jobs
+    differing only in the dropped items still get different, stable names. The full overrides are in
+    <job>/.hydra/overrides.yaml and results.json.
+    """
+    if not override_dirname:
+        return ""
+    suffix = f"_{override_dirname}".replace("/", "-")
+    if len(suffix) <= MAX_PARAMS_SUFFIX:
+        return suffix
+    digest = hashlib.sha1(override_dirname.encode("utf-8")).hexdigest()[:8]
+    head = suffix[: MAX_PARAMS_SUFFIX - len(digest) - 4]
+    cut = head.rfind(",")
+    head = head[:cut] if cut > 0 else head
+    return f"{head},..{digest}"
 
 
 def available_cpus() -> int:
@@ -51,8 +71,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ad_threads", threads_per_job)
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose the real configs outside a Hydra app (tests, notebooks), with `hydra:` resolvers available."""
+def compose(overrides: Sequence[str] = (), config_name: str = "config", output_dir: str | None = None) -> DictConfig:
+    """Compose the real configs outside a Hydra app (tests, notebooks), with `hydra:` resolvers available.
+    `output_dir` plays the run directory (`${hydra:runtime.output_dir}`)."""
     from hydra import compose as _compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -62,6 +83,11 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = _compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    if output_dir is not None:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve outside an app
     return cfg
 

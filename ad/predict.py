@@ -71,10 +71,19 @@ def predict_paths(model, meta: Dict[str, Any], paths: List[Path], batch_size: in
     scores_ = np.concatenate(scores)
     return {
         "scores": scores_,
-        "normalized": metrics.normalize(scores_, meta["normalization"]),
-        "maps": metrics.normalize(np.concatenate(maps), meta["pixel_normalization"]) if meta.get("pixel_normalization") else np.concatenate(maps),
+        "normalized": metrics.normalize(scores_, meta["normalization"]) if meta.get("normalization") else np.full(len(scores_), np.nan),
+        "maps": np.concatenate(maps),
         "images": np.concatenate(images),
     }
+
+
+def display_map(amap: np.ndarray, pixel_normalization) -> np.ndarray:
+    """Map for an overlay: on the validation scale (pixel threshold -> 0.5) when calibrated, else its own range."""
+    from ad import metrics
+
+    if pixel_normalization:
+        return metrics.normalize(amap, pixel_normalization, clip=True)
+    return (amap - amap.min()) / max(float(amap.max() - amap.min()), 1e-12)
 
 
 def gather_inputs(inp: Path) -> List[Path]:
@@ -115,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "is_anomalous": bool(res["scores"][i] >= threshold)}
             if write_overlays:
                 name = f"{i:05d}_{p.stem}.png"
-                Image.fromarray(overlay(res["images"][i], res["maps"][i])).save(out / name)
+                Image.fromarray(overlay(res["images"][i], display_map(res["maps"][i], meta.get("pixel_normalization")))).save(out / name)
                 row["overlay"] = name
             rows.append(row)
         cols = ["path", "score", "normalized_score", "is_anomalous"] + (["overlay"] if write_overlays else [])

@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights-dir", default="backbones", help="folder searched for <backbone>.pth")
     p.add_argument("--layers", type=int, nargs="+", default=[2, 3], help="backbone feature levels (targets)")
     p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--crop-size", type=int, default=None,
+                   help="train on random windows of this side at the image_size scale (cheaper; default: whole image)")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -60,14 +62,15 @@ def main(argv=None) -> int:
         backbone = BackboneConfig(name=a.backbone, pretrained=True, weights=a.weights, weights_dir=a.weights_dir)
         start = time.time()
         teacher, losses = distill_pdn_teacher(
-            files, backbone, a.layers, a.model_size, a.image_size, a.steps, a.batch_size, a.lr,
+            files, backbone, a.layers, a.model_size, a.image_size, a.crop_size, a.steps, a.batch_size, a.lr,
             procedural_fraction=a.procedural_fraction, seed=a.seed, device=device,
         )
     except ADError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     source = (f"distilled from {a.backbone} layers {a.layers} on {a.images or 'procedural textures'} "
-              f"({len(files)} images, procedural fraction {a.procedural_fraction}), {a.steps} steps")
+              f"({len(files)} images, procedural fraction {a.procedural_fraction}), {a.steps} steps of "
+              f"{a.batch_size} x {a.crop_size or a.image_size} px")
     save_teacher(a.out, teacher, a.model_size, a.image_size, source)
     tail = sum(losses[-100:]) / max(1, len(losses[-100:]))
     print(f"saved {a.out}: PDN-{a.model_size.upper()}, {sum(p.numel() for p in teacher.parameters())} params, "

@@ -317,22 +317,35 @@ def test_predict_before_fit_fails_clearly():
 
 # --- end to end on the synthetic dataset --------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def tiles_root(tmp_path_factory):
+    """A small texture category at 256 px: big enough that pretrained features see the defects (at 64 px the
+    feature maps are 8x8 and the comparison below is a coin flip)."""
+    from ad.data.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("tiles")
+    generate_synthetic(root, categories=["syn_tiles"], num_train=16, num_test_good=6, num_test_defect=3, size=256, seed=0)
+    return root
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_trainer_fits_and_predicts_on_synthetic(synthetic_root, name):
+def test_trainer_fits_and_predicts_on_synthetic(tiles_root, name):
+    from sklearn.metrics import roc_auc_score
+
     from ad.data.synthetic import Synthetic
     from ad.engine.trainer import Trainer
 
-    data = Synthetic(root=str(synthetic_root), category="syn_disc", num_train=12, num_test_good=4,
-                     num_test_defect=2, generated_size=64, image_size=64)
+    data = Synthetic(root=str(tiles_root), category="syn_tiles", num_train=16, num_test_good=6,
+                     num_test_defect=3, generated_size=256, image_size=256)
     model = MODELS.get(name)(backbone=LITE0)
     trainer = Trainer(batch_size=8, eval_batch_size=8, progress_bar=False)
     trainer.fit(model, data)
     out = trainer.predict(model, data.dataloader("test", 8))
     n_test = len(data.samples("test"))
-    assert out.scores.shape == (n_test,) and out.maps.shape == (n_test, 64, 64)
+    assert out.scores.shape == (n_test,) and out.maps.shape == (n_test, 256, 256)
     assert np.isfinite(out.scores).all() and np.isfinite(out.maps).all()
-    # the disc's defects (scratches, spots, stains, cut-paste) raise the mean score
-    assert out.scores[out.labels == 1].mean() > out.scores[out.labels == 0].mean(), name
+    # scratches, spots, stains and cut-paste on the tiles rank above the normal test images
+    assert roc_auc_score(out.labels, out.scores) > 0.7, name
 
 
 def test_fused_upsample_blur_equals_upsample_then_blur():

@@ -24,12 +24,10 @@ FAST = ["trainer=smoke", "trainer.limit_train=null", "trainer.limit_test=null", 
 def run_in_process(tmp_path: Path, overrides, name="run"):
     from ad.train import run
 
-    cfg = compose(overrides)
     run_dir = tmp_path / name
+    cfg = compose(overrides, output_dir=str(run_dir))
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.paths.output_dir = str(run_dir)
         cfg.paths.root_dir = str(tmp_path)
         del cfg["hydra"]
     return run(cfg, run_dir, choices, list(overrides)), run_dir

@@ -1,4 +1,3 @@
-"""The generic training/evaluation engine: one loop for every model, plus run outputs and logging."""
-from ad.engine.trainer import EarlyStopping, FitResult, PredictionSet, Trainer  # noqa: F401
-
-__all__ = ["EarlyStopping", "FitResult", "PredictionSet", "Trainer"]
+"""The generic training/evaluation engine: one loop for every model (`trainer`), run outputs (`outputs`),
+TensorBoard logging (`tensorboard`), the sweep summary callback (`sweep`). Submodules are imported on use so
+that `python -m ad.train --help` does not pay for importing torch."""

@@ -179,8 +179,11 @@ class Trainer:
         start_epoch, step = 0, 0
         restore_best = bool(self.early_stopping_cfg.get("restore_best", True))
 
-        model.on_fit_start()
-        if ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file():
+        resuming = ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file()
+        if not resuming:
+            model.on_fit_start(data.dataloader("train", self.eval_batch_size, limit=self.limit_train,
+                                               num_workers=self.num_workers))
+        if resuming:
             state = torch.load(ckpt_dir / "last.ckpt", map_location=self.device, weights_only=False)
             model.load_state_dict(state["model"])
             spec.optimizer.load_state_dict(state["optimizer"])

@@ -57,13 +57,14 @@ class RankCounts:
     """TP/FP counts at every distinct positive score (descending), from one sort of each class."""
 
     def __init__(
-        self, pos: np.ndarray, neg: np.ndarray, pos_weights: Optional[np.ndarray] = None, n_regions: int = 1
+        self, scores: np.ndarray, is_pos: np.ndarray, pos_weights: Optional[np.ndarray] = None, n_regions: int = 1
     ) -> None:
-        # pos, neg: 1-D finite scores of one dtype; pos_weights: per-positive PRO increments (1 / region size),
-        # accumulated then divided by the number of regions, as the official code does.
+        # scores: 1-D finite; is_pos: 1-D bool; pos_weights: PRO increment (1 / region size) of each positive in
+        # the order of scores[is_pos], accumulated then divided by the number of regions as the official code does.
+        pos = scores[is_pos]
         self.n_pos = int(pos.size)
-        self.n_neg = int(neg.size)
-        order = np.argsort(pos, kind="stable")[::-1]
+        self.n_neg = int(scores.size) - self.n_pos
+        order = np.argsort(pos)[::-1]  # the order inside a tie is irrelevant: only run ends are read
         pos_sorted = pos[order]
         # Last index of each run of equal values: the point that includes every positive tied at that value.
         ends = np.flatnonzero(pos_sorted[1:] != pos_sorted[:-1])
@@ -71,7 +72,8 @@ class RankCounts:
         self.values = pos_sorted[ends]  # distinct positive scores, descending
         self.tp = (ends + 1).astype(np.int64)  # positives >= value
         # Negatives below the lowest positive score never lie between two positive values: count them only.
-        hi = neg[neg >= self.values[-1]]
+        # (Selected straight from `scores`, so no full copy of the negatives is ever made.)
+        hi = scores[np.greater_equal(scores, self.values[-1]) & ~is_pos]
         asc = self.values[::-1]  # ascending queries let searchsorted reuse its previous position
         ge = np.zeros(asc.size, np.int64)
         gt = np.zeros(asc.size, np.int64)

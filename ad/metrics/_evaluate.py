@@ -87,7 +87,7 @@ def evaluate(
     def _image_curve() -> Dict[str, Any]:
         check_finite(s, "image scores")
         require_both_classes(y, "image metrics")
-        rc = RankCounts(s[y], s[~y])
+        rc = RankCounts(s, y)
         best = rc.f1_max()
         return {"auroc": rc.auroc(), "ap": rc.average_precision(), "f1_max": best["f1"],
                 "f1_max_threshold": best["threshold"]}
@@ -147,7 +147,10 @@ def evaluate(
                 f"pixel: {empty} anomalous images have empty masks; their pixels count as defect-free "
                 "(as in the official MVTec AD evaluation)"
             )
-        pixel = _pixel_section(m, a, pixel_threshold, max_fpr, notes, counts)
+        if m.shape[0] == 0:
+            notes.append("pixel: no image has a pixel annotation, pixel metrics are null")
+        else:
+            pixel = _pixel_section(m, a, pixel_threshold, max_fpr, notes, counts)
 
     if image["f1_max"] is not None or (pixel or {}).get("f1_max") is not None:
         notes.append(_DIAGNOSTIC_NOTE)
@@ -157,7 +160,7 @@ def evaluate(
         "per_defect": per_defect,
         "counts": counts,
         "test_set_diagnostics": list(TEST_SET_DIAGNOSTICS),
-        "notes": notes,
+        "notes": list(dict.fromkeys(notes)),  # one reason can null several metrics: say it once
     }
 
 

@@ -12,7 +12,7 @@ from ad.metrics._curve import RankCounts
 def image_counts(labels: Any, scores: Any, fn: str) -> RankCounts:
     y, s = image_inputs(labels, scores, fn)
     require_both_classes(y, fn)
-    return RankCounts(s[y], s[~y])
+    return RankCounts(s, y)
 
 
 def image_auroc(labels: Any, scores: Any) -> float:
@@ -82,5 +82,8 @@ def per_defect_auroc(labels: Any, scores: Any, defect_types: Sequence[str]) -> D
         raise UndefinedMetricError(f"{fn}: no normal test image to compare the defect types against")
     if not np.any(y):
         raise UndefinedMetricError(f"{fn}: no anomalous test image")
-    neg = s[~y]
-    return {str(d): RankCounts(s[y & (types == d)], neg).auroc() for d in sorted(set(types[y].tolist()))}
+    out = {}
+    for d in sorted(set(types[y].tolist())):
+        sel = ~y | (types == d)
+        out[str(d)] = RankCounts(s[sel], y[sel]).auroc()
+    return out

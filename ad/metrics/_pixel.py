@@ -48,8 +48,8 @@ def pixel_counts(masks: Any, maps: Any, fn: str, regions: bool = False) -> RankC
     flat_s = s.reshape(-1)
     if regions:
         weights, n_regions = region_weights(m)
-        return RankCounts(flat_s[flat_m], flat_s[~flat_m], weights, n_regions)
-    return RankCounts(flat_s[flat_m], flat_s[~flat_m])
+        return RankCounts(flat_s, flat_m, weights, n_regions)
+    return RankCounts(flat_s, flat_m)
 
 
 def check_max_fpr(max_fpr: Any) -> float:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ad.errors import ConfigError
-from ad.models._ssim import gaussian_blur, ssim_map
+from ad.models._maps import gaussian_blur2d, upsample_to
+from ad.models._ssim import ssim_map
 from ad.models.base import AnomalyModel, OptimizerSpec, Prediction
 
 _SCORES = ("mse", "ssim")
@@ -143,8 +144,8 @@ class ReconstructionModel(AnomalyModel):
     def predict(self, images: torch.Tensor) -> Prediction:
         x = self._resize(images)
         err = reconstruction_error(x, self.net(x)[0], self.score)[:, None]
-        err = gaussian_blur(err, self.smoothing_sigma)
-        maps = F.interpolate(err, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        err = gaussian_blur2d(err, self.smoothing_sigma)
+        maps = upsample_to(err, images.shape[-2:])[:, 0]
         flat = err.flatten(1)
         scores = flat.max(dim=1).values if not self.topk else flat.topk(min(self.topk, flat.shape[1]), dim=1).values.mean(1)
         return Prediction(scores=scores, maps=maps)

@@ -142,18 +142,18 @@ def load_teacher(path: str | Path, model_size: str) -> Tuple[nn.Sequential, dict
 
 # --- offline distillation ----------------------------------------------------------------------------------------
 class _ImagePool:
-    """Training images for distillation: files (cached in memory at 1.25x the crop size) and/or procedural
+    """Training images for distillation: files (cached in memory at 1.25x image_size) and/or procedural
     textures, with random resized crops, flips and colour changes so the PDN sees varied patches."""
 
-    def __init__(self, files: Sequence[Path], image_size: int, procedural_fraction: float, rng: np.random.Generator,
-                 cache_limit: int = 4096) -> None:
+    def __init__(self, files: Sequence[Path], image_size: int, crop_size: int, procedural_fraction: float,
+                 rng: np.random.Generator, cache_limit: int = 4096) -> None:
         from ad.data._base import load_image
 
-        self.files, self.size, self.rng = list(files), image_size, rng
+        self.files, self.size, self.crop, self.rng = list(files), image_size, crop_size, rng
         self.procedural_fraction = procedural_fraction if self.files else 1.0
         load_side = int(image_size * 1.25)
         self._load = lambda f: torch.from_numpy(  # noqa: E731
-            np.asarray(load_image(f).resize((load_side, load_side)), dtype=np.uint8)).permute(2, 0, 1)
+            np.array(load_image(f).resize((load_side, load_side)), dtype=np.uint8)).permute(2, 0, 1)
         self.cache = [self._load(f) for f in self.files] if len(self.files) <= cache_limit else None
 
     def sample(self) -> torch.Tensor:
@@ -162,7 +162,7 @@ class _ImagePool:
 
         s, rng = self.size, self.rng
         if self.rng.random() < self.procedural_fraction:
-            img = procedural_texture((s, s), rng)
+            img = procedural_texture((self.crop, self.crop), rng)
         else:
             i = int(rng.integers(len(self.files)))
             img = (self.cache[i] if self.cache is not None else self._load(self.files[i])).float() / 255.0
@@ -171,6 +171,9 @@ class _ImagePool:
             top, left = int(rng.integers(0, side - crop + 1)), int(rng.integers(0, side - crop + 1))
             img = F.interpolate(img[None, :, top:top + crop, left:left + crop], size=(s, s), mode="bilinear",
                                 align_corners=False, antialias=True)[0]
+            if self.crop < s:  # a window of the image at its working scale: same patch scale, less compute
+                top, left = int(rng.integers(0, s - self.crop + 1)), int(rng.integers(0, s - self.crop + 1))
+                img = img[:, top:top + self.crop, left:left + self.crop]
         if rng.random() < 0.5:
             img = img.flip(-1)
         if rng.random() < 0.5:
@@ -201,22 +204,27 @@ def backbone_targets(extractor: nn.Module, images: torch.Tensor, image_size: int
 
 def distill_pdn_teacher(
     files: Sequence[Path], backbone, layers: Sequence[int] = (2, 3), model_size: str = "s", image_size: int = 256,
-    steps: int = 20000, batch_size: int = 8, lr: float = 1e-4, weight_decay: float = 1e-5,
+    crop_size: Optional[int] = None, steps: int = 20000, batch_size: int = 8, lr: float = 1e-4, weight_decay: float = 1e-5,
     procedural_fraction: float = 0.0, seed: int = 0, device: str = "cpu", log_every: int = 100,
     stats_batches: int = 16, progress: Optional[Callable[[int, float], None]] = None,
 ) -> Tuple[nn.Sequential, List[float]]:
-    """Train a PDN to regress channel-normalised backbone features (MSE, Adam). Returns (pdn, losses)."""
+    """Train a PDN to regress channel-normalised backbone features (MSE, Adam). Returns (pdn, losses).
+
+    Images are brought to the scale EfficientAD will see (`image_size`); `crop_size` < image_size trains on
+    random windows of that scale (the PDN is a 33 px patch descriptor, so it learns the same mapping at a
+    fraction of the cost; the backbone then sees less context around each patch)."""
     from ad.backbones import FeatureExtractor
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     extractor = FeatureExtractor(backbone, layers, frozen=True).to(device)
-    pool = _ImagePool(files, image_size, procedural_fraction, rng)
+    crop = int(crop_size or image_size)
+    pool = _ImagePool(files, image_size, crop, procedural_fraction, rng)
     out_channels = int(sum(extractor.channels))
     teacher = pdn(model_size, out_channels).to(device)
     norm = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     with torch.no_grad():  # target normalisation: the PDN regresses standardised features
-        t = torch.cat([backbone_targets(extractor, pool.batch(batch_size).to(device), image_size) for _ in range(stats_batches)])
+        t = torch.cat([backbone_targets(extractor, pool.batch(batch_size).to(device), crop) for _ in range(stats_batches)])
         mean, std = t.mean(dim=(0, 2, 3), keepdim=True), t.std(dim=(0, 2, 3), keepdim=True) + 1e-6
     opt = torch.optim.Adam(teacher.parameters(), lr=lr, weight_decay=weight_decay)
     losses: List[float] = []
@@ -224,12 +232,12 @@ def distill_pdn_teacher(
     for step in range(1, steps + 1):
         x = pool.batch(batch_size).to(device)
         with torch.no_grad():
-            target = (backbone_targets(extractor, x, image_size) - mean) / std
+            target = (backbone_targets(extractor, x, crop) - mean) / std
         loss = F.mse_loss(teacher((x - norm[0]) / norm[1]), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress(step, losses[-1])
         if log_every and step % log_every == 0:

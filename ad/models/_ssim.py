@@ -45,6 +45,12 @@ def ssim_map(
         raise ValueError(f"ssim_map needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
+    with torch.autocast(x.device.type, enabled=False):  # variances are differences of squares: fp16 cancels
+        return _ssim(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x,
+                     y.float() if y.dtype in (torch.float16, torch.bfloat16) else y, window_size, sigma, c1, c2)
+
+
+def _ssim(x, y, window_size, sigma, c1, c2):
     # one filtering pass over the five local moments
     stats = gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), sigma, window_size)
     mu_x, mu_y, xx, yy, xy = stats.chunk(5, dim=1)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ad.models._anomaly_synthesis import AnomalySynthesizer
+from ad.models._maps import upsample_to
 from ad.models._ssim import ssim_loss
 from ad.models._unet import UNet
 from ad.models.base import AnomalyModel, OptimizerSpec, Prediction
@@ -46,7 +47,7 @@ class DRAEM(AnomalyModel):
         anomaly_prob: float = 0.5, beta_max: float = 0.8, rotate_normal_prob: float = 0.3,
         perlin_min_scale_exp: int = 0, perlin_max_scale_exp: int = 6, lr: float = 1e-4,
         lr_milestones: Sequence[float] = (0.8, 0.9), lr_gamma: float = 0.2, score_window: int = 21,
-        focal_gamma: float = 2.0, seed: int = 0, train_batch_size: Optional[int] = 8,
+        focal_gamma: float = 2.0, seed: int = 0, train_batch_size: Optional[int] = 8, image_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         b = int(recon_base_width)
@@ -63,28 +64,39 @@ class DRAEM(AnomalyModel):
         self.focal_gamma = float(focal_gamma)
         self.seed = int(seed)
         self.train_batch_size = train_batch_size
-        self._rng = np.random.default_rng(self.seed)
-        #: the trainer may set the epoch budget it will run; milestones are fractions of it
+        self.image_size = int(image_size) if image_size else None
+        #: the trainer may set the budget it will run; the LR milestones are fractions of it
         self.planned_max_epochs: Optional[int] = None
+        self.planned_max_steps: Optional[int] = None
 
     def configure_optimizers(self) -> OptimizerSpec:
         opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        epochs = self.planned_max_epochs or self.default_max_epochs
-        milestones = sorted({max(1, int(round(m * epochs))) for m in self.lr_milestones})
+        # a step budget without an epoch budget: milestones in steps; otherwise in epochs (paper)
+        interval = "step" if self.planned_max_steps and not self.planned_max_epochs else "epoch"
+        total = self.planned_max_steps if interval == "step" else (self.planned_max_epochs or self.default_max_epochs)
+        milestones = sorted({max(1, int(round(m * total))) for m in self.lr_milestones})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=self.lr_gamma)
-        return OptimizerSpec(opt, sched, "epoch")
+        return OptimizerSpec(opt, sched, interval)
 
     def forward(self, images: torch.Tensor):
         recon = self.reconstructive(images)
         return recon, self.discriminative(torch.cat([images, recon], dim=1))
 
+    def _prep(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.image_size
+        if s and tuple(images.shape[-2:]) != (s, s):
+            images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return images
+
     def _loss(self, batch: Dict[str, Any], rng: np.random.Generator) -> torch.Tensor:
-        clean, augmented, masks = self.synthesizer(batch["image"], rng)
+        clean, augmented, masks = self.synthesizer(self._prep(batch["image"]), rng)
         recon, logits = self(augmented)
         return F.mse_loss(recon, clean) + ssim_loss(recon, clean) + focal_loss(logits, masks, self.focal_gamma)
 
     def training_step(self, batch: Dict[str, Any]) -> torch.Tensor:
-        return self._loss(batch, self._rng)
+        # drawn from torch's global RNG, which the trainer seeds and checkpoints: a resumed run synthesises
+        # exactly the anomalies an uninterrupted one would
+        return self._loss(batch, np.random.default_rng(int(torch.randint(0, 2**62, (1,)))))
 
     def validation_step(self, batch: Dict[str, Any]) -> torch.Tensor:
         # the same synthetic anomalies every epoch (seeded by the image paths), so the loss is comparable
@@ -94,8 +106,8 @@ class DRAEM(AnomalyModel):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        _, logits = self(images)
-        maps = logits.softmax(dim=1)[:, 1]
+        _, logits = self(self._prep(images))
+        maps = logits.softmax(dim=1)[:, 1:]
         k = self.score_window
-        smoothed = F.avg_pool2d(maps[:, None], k, stride=1, padding=k // 2, count_include_pad=False)
-        return Prediction(scores=smoothed.flatten(1).max(dim=1).values, maps=maps)
+        smoothed = F.avg_pool2d(maps, k, stride=1, padding=k // 2, count_include_pad=False)
+        return Prediction(scores=smoothed.flatten(1).max(dim=1).values, maps=upsample_to(maps, images.shape[-2:])[:, 0])

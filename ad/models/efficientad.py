@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 
 @register_model("efficientad")
 class EfficientAD(AnomalyModel):
-    default_max_steps = 70000
-    default_max_epochs = 1_000_000  # budget is in steps; epochs only bound it from above
+    default_max_steps = 70000  # the trainer then runs as many epochs as these steps need
     train_batch_size = 1
 
     def __init__(
@@ -55,10 +54,15 @@ class EfficientAD(AnomalyModel):
                 "model.teacher_weights to it (or teacher_weights=random for a weak smoke-test teacher)"
             )
         if str(teacher_weights) == "random":
-            torch.manual_seed(seed)
-            self.teacher, self.teacher_meta = pdn(model_size, out_channels), {"source": "random"}
+            with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+                torch.manual_seed(seed)
+                self.teacher, self.teacher_meta = pdn(model_size, out_channels), {"source": "random"}
         else:
             self.teacher, self.teacher_meta = load_teacher(teacher_weights, model_size)
+            distilled_at = self.teacher_meta.get("image_size")
+            if distilled_at and int(distilled_at) != int(image_size):
+                log.warning("EfficientAD: teacher %s was distilled at %s px but model.image_size=%s: patches are "
+                            "seen at another scale than the teacher learned", teacher_weights, distilled_at, image_size)
         self.teacher.eval().requires_grad_(False)
         c = self.teacher_meta.get("out_channels", out_channels)
         self.channels, self.image_size, self.model_size = int(c), int(image_size), model_size
@@ -76,8 +80,10 @@ class EfficientAD(AnomalyModel):
         # identity mapping until fitted: 0.1 * (m - 0) / (0.1 - 0) = m
         self.register_buffer("map_st_q", torch.tensor([0.0, 0.1]))
         self.register_buffer("map_ae_q", torch.tensor([0.0, 0.1]))
-        self._stats: Optional[List[torch.Tensor]] = None  # running [sum, sum of squares, count] (lazy mode)
-        self._rng = np.random.default_rng(seed)
+        # running sums for the lazy teacher statistics, checkpointed so a resumed run continues them
+        self.register_buffer("teacher_sum", torch.zeros(c, dtype=torch.float64))
+        self.register_buffer("teacher_sqsum", torch.zeros(c, dtype=torch.float64))
+        self.register_buffer("teacher_count", torch.zeros((), dtype=torch.float64))
         self._penalty_files = self._list_penalty(imagenet_dir) if imagenet_dir else None
         #: the trainer may set the step budget it will run; the LR drop is a fraction of it
         self.planned_max_steps: Optional[int] = None
@@ -91,6 +97,13 @@ class EfficientAD(AnomalyModel):
         except ConfigError:
             raise ConfigError(f"model.imagenet_dir={folder} is not a folder with images; point it at ImageNet-like "
                               "images for the penalty term or set model.imagenet_dir=null") from None
+
+    @staticmethod
+    def config_for_state_dict(cfg: Dict[str, Any], state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """Model config to rebuild a fitted EfficientAD from its state dict alone: the teacher's weights are in
+        the state dict, so the teacher file need not exist on the predicting machine."""
+        last = [k for k in state_dict if k.startswith("teacher.") and k.endswith(".weight")][-1]
+        return {**cfg, "teacher_weights": "random", "out_channels": int(state_dict[last].shape[0])}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -117,23 +130,22 @@ class EfficientAD(AnomalyModel):
     @torch.no_grad()
     def _accumulate(self, images: torch.Tensor) -> None:
         t = self.teacher(self._norm(self._prep(images))).double()
-        if self._stats is None:
-            self._stats = [torch.zeros_like(t[0, :, 0, 0]), torch.zeros_like(t[0, :, 0, 0]), torch.zeros((), dtype=torch.float64)]
-        self._stats[0] += t.sum(dim=(0, 2, 3))
-        self._stats[1] += t.pow(2).sum(dim=(0, 2, 3))
-        self._stats[2] += t.shape[0] * t.shape[2] * t.shape[3]
-        s, ss, n = self._stats
+        self.teacher_sum += t.sum(dim=(0, 2, 3))
+        self.teacher_sqsum += t.pow(2).sum(dim=(0, 2, 3))
+        self.teacher_count += t.shape[0] * t.shape[2] * t.shape[3]
+        s, ss, n = self.teacher_sum, self.teacher_sqsum, self.teacher_count
         mean = s / n
         self.teacher_mean.copy_(mean.view_as(self.teacher_mean))
         self.teacher_std.copy_((ss / n - mean**2).clamp_min(1e-12).sqrt().view_as(self.teacher_std))
 
     def on_fit_start(self, train_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
-        """Teacher channel mean/std over the training images (paper). With a loader: one pass now. Without
-        (the current trainer calls `on_fit_start()` bare): accumulated over the first `teacher_stats_images`
-        training images as they arrive, the running estimate normalising meanwhile."""
+        """Teacher channel mean/std over the training images (paper). With a loader (the trainer passes one):
+        one pass now. Without: accumulated over the first `teacher_stats_images` training images as they
+        arrive, the running estimate normalising meanwhile."""
         if bool(self.teacher_stats_ready):
-            return  # resumed from a checkpoint
-        self._stats = None
+            return  # already fitted (a loaded model)
+        for buf in (self.teacher_sum, self.teacher_sqsum, self.teacher_count):
+            buf.zero_()
         if train_loader is not None:
             for batch in train_loader:
                 self._accumulate(batch["image"].to(self.teacher_mean.device))
@@ -150,20 +162,21 @@ class EfficientAD(AnomalyModel):
         q = d.detach().kthvalue(k).values
         return d[d >= q].mean()
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """One of brightness / contrast / saturation, factor in [0.8, 1.2] (the paper's AE augmentation)."""
         ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
-        return torch.stack([ops[int(self._rng.integers(3))](im, float(self._rng.uniform(0.8, 1.2))) for im in x]).clamp(0, 1)
+        return torch.stack([ops[int(rng.integers(3))](im, float(rng.uniform(0.8, 1.2))) for im in x]).clamp(0, 1)
 
-    def _penalty_batch(self, n: int) -> torch.Tensor:
+    def _penalty_batch(self, n: int, rng: np.random.Generator) -> torch.Tensor:
         from ad.data._base import load_image
 
         out = []
         for _ in range(n):
-            im = load_image(self._penalty_files[int(self._rng.integers(len(self._penalty_files)))])
+            im = load_image(self._penalty_files[int(rng.integers(len(self._penalty_files)))])
             s = self.image_size
             x = torch.from_numpy(np.asarray(im.resize((2 * s, 2 * s)), dtype=np.float32) / 255.0).permute(2, 0, 1)
-            if self._rng.random() < 0.3:
+            if rng.random() < 0.3:
                 x = TF.rgb_to_grayscale(x, num_output_channels=3)
             out.append(TF.center_crop(x, [s, s]))
         return torch.stack(out).to(self.teacher_mean.device)
@@ -171,10 +184,12 @@ class EfficientAD(AnomalyModel):
     def _loss(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
         x = self._prep(images)
         c = self.channels
+        # torch's global RNG is seeded and checkpointed by the trainer: resumed runs augment identically
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)))) if augment else None
         loss = self._hard_loss(self._teacher(self._norm(x)), self.student(self._norm(x))[:, :c])
         if self._penalty_files is not None and augment:
-            loss = loss + self.student(self._norm(self._penalty_batch(x.shape[0])))[:, :c].pow(2).mean()
-        xa = self._norm(self._augment(x) if augment else x)
+            loss = loss + self.student(self._norm(self._penalty_batch(x.shape[0], rng)))[:, :c].pow(2).mean()
+        xa = self._norm(self._augment(x, rng) if augment else x)
         ae = self.autoencoder(xa)
         loss_ae = (self._teacher(xa) - ae).pow(2).mean()
         loss_stae = (ae - self.student(xa)[:, c:]).pow(2).mean()
@@ -183,7 +198,7 @@ class EfficientAD(AnomalyModel):
     def training_step(self, batch: Dict[str, Any]) -> torch.Tensor:
         if not bool(self.teacher_stats_ready):
             self._accumulate(batch["image"])
-            if self._stats is not None and self._stats[2] >= self.teacher_stats_images * pdn_output_size(self.image_size) ** 2:
+            if self.teacher_count >= self.teacher_stats_images * pdn_output_size(self.image_size) ** 2:
                 self.teacher_stats_ready.fill_(True)
         return self._loss(batch["image"], augment=True)
 
@@ -203,7 +218,7 @@ class EfficientAD(AnomalyModel):
         return map_st, map_ae
 
     def on_fit_end(self, val_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
-        if not bool(self.teacher_stats_ready) and self._stats is not None:
+        if not bool(self.teacher_stats_ready) and self.teacher_count > 0:
             self.teacher_stats_ready.fill_(True)  # fewer training images than teacher_stats_images
         was_training = self.training
         self.eval()

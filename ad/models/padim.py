@@ -63,7 +63,7 @@ class Padim(AnomalyModel):
         feats = aligned_features(self.feature_extractor(images), mode="nearest")
         return torch.cat(feats, dim=1).index_select(1, self.channel_idx)
 
-    def on_fit_start(self) -> None:
+    def on_fit_start(self, train_loader=None) -> None:
         self._reset_sums()
 
     def training_step(self, batch: Dict[str, Any]) -> None:

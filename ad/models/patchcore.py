@@ -81,7 +81,7 @@ class PatchCore(AnomalyModel):
         return emb.view(b, h, w, -1)
 
     # --- fitting ------------------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
+    def on_fit_start(self, train_loader=None) -> None:
         self._train_features = []
 
     def training_step(self, batch: Dict[str, Any]) -> None:
