@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -102,7 +103,7 @@ def speed(args) -> dict:
         "data_decode_resize_s": round(t_train + t_test, 2),
         "backbone_forward_s_min": round(best_backbone, 2), "patchcore_fit_predict_s_min": round(best_total, 2),
         "ratio_of_minima": round(best_total / best_backbone, 3),
-        "load_average_1min": round(__import__("os").getloadavg()[0], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "runs": [{k: round(v, 3) for k, v in r.items()} for r in runs],
     }
 
@@ -151,7 +152,8 @@ def memory(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="PatchCore benchmark")
     ap.add_argument("--mode", choices=["speed", "memory"], default="speed")
-    ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"))
+    shared = Path(os.environ.get("AD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--root", default=str(shared / "mvtec_ad"), help="MVTec AD root (default: $AD_SHARED_DATA/mvtec_ad)")
     ap.add_argument("--category", default="bottle")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
