@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -47,7 +48,8 @@ def _model(args):
     from ad.models.patchcore import PatchCore
 
     return PatchCore(backbone=BackboneConfig(name=args.backbone, pretrained=True), layers=tuple(args.layers),
-                     coreset_ratio=args.coreset_ratio, coreset_cell_size=args.cell_size)
+                     coreset_ratio=args.coreset_ratio, coreset_cell_size=args.cell_size,
+                     target_embed_dim=args.target_embed_dim)
 
 
 def _fit_predict(model, train, test, bs):
@@ -97,10 +99,11 @@ def speed(args) -> dict:
         "image_size": args.size, "threads": torch.get_num_threads(), "backbone": args.backbone,
         "memory_bank": list(model.memory_bank.shape),
         "image_auroc": float(roc_auc_score(labels.numpy(), scores)),
+        "target_embed_dim": args.target_embed_dim,
         "data_decode_resize_s": round(t_train + t_test, 2),
         "backbone_forward_s_min": round(best_backbone, 2), "patchcore_fit_predict_s_min": round(best_total, 2),
         "ratio_of_minima": round(best_total / best_backbone, 3),
-        "load_average_1min": round(__import__("os").getloadavg()[0], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "runs": [{k: round(v, 3) for k, v in r.items()} for r in runs],
     }
 
@@ -149,13 +152,15 @@ def memory(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="PatchCore benchmark")
     ap.add_argument("--mode", choices=["speed", "memory"], default="speed")
-    ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"))
+    shared = Path(os.environ.get("AD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--root", default=str(shared / "mvtec_ad"), help="MVTec AD root (default: $AD_SHARED_DATA/mvtec_ad)")
     ap.add_argument("--category", default="bottle")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--coreset-ratio", type=float, default=0.1)
     ap.add_argument("--cell-size", type=int, default=256)
+    ap.add_argument("--target-embed-dim", type=int, default=None, help="PatchCore target_embed_dim (default: keep all channels)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)

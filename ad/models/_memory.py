@@ -122,15 +122,10 @@ def seeded_channel_subset(total: int, keep: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=g)[:keep].sort().values
 
 
-def log_det_from_cholesky(chol: torch.Tensor) -> torch.Tensor:
-    return 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-
-
 __all__ = [
     "single_thread",
     "FlatL2Index",
     "aligned_features",
-    "log_det_from_cholesky",
     "pairwise_sq_dists",
     "seeded_channel_subset",
     "set_faiss_threads",

@@ -107,6 +107,7 @@ class PatchCore(AnomalyModel):
                 lo += c.shape[0]
             bank = torch.cat(bank)
         self.memory_bank = bank.to(self.memory_bank.device, torch.float32).contiguous()
+        self._index = FlatL2Index()  # never reuse an index of a previous fit
 
     # --- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
