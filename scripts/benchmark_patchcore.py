@@ -49,7 +49,7 @@ def _model(args):
 
     return PatchCore(backbone=BackboneConfig(name=args.backbone, pretrained=True), layers=tuple(args.layers),
                      coreset_ratio=args.coreset_ratio, coreset_cell_size=args.cell_size,
-                     target_embed_dim=args.target_embed_dim)
+                     target_embed_dim=args.target_embed_dim, search=args.search)
 
 
 def _fit_predict(model, train, test, bs):
@@ -99,7 +99,7 @@ def speed(args) -> dict:
         "image_size": args.size, "threads": torch.get_num_threads(), "backbone": args.backbone,
         "memory_bank": list(model.memory_bank.shape),
         "image_auroc": float(roc_auc_score(labels.numpy(), scores)),
-        "target_embed_dim": args.target_embed_dim,
+        "target_embed_dim": args.target_embed_dim, "search": args.search,
         "data_decode_resize_s": round(t_train + t_test, 2),
         "backbone_forward_s_min": round(best_backbone, 2), "patchcore_fit_predict_s_min": round(best_total, 2),
         "ratio_of_minima": round(best_total / best_backbone, 3),
@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--coreset-ratio", type=float, default=0.1)
     ap.add_argument("--cell-size", type=int, default=256)
     ap.add_argument("--target-embed-dim", type=int, default=None, help="PatchCore target_embed_dim (default: keep all channels)")
+    ap.add_argument("--search", choices=["flat", "ivf"], default="flat", help="PatchCore nearest-neighbour search")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)

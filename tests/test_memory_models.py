@@ -356,3 +356,20 @@ def test_fused_upsample_blur_equals_upsample_then_blur():
     for shape, size, sigma in [((3, 8, 8), (64, 64), 4.0), ((2, 5, 7), (64, 48), 2.0), ((2, 16, 16), (64, 64), 0.0)]:
         x = torch.rand(*shape, generator=g)
         assert torch.allclose(upsample_maps(x, size, sigma), gaussian_blur2d(upsample_to(x, size), sigma), atol=1e-5)
+
+
+def test_ivf_search_is_close_to_exact_and_deterministic():
+    from ad.models._memory import FlatL2Index
+
+    g = torch.Generator().manual_seed(6)
+    centers = torch.randn(20, 16, generator=g) * 4
+    bank = (centers[torch.randint(0, 20, (4000,), generator=g)] + torch.randn(4000, 16, generator=g)).contiguous()
+    q = centers[torch.randint(0, 20, (500,), generator=g)] + torch.randn(500, 16, generator=g)
+    exact, _ = FlatL2Index("flat").search(bank, q, 1)
+    approx, idx = FlatL2Index("ivf", nprobe=8).search(bank, q, 1)
+    assert (approx >= exact - 1e-4).all()  # probing fewer cells can only miss the true nearest neighbour
+    assert ((approx - exact).abs() < 1e-4).float().mean() > 0.95
+    again, idx2 = FlatL2Index("ivf", nprobe=8).search(bank, q, 1)  # rebuilt index (e.g. after loading)
+    assert torch.equal(idx, idx2) and torch.equal(approx, again)
+    with pytest.raises(ConfigError, match="search"):
+        PatchCore(backbone=LITE0, search="hnsw")

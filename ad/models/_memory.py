@@ -73,12 +73,17 @@ def set_faiss_threads() -> None:
 
 
 class FlatL2Index:
-    """Exact L2 nearest neighbours over a fixed bank (faiss IndexFlatL2), rebuilt whenever the bank changes.
+    """L2 nearest neighbours over a fixed bank with faiss, built lazily and rebuilt whenever the bank changes.
 
-    The index is derived data: it is never saved; the bank lives in the model's buffer.
+    `kind="flat"`: exact search (IndexFlatL2). `kind="ivf"`: inverted lists over `nlist` k-means cells
+    (default min(4·√M, M/39)), probing the `nprobe` nearest cells per query — approximate, several times faster on large
+    banks. The index is derived data: it is never saved; the bank lives in the model's buffer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "flat", nprobe: int = 8, nlist: Optional[int] = None, seed: int = 0) -> None:
+        if kind not in ("flat", "ivf"):
+            raise ValueError(f"unknown nearest-neighbour index kind {kind!r} (flat | ivf)")
+        self.kind, self.nprobe, self.nlist, self.seed = kind, int(nprobe), nlist, int(seed)
         self._index = None
         self._key = None
 
@@ -87,8 +92,20 @@ class FlatL2Index:
 
         key = (bank.data_ptr(), tuple(bank.shape), bank._version)
         if self._index is None or self._key != key:
-            index = faiss.IndexFlatL2(bank.shape[1])
-            index.add(np.ascontiguousarray(bank.detach().cpu().float().numpy()))
+            data = np.ascontiguousarray(bank.detach().cpu().float().numpy())
+            m, d = data.shape
+            # faiss wants >= 39 training points per cell
+            nlist = int(self.nlist or min(4 * np.sqrt(m), m // 39))
+            if self.kind == "ivf" and m >= 39 * nlist and nlist >= 2:
+                quantizer = faiss.IndexFlatL2(d)
+                index = faiss.IndexIVFFlat(quantizer, d, nlist)
+                index.cp.seed = self.seed  # deterministic k-means: a reloaded model builds the same cells
+                index.train(data)
+                index.nprobe = min(self.nprobe, nlist)
+                self._quantizer = quantizer  # the IVF index points into it: keep it alive
+            else:
+                index = faiss.IndexFlatL2(d)
+            index.add(data)
             self._index, self._key = index, key
         return self._index
 

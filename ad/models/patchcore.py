@@ -37,10 +37,14 @@ class PatchCore(AnomalyModel):
         coreset_cell_size: int = 256,
         sigma: float = 4.0,
         seed: int = 0,
+        search: str = "flat",
+        nprobe: int = 8,
     ) -> None:
         super().__init__()
         if not 0.0 < float(coreset_ratio) <= 1.0:
             raise ConfigError(f"model.coreset_ratio={coreset_ratio} must be in (0, 1]")
+        if search not in ("flat", "ivf"):
+            raise ConfigError(f"model.search={search!r}: use 'flat' (exact) or 'ivf' (approximate, faster)")
         if int(num_neighbors) < 1 or int(reweight_neighbors) < 1:
             raise ConfigError("model.num_neighbors and model.reweight_neighbors must be >= 1")
         cfg = as_backbone_config(backbone)
@@ -56,9 +60,14 @@ class PatchCore(AnomalyModel):
         self.coreset_cell_size = int(coreset_cell_size)
         self.sigma = float(sigma)
         self.seed = int(seed)
+        self.search = search
+        self.nprobe = int(nprobe)
         self.register_buffer("memory_bank", torch.empty(0, self.embed_dim))
         self._train_features: List[torch.Tensor] = []
-        self._index = FlatL2Index()
+        self._index = self._new_index()
+
+    def _new_index(self) -> FlatL2Index:
+        return FlatL2Index(kind=self.search, nprobe=self.nprobe, seed=self.seed)
 
     @property
     def embed_dim(self) -> int:
@@ -107,7 +116,7 @@ class PatchCore(AnomalyModel):
                 lo += c.shape[0]
             bank = torch.cat(bank)
         self.memory_bank = bank.to(self.memory_bank.device, torch.float32).contiguous()
-        self._index = FlatL2Index()  # never reuse an index of a previous fit
+        self._index = self._new_index()  # never reuse an index of a previous fit
 
     # --- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
