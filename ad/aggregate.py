@@ -372,17 +372,16 @@ class Table:
     def mean_cell(self, rows: Sequence[Tuple[str, str]], col: Column, metric: str) -> MeanCell:
         """Mean over categories of the per-category means; ± is the spread of that mean across replicates
         (e.g. seeds), given only when every category has the same replicates."""
-        cells = [self.cell(r, col, metric) for r in rows]
-        means = [c.mean for c in cells if c.mean is not None]
+        filled = [c for c in (self.cell(r, col, metric) for r in rows) if c.values]
+        means = [_mean(c.values) for c in filled]
         if not means:
             return MeanCell(None, None, 0, len(rows))
         std = None
-        per_cell = [dict(zip(c.replicates, c.values)) for c in cells if c.values]
-        reps = set(per_cell[0])
-        if len(per_cell) == len(rows) and len(reps) > 1 and all(
-            set(d) == reps and len(d) == len(c.values) for d, c in zip(per_cell, [c for c in cells if c.values])
-        ):
-            std = _std([_mean([d[r] for d in per_cell]) for r in sorted(reps, key=lambda t: _natural_key(str(t)))])
+        by_rep = [dict(zip(c.replicates, c.values)) for c in filled]
+        reps = set(by_rep[0])
+        aligned = len(filled) == len(rows) and all(set(d) == reps and len(d) == c.n for d, c in zip(by_rep, filled))
+        if aligned and len(reps) > 1:
+            std = _std([_mean([d[r] for d in by_rep]) for r in reps])
         return MeanCell(_mean(means), std, len(means), len(rows))
 
     def reference_mean(self, rows: Sequence[Tuple[str, str]], col: Column, ref: Reference, metric: str,
@@ -489,7 +488,7 @@ def fmt_number(metric: str, v: Optional[float]) -> str:
     return f"{v:.4g}"
 
 
-def cell_text(metric: str, c: Cell, pm: str = "±") -> str:
+def cell_text(metric: str, c: Cell) -> str:
     if c.mean is None:
         if c.n_failed:
             return "failed"
@@ -500,18 +499,18 @@ def cell_text(metric: str, c: Cell, pm: str = "±") -> str:
         return "—"
     text = fmt_number(metric, c.mean)
     if c.std is not None:
-        text += f" {pm} {fmt_number(metric, c.std)}"
+        text += f" ± {fmt_number(metric, c.std)}"
     if c.n_failed or c.n_missing:
         text += " †"
     return text
 
 
-def mean_text(metric: str, mc: MeanCell, pm: str = "±") -> str:
+def mean_text(metric: str, mc: MeanCell) -> str:
     if mc.mean is None:
         return "—"
     text = fmt_number(metric, mc.mean)
     if mc.std is not None:
-        text += f" {pm} {fmt_number(metric, mc.std)}"
+        text += f" ± {fmt_number(metric, mc.std)}"
     if mc.n < mc.total:
         text += f" ({mc.n}/{mc.total})"
     return text
@@ -545,7 +544,7 @@ def _value_columns(table: Table) -> List[_Col]:
     return out
 
 
-def table_rows(table: Table, pm: str = "±") -> Tuple[List[Tuple[str, List[str], str]], bool]:
+def table_rows(table: Table) -> Tuple[List[Tuple[str, List[str], str]], bool]:
     """(kind, cells, dataset) for every printed row; kind is "category", "dataset_mean" or "overall_mean";
     and whether a reference cell shows a paper's own mean (marked `*`)."""
     vcols = _value_columns(table)
@@ -572,15 +571,15 @@ def table_rows(table: Table, pm: str = "±") -> Tuple[List[Tuple[str, List[str],
     for ds in table.datasets:
         rows = [r for r in table.rows if r[0] == ds]
         for r in rows:
-            vals = [ref_category(vc, r) if vc.ref else cell_text(vc.metric, table.cell(r, vc.column, vc.metric), pm)
+            vals = [ref_category(vc, r) if vc.ref else cell_text(vc.metric, table.cell(r, vc.column, vc.metric))
                     for vc in vcols]
             out.append(("category", [r[0], r[1]] + vals, ds))
-        vals = [ref_mean(vc, rows, ds) if vc.ref else mean_text(vc.metric, table.mean_cell(rows, vc.column, vc.metric), pm)
+        vals = [ref_mean(vc, rows, ds) if vc.ref else mean_text(vc.metric, table.mean_cell(rows, vc.column, vc.metric))
                 for vc in vcols]
         out.append(("dataset_mean", [ds, "mean"] + vals, ds))
     if len(table.datasets) > 1:
         vals = [ref_mean(vc, table.rows, None) if vc.ref else
-                mean_text(vc.metric, table.mean_cell(table.rows, vc.column, vc.metric), pm) for vc in vcols]
+                mean_text(vc.metric, table.mean_cell(table.rows, vc.column, vc.metric)) for vc in vcols]
         out.append(("overall_mean", ["all", "mean"] + vals, ""))
     return out, published_used
 
@@ -716,7 +715,7 @@ def latex_escape(text: str) -> str:
 def render_latex(table: Table) -> str:
     """A booktabs table: one column group per model (measured + paper), best value per row in bold."""
     vcols = _value_columns(table)
-    rows, _ = table_rows(table, pm="$\\pm$")
+    rows, _ = table_rows(table)
     # best measured mean per printed row and metric (fraction metrics: higher is better)
     best: Dict[Tuple[int, str], float] = {}
     numeric: Dict[Tuple[int, int], Optional[float]] = {}
@@ -735,19 +734,19 @@ def render_latex(table: Table) -> str:
             numeric[(i, k)] = v
             if v is not None and is_fraction(vc.metric):
                 best[(i, vc.metric)] = max(best.get((i, vc.metric), -math.inf), v)
-    multi = sum(1 for c in table.columns) > 1
+    multi = len(table.columns) > 1
 
-    spans: List[Tuple[str, int]] = []
+    spans: List[Tuple[Column, int]] = []  # one header group per column: its measured + paper value columns
     for vc in vcols:
-        if spans and spans[-1][0] == vc.column.label:
-            spans[-1] = (spans[-1][0], spans[-1][1] + 1)
+        if spans and spans[-1][0] is vc.column:
+            spans[-1] = (vc.column, spans[-1][1] + 1)
         else:
-            spans.append((vc.column.label, 1))
+            spans.append((vc.column, 1))
     out = io.StringIO()
     out.write("% Generated by ad-aggregate. Needs \\usepackage{booktabs}.\n")
     out.write("\\begin{table}[t]\n\\centering\n\\small\n")
     out.write("\\begin{tabular}{ll" + "c" * len(vcols) + "}\n\\toprule\n")
-    out.write(" & & " + " & ".join(f"\\multicolumn{{{n}}}{{c}}{{{latex_escape(lbl)}}}" for lbl, n in spans) + " \\\\\n")
+    out.write(" & & " + " & ".join(f"\\multicolumn{{{n}}}{{c}}{{{latex_escape(col.label)}}}" for col, n in spans) + " \\\\\n")
     start = 3
     rules = []
     for _, n in spans:
@@ -761,8 +760,7 @@ def render_latex(table: Table) -> str:
     for i, (kind, cells, ds) in enumerate(rows):
         values = []
         for k, (vc, text) in enumerate(zip(vcols, cells[2:])):
-            t = latex_escape(text).replace(latex_escape("$\\pm$"), "$\\pm$").replace("†", "$^\\dagger$")
-            t = t.replace("—", "--")
+            t = latex_escape(text).replace("±", "$\\pm$").replace("†", "$^\\dagger$").replace("—", "--")
             v = numeric.get((i, k))
             if multi and vc.ref is None and v is not None and best.get((i, vc.metric)) == v:
                 t = f"\\textbf{{{t}}}"

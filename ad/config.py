@@ -1,6 +1,7 @@
 """Config helpers: the path to `conf/`, OmegaConf resolvers used by the configs, composing in code."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,9 +11,28 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+# Longest parameter suffix of a job directory name: the whole name must stay under the 255-byte limit of
+# common file systems even when many fixed overrides (not only swept ones) end up in override_dirname.
+MAX_PARAMS_SUFFIX = 140
+
+
 def _params_suffix(override_dirname: str) -> str:
-    """Swept parameters for a job directory name: "" or "_lr=0.1,k=3" (slashes made safe)."""
-    return f"_{override_dirname}".replace("/", "-") if override_dirname else ""
+    """Parameters for a job directory name: "" or "_lr=0.1,k=3" (slashes made safe).
+
+    Too long a list is cut at a whole `key=value` item and ends with a hash of the full list, so two jobs
+    differing only in the dropped items still get different, stable names. The full overrides are in
+    <job>/.hydra/overrides.yaml and results.json.
+    """
+    if not override_dirname:
+        return ""
+    suffix = f"_{override_dirname}".replace("/", "-")
+    if len(suffix) <= MAX_PARAMS_SUFFIX:
+        return suffix
+    digest = hashlib.sha1(override_dirname.encode("utf-8")).hexdigest()[:8]
+    head = suffix[: MAX_PARAMS_SUFFIX - len(digest) - 4]
+    cut = head.rfind(",")
+    head = head[:cut] if cut > 0 else head
+    return f"{head},..{digest}"
 
 
 def available_cpus() -> int:

@@ -23,6 +23,11 @@ from ad.engine.sweep import EXIT as _EXIT  # set by failed single runs and by th
 log = logging.getLogger("ad.train")
 
 NAME_KEYS = ("model", "dataset", "category")
+OBJECTIVE_MAX_IMAGES = 64  # validation normals used for the synthetic-defect objective
+# Overrides that say where or how a job runs, not what it is: left out of run names and hparams
+# (keep in sync with hydra.job.config.override_dirname.exclude_keys in conf/hydra/default.yaml).
+NOT_PARAMS = ("hydra", "sweep", "+sweep", "hparams_search", "launcher", "trainer.progress_bar", "trainer.num_threads",
+              "dataset.root", "paths.")
 
 
 def swept_params(overrides: List[str]) -> Dict[str, str]:
@@ -30,7 +35,7 @@ def swept_params(overrides: List[str]) -> Dict[str, str]:
     out = {}
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
-        if key not in NAME_KEYS and not key.startswith(("hydra", "sweep", "launcher", "trainer.progress_bar")):
+        if key not in NAME_KEYS and not key.startswith(NOT_PARAMS):
             out[key] = value
     return out
 
@@ -134,22 +139,26 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
         results["image"]["threshold"] = image_threshold
         results["notes"] += list(scored.get("notes", []))
 
-        val_images = torch.stack([data.dataset("val", trainer.limit_val)[i]["image"] for i in range(len(val.scores))])
+        # The objective needs the images themselves; a capped subset keeps memory flat on large categories.
+        val_ds = data.dataset("val", trainer.limit_val)
+        val_images = torch.stack([val_ds[i]["image"] for i in range(min(len(val_ds), OBJECTIVE_MAX_IMAGES))])
 
+        @torch.no_grad()
         def score_images(x):
-            return trainer.predict(model, [{"image": x, "label": torch.zeros(len(x), dtype=torch.long),
-                                            "mask": torch.zeros(x.shape[0], *x.shape[2:]), "has_mask": torch.zeros(len(x), dtype=torch.bool),
-                                            "path": [""] * len(x), "defect_type": [""] * len(x)}], desc="validation objective").scores
+            with torch.autocast(trainer.device.type, enabled=trainer.use_amp):
+                return model.predict(x.to(trainer.device)).scores.float().cpu().numpy()
 
+        synthetic = synthetic_anomaly_auroc(score_images, val_images, seed=int(cfg.seed))
         results["validation"] = {
             "count": int(len(val.scores)),
             "mean_score": float(np.mean(val.scores)),
             "std_score": float(np.std(val.scores)),
             "loss": fit.best_val_loss,
-            "synthetic_auroc": synthetic_anomaly_auroc(score_images, val_images, seed=int(cfg.seed)),
+            "objective_images": int(len(val_images)),
+            "synthetic_auroc_levels": [v for k, v in synthetic.items() if k.startswith("auroc_level")],
+            # what hyper-parameter searches maximise: mean AUROC of pasted defects of 4 strengths
+            "objective": synthetic["objective"],
         }
-        results["validation"]["objective"] = results["validation"]["synthetic_auroc"]
-
         # Constant validation scores leave no scale to normalise with: say so rather than invent one.
         normalized = metrics.normalize(test.scores, normalization) if normalization else np.full(len(test.scores), np.nan)
         rows = [

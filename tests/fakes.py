@@ -89,7 +89,7 @@ class TinyMemory(AnomalyModel):
         self.register_buffer("std", torch.zeros(0))
         self.fit_end_calls = 0
 
-    def on_fit_start(self):
+    def on_fit_start(self, train_loader=None):
         self.total = torch.zeros(0)
         self.count.zero_()
 

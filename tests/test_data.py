@@ -151,6 +151,11 @@ def test_mask_and_image_alignment_after_resize_and_crop(tmp_path):
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (5, 9, 15, 21)
 
 
+def test_center_crop_larger_than_image_size_is_rejected(tmp_path):
+    with pytest.raises(DataError, match=r"dataset.center_crop=300 is larger than dataset.image_size=256"):
+        MVTecAD(str(tmp_path), "widget", image_size=256, center_crop=300)
+
+
 def test_mvtec_errors(tmp_path):
     with pytest.raises(DataError, match=r"MVTec AD root .*nope does not exist; .*dataset.root=<dir>"):
         list_mvtec(tmp_path / "nope", "bottle")

@@ -159,3 +159,67 @@ def test_datamodule_generates_on_first_use_and_batches(tmp_path: Path):
     assert batch["has_mask"].tolist() == defect.tolist()
     assert 0.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
     assert batch["image"].dtype == torch.float32
+
+
+def test_parallel_generation_keeps_the_first_finished_copy(tmp_path: Path, monkeypatch):
+    """Two jobs of a sweep generating the same category: the one finishing second must not replace (and so
+    briefly remove) the folder the first one is already reading."""
+    kw = dict(categories=["syn_weave"], num_train=2, num_test_good=1, num_test_defect=1, size=40, seed=0)
+    real_write = S._write_category
+    winner = {}
+
+    def write_then_other_job_finishes(dest, category, params):
+        real_write(dest, category, params)
+        other = Path(str(dest) + "-other")
+        real_write(other, category, params)
+        os.rename(other, tmp_path / category)  # the other job wins the rename
+        winner["ino"] = (tmp_path / category).stat().st_ino
+
+    monkeypatch.setattr(S, "_write_category", write_then_other_job_finishes)
+    S.generate_synthetic(tmp_path, **kw)
+    assert (tmp_path / "syn_weave").stat().st_ino == winner["ino"]
+    monkeypatch.setattr(S, "_write_category", real_write)
+    S.generate_synthetic(tmp_path, **kw)
+    assert (tmp_path / "syn_weave").stat().st_ino == winner["ino"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn_weave"]
+
+
+@pytest.mark.slow
+def test_defects_detectable_but_not_trivially(tmp_path: Path):
+    """A plain pretrained-feature nearest-neighbour detector (PatchCore without coreset) finds the defects
+    well but not perfectly everywhere: the synthetic data is neither noise nor a giveaway."""
+    import torch.nn.functional as F
+    from sklearn.metrics import roc_auc_score
+
+    from ad.backbones import BackboneConfig, FeatureExtractor
+    from ad.errors import WeightsError
+
+    try:
+        fe = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0", pretrained=True), layers=(2, 3)).eval()
+    except WeightsError as exc:
+        pytest.skip(str(exc))
+
+    def patch_features(x):
+        with torch.no_grad():
+            fs = [F.avg_pool2d(f, 3, 1, 1) for f in fe(x)]
+        size = fs[0].shape[-2:]
+        f = torch.cat([F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in fs], 1)
+        return f.permute(0, 2, 3, 1).reshape(len(x), -1, f.shape[1])
+
+    aurocs = {}
+    for cat in S.CATEGORIES:
+        dm = DATASETS.create("synthetic", root=str(tmp_path), category=cat, num_train=30, num_test_good=20,
+                             num_test_defect=5, generated_size=256, generation_seed=0, image_size=256,
+                             val_fraction=0.0)
+        bank = torch.cat([patch_features(b["image"]).flatten(0, 1) for b in dm.dataloader("train", 10)])
+        bank = bank[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:12000]]
+        scores, labels = [], []
+        for b in dm.dataloader("test", 10):
+            q = patch_features(b["image"])
+            d = torch.cdist(q.flatten(0, 1), bank).min(1).values.reshape(q.shape[:2])
+            scores += d.max(1).values.tolist()
+            labels += b["label"].tolist()
+        aurocs[cat] = roc_auc_score(labels, scores)
+    assert min(aurocs.values()) > 0.75, aurocs
+    assert sum(aurocs.values()) / len(aurocs) > 0.85, aurocs
+    assert min(aurocs.values()) < 1.0, aurocs

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ad import aggregate as agg
-from ad.config import available_cpus, compose, threads_per_job
+from ad.config import MAX_PARAMS_SUFFIX, _params_suffix, available_cpus, compose, threads_per_job
 from ad.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +56,16 @@ def test_threads_per_job_divides_cores():
         threads_per_job(0, cpus=8)
     with pytest.raises(ConfigError, match="hydra.launcher.n_jobs"):
         threads_per_job("many", cpus=8)
+
+
+def test_job_dir_params_stay_short_and_distinct():
+    assert _params_suffix("") == ""
+    assert _params_suffix("model.k=3,dataset.root=/a/b") == "_model.k=3,dataset.root=-a-b"
+    fixed = ",".join(f"dataset.option_{i}={i * 1000}" for i in range(12))
+    a, b = _params_suffix(fixed + ",seed=1"), _params_suffix(fixed + ",seed=2")
+    assert len(a) <= MAX_PARAMS_SUFFIX and len(b) <= MAX_PARAMS_SUFFIX and a != b
+    assert a.startswith("_dataset.option_0=0,") and a == _params_suffix(fixed + ",seed=1")  # stable
+    assert "/" not in _params_suffix("x=" + "/y" * 200)
 
 
 def test_joblib_launcher_config(hydra_cfg):
@@ -107,14 +117,18 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                AD_ROOT=str(tmp_path), CI="1", HYDRA_FULL_ERROR="0")
     multirun = tmp_path / "multirun"
-    tiny = ["trainer=smoke", "backbone.pretrained=false", "dataset.num_train=12", "dataset.val_fraction=0.25", "dataset.num_test_good=4",
-            "dataset.num_test_defect=2", "dataset.generated_size=64"]
+    # smoke trainer on a tiny generated dataset: every test image kept (AUROC needs both classes), 3 val normals
+    tiny = ["trainer=smoke", "trainer.limit_train=null", "trainer.limit_val=null", "trainer.limit_test=null",
+            "backbone.pretrained=false", "dataset.num_train=12", "dataset.num_test_good=4",
+            "dataset.num_test_defect=2", "dataset.generated_size=64", "dataset.val_fraction=0.25"]
     good = _run(["-m", "model=patchcore,padim", "category=syn_disc,syn_tiles", "launcher=joblib",
                  "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={multirun / 'good'}", *tiny], env)
     assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
     bad_root = tmp_path / "no_such_mvtec"
-    broken = _run(["-m", "model=patchcore", "category=bottle", f"dataset.root={bad_root}", "launcher=joblib",
+    # a second sweep dir beside it (the basic launcher: no worker pool to start for one job)
+    broken = _run(["-m", "model=patchcore", "category=bottle", f"dataset.root={bad_root}",
                    f"hydra.sweep.dir={multirun / 'broken'}", "trainer=smoke", "backbone.pretrained=false"], env)
+    assert broken.returncode != 0  # a sweep with a failed job ends non-zero, after running every job
 
     # every job left a results.json; the good ones are ok and logged to TensorBoard
     results = {}

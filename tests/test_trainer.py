@@ -114,3 +114,25 @@ def test_state_dict_round_trip_resizes_buffers(fake_root):
     fresh.load_state_dict(model.state_dict())
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(model.predict(x).maps, fresh.predict(x).maps)
+
+
+
+class BudgetRecorder(TinyAE):
+    default_max_epochs = 2
+
+    def configure_optimizers(self):
+        self.seen = (self.planned_max_epochs, self.planned_max_steps)
+        return super().configure_optimizers()
+
+
+@pytest.mark.parametrize("kw,expected", [
+    ({}, (2, None)),                                  # the model's declared epochs
+    ({"max_epochs": 1}, (1, None)),                   # trainer override
+    ({"max_steps": 3}, (None, 3)),                    # a step budget alone decides
+    ({"max_epochs": 1, "max_steps": 3}, (1, 3)),      # both: whichever ends first
+])
+def test_model_sees_its_budget_before_configuring_optimizers(fake_root, kw, expected):
+    data, trainer = make(fake_root, **kw)
+    model = BudgetRecorder()
+    trainer.fit(model, data)
+    assert model.seen == expected

@@ -150,6 +150,11 @@ class ImageTransform:
     def __init__(self, image_size: int | Sequence[int] = 256, center_crop: int | Sequence[int] | None = None):
         self.image_size = _pair(image_size)
         self.center_crop = _pair(center_crop) if center_crop else None
+        if self.center_crop and any(c > i for c, i in zip(self.center_crop, self.image_size)):
+            raise DataError(
+                f"dataset.center_crop={center_crop} is larger than dataset.image_size={image_size}; "
+                "crop to at most the resized size"
+            )
 
     @property
     def output_size(self) -> tuple[int, int]:

@@ -10,9 +10,10 @@ Three categories, each with the same four defect types (one folder each, exact m
 Defects: `scratch` (thin curved line, brighter or darker), `spot` (small irregular contamination blob),
 `stain` (large translucent colour blot), `cut_paste` (a rotated/rescaled patch of the same image pasted
 elsewhere, which breaks the pattern continuity). Every defect is alpha-composited and the mask is exactly
-the set of pixels with non-zero alpha, so no pixel outside the mask changes. Defect strength is drawn per
-image from a range so some are obvious and some subtle: a pretrained-feature model scores well but not
-trivially perfectly.
+the set of pixels with non-zero alpha, so no pixel outside the mask changes. Each defect image draws a
+severity, so most defects are clear and a tail is faint, and normal images carry nuisance variation (pose,
+exposure, grid phase, turning marks on the disc): a pretrained-feature model scores high but not trivially
+perfectly.
 
 Each image gets its own random stream keyed by (seed, category, split, defect, index), so the bytes of an
 image do not depend on how many other images were asked for, and a seed always reproduces the same files.
@@ -38,11 +39,15 @@ from ad.errors import DataError
 from ad.registry import register_dataset
 
 # Bump when the rendering changes so existing generated folders are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 5
 MARKER = ".ad_synthetic.json"
 
 CATEGORIES: Dict[str, str] = {"syn_tiles": "texture", "syn_weave": "texture", "syn_disc": "object"}
 DEFECT_TYPES: Tuple[str, ...] = ("scratch", "spot", "stain", "cut_paste")
+
+# Defect strength per category: defects on the smooth metal disc stand out far more than on busy textures, so
+# they are drawn fainter there to keep the categories comparably (and not trivially) hard.
+_DEFECT_GAIN = {"syn_tiles": 1.0, "syn_weave": 1.0, "syn_disc": 0.5}
 
 _SPLIT_CODES = {"train": 1, "test_good": 2, "test_defect": 3}
 
@@ -70,6 +75,17 @@ def _smooth_noise(rng: np.random.Generator, shape: Tuple[int, int], cells: Tuple
     g = rng.standard_normal((cells[0] + 1, cells[1] + 1)).astype(np.float32)
     im = Image.fromarray(g).resize((shape[1], shape[0]), Image.BICUBIC)
     return np.asarray(im, dtype=np.float32)
+
+
+def _blur(img: Array, factor: int) -> Array:
+    """Local mean: downsample by `factor` (box average) and upsample bicubically."""
+    s = img.shape[0]
+    small = s // factor
+    out = np.empty_like(img)
+    for c in range(img.shape[-1]):
+        ch = Image.fromarray(np.ascontiguousarray(img[..., c], dtype=np.float32))
+        out[..., c] = np.asarray(ch.resize((small, small), Image.BOX).resize((s, s), Image.BICUBIC))
+    return out
 
 
 def _blob_alpha(
@@ -131,7 +147,8 @@ def _render_tiles(rng: np.random.Generator, s: int) -> Tuple[Array, Array]:
     side = np.sign((fu < 0.5).astype(np.float32) + (fv < 0.5).astype(np.float32) - 1.0)
     col = col + (10.0 * bevel * side)[..., None]
     col = col + 5.0 * _smooth_noise(rng, (s, s), (24, 24))[..., None]
-    grout_col = np.array([118.0, 112.0, 104.0], dtype=np.float32) + 6.0 * _smooth_noise(rng, (s, s), (40, 40))[..., None]
+    grout_col = np.array([118.0, 112.0, 104.0], dtype=np.float32)
+    grout_col = grout_col + 6.0 * _smooth_noise(rng, (s, s), (40, 40))[..., None]
     img = col * (1 - grout) + grout_col * grout
     img += _gauss(rng, (s, s, 1), 2.5) + _gauss(rng, (s, s, 3), 1.0)
     img *= np.float32(rng.uniform(0.94, 1.06))  # exposure
@@ -190,6 +207,14 @@ def _render_disc(rng: np.random.Generator, s: int) -> Tuple[Array, Array]:
     metal = metal + 3.0 * _smooth_noise(rng, (s, s), (12, 12)) + _gauss(rng, (s, s), 2.0)
     groove = np.exp(-(((r - r_groove) / (0.008 * s)) ** 2))
     metal = metal - 55.0 * groove
+    # Turning marks: short faint concentric arcs, normal on a lathe-machined part. They make faint scratches
+    # (which cross the turning direction) harder to tell from normal surface variation.
+    for _ in range(int(rng.integers(0, 4))):
+        ra = rng.uniform(0.12, 0.32) * s
+        start, span = rng.uniform(-np.pi, np.pi), rng.uniform(0.3, 1.1)
+        within = np.mod(ang - start, 2 * np.pi) < span
+        arc = np.clip(max(0.6, 0.004 * s) - np.abs(r - ra) + 0.5, 0.0, 1.0) * within
+        metal = metal + rng.uniform(-14.0, 14.0) * arc
     rim = np.clip((r - (R - 0.025 * s)) / (0.025 * s), 0.0, 1.0)  # chamfer darkens the outer edge
     metal = metal - 35.0 * rim
     disc_rgb = np.stack([metal * 0.97, metal * 0.99, metal * 1.03], axis=-1)
@@ -231,7 +256,7 @@ def _place(rng: np.random.Generator, region: Array, s: int) -> Tuple[float, floa
     return float(ys[i] + lo + rng.uniform(-0.5, 0.5)), float(xs[i] + lo + rng.uniform(-0.5, 0.5))
 
 
-def _defect_scratch(rng, img, region, s):
+def _defect_scratch(rng, img, region, s, gain):
     cy, cx = _place(rng, region, s)
     length = rng.uniform(0.18, 0.36) * s
     phi = rng.uniform(0, np.pi)
@@ -245,21 +270,21 @@ def _defect_scratch(rng, img, region, s):
     dist, box = _polyline_distance(s, pts, width + 2)
     alpha = np.zeros((s, s), dtype=np.float32)
     alpha[box] = np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)
-    contrast = rng.uniform(40.0, 85.0) * (1 if rng.random() < 0.5 else -1)
+    contrast = gain * rng.uniform(35.0, 85.0) * (1 if rng.random() < 0.5 else -1)
     return alpha * rng.uniform(0.7, 1.0), img + contrast
 
 
-def _defect_spot(rng, img, region, s):
+def _defect_spot(rng, img, region, s, gain):
     cy, cx = _place(rng, region, s)
     r0 = max(1.6, rng.uniform(0.016, 0.034) * s)
     alpha, depth = _blob_alpha(rng, s, cy, cx, r0, roughness=0.3)
     palettes = np.array([[40.0, 32.0, 24.0], [28.0, 28.0, 30.0], [120.0, 70.0, 30.0], [225.0, 222.0, 205.0]])
     colour = palettes[int(rng.integers(len(palettes)))].astype(np.float32)
     target = np.broadcast_to(colour, img.shape) + (8.0 * depth)[..., None]
-    return alpha * rng.uniform(0.65, 0.95), target
+    return alpha * gain * rng.uniform(0.65, 0.95), target
 
 
-def _defect_stain(rng, img, region, s):
+def _defect_stain(rng, img, region, s, gain):
     cy, cx = _place(rng, region, s)
     r0 = max(3.0, rng.uniform(0.055, 0.1) * s)
     alpha, depth = _blob_alpha(rng, s, cy, cx, r0, roughness=0.35, harmonics=5)
@@ -267,20 +292,23 @@ def _defect_stain(rng, img, region, s):
     tint = tints[int(rng.integers(len(tints)))].astype(np.float32)
     # Dried stains are darker at the rim ("coffee ring"); strength never drops below ~half inside the mask.
     ring = 0.55 + 0.45 * np.exp(-((depth / 0.25) ** 2))
-    strength = rng.uniform(0.35, 0.7)
-    return alpha * ring * strength, img * tint
+    strength = gain * rng.uniform(0.55, 0.95)
+    # A soaked area is tinted, darker and flatter (the liquid fills the surface relief): a pure hue shift
+    # barely registers on dark, saturated fabric.
+    flat = _blur(img, max(2, s // 16))
+    target = (flat + (img - flat) * rng.uniform(0.15, 0.45)) * tint * rng.uniform(0.6, 0.85)
+    return alpha * ring * strength, target
 
 
-def _defect_cut_paste(rng, img, region, s):
+def _defect_cut_paste(rng, img, region, s, gain):
     cy, cx = _place(rng, region, s)
     ps = max(4, int(round(rng.uniform(0.09, 0.16) * s)))
     scale = rng.uniform(0.65, 1.5)
     src = int(min(s - 2, max(4, round(ps * scale))))
     sy, sx = (int(v) for v in rng.integers(0, s - src, 2))
     patch = img[sy:sy + src, sx:sx + src]
-    patch = np.stack(
-        [np.asarray(Image.fromarray(np.ascontiguousarray(patch[..., c], dtype=np.float32)).resize((ps, ps), Image.BILINEAR))
-         for c in range(3)], axis=-1)
+    channels = [Image.fromarray(np.ascontiguousarray(patch[..., c], dtype=np.float32)) for c in range(3)]
+    patch = np.stack([np.asarray(ch.resize((ps, ps), Image.BILINEAR)) for ch in channels], axis=-1)
     patch = np.rot90(patch, k=int(rng.integers(1, 4)))
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
@@ -330,8 +358,11 @@ def render_defect_with_clean(
     rng = _rng(seed, category, "test_defect", defect, index)
     img, region = _RENDERERS[category](rng, size)
     min_area = max(3, int(2e-4 * size * size))
+    # Per-image severity: most defects are clear, a tail is faint (as in real inspection data), so a good
+    # model scores high but not trivially perfect. Cut-paste is structural and ignores it.
+    severity = rng.uniform(0.35, 1.0) ** 0.7
     for _ in range(20):  # redraw the rare defect that falls almost entirely outside the allowed region
-        alpha, target = _DEFECTS[defect](rng, img, region, size)
+        alpha, target = _DEFECTS[defect](rng, img, region, size, _DEFECT_GAIN[category] * severity)
         alpha = alpha * region
         # Quantise alpha first so the mask is exactly the set of pixels the composite can change.
         alpha = np.where(alpha >= 1.0 / 64, alpha, 0.0).astype(np.float32)
@@ -427,8 +458,10 @@ def generate_synthetic(
 
 
 def _swap_into_place(tmp: Path, dest: Path, params: dict) -> None:
-    """Rename a finished folder into place. Parallel jobs (a sweep) may race: the loser keeps the winner's
-    identical result."""
+    """Rename a finished folder into place. Parallel jobs of a sweep may race: whoever finishes second keeps the
+    first one's identical copy (never pulling files away from under a job that is already reading them)."""
+    if _read_marker(dest) == params:
+        return
     if dest.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
         try:

@@ -30,7 +30,9 @@ def read_visa_split(csv_path: str | Path) -> List[Dict[str, str]]:
     try:
         st = csv_path.stat()
     except OSError:
-        raise DataError(f"VisA split file {csv_path} not found; copy split_csv/1cls.csv of the VisA release there") from None
+        raise DataError(
+            f"VisA split file {csv_path} not found; copy split_csv/1cls.csv of the official VisA release there"
+        ) from None
     # A sweep over the 12 objects reads the same 10k-row file each time: parse it once per content version.
     return [dict(r) for r in _read_split_cached(str(csv_path), st.st_mtime_ns, st.st_size)]
 

@@ -165,10 +165,13 @@ class Trainer:
         `on_fit_end`. With `run_dir`, trained models checkpoint to `<run_dir>/checkpoints/` and resume."""
         t0 = time.perf_counter()
         model.to(self.device)
-        spec: Optional[OptimizerSpec] = model.configure_optimizers()
-        trains = spec is not None
         max_epochs = self.max_epochs if self.max_epochs is not None else model.default_max_epochs
         max_steps = self.max_steps if self.max_steps is not None else model.default_max_steps
+        # Tell the model the budget it will get, so LR schedules (drops at 95 %, milestones) fit the real run.
+        model.planned_max_steps = max_steps
+        model.planned_max_epochs = max_epochs if (self.max_epochs is not None or max_steps is None) else None
+        spec: Optional[OptimizerSpec] = model.configure_optimizers()
+        trains = spec is not None
         if max_steps is not None and self.max_epochs is None and trains:
             max_epochs = 10**9  # a step budget alone decides when to stop
         batch_size = model.train_batch_size or self.batch_size
@@ -179,8 +182,11 @@ class Trainer:
         start_epoch, step = 0, 0
         restore_best = bool(self.early_stopping_cfg.get("restore_best", True))
 
-        model.on_fit_start()
-        if ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file():
+        resuming = ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file()
+        if not resuming:
+            model.on_fit_start(data.dataloader("train", self.eval_batch_size, limit=self.limit_train,
+                                               num_workers=self.num_workers))
+        if resuming:
             state = torch.load(ckpt_dir / "last.ckpt", map_location=self.device, weights_only=False)
             model.load_state_dict(state["model"])
             spec.optimizer.load_state_dict(state["optimizer"])

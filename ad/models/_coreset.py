@@ -21,37 +21,42 @@ covering radius stays within a small factor of the exact greedy's.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Sequence
 
 import torch
 
 
-def random_projection(features: torch.Tensor, dim: int, seed: int = 0, chunk: int = 65536) -> torch.Tensor:
-    """Gaussian Johnson-Lindenstrauss projection to `dim` dimensions (identity when already that small)."""
-    n, d = features.shape
+def random_projection(
+    features: "torch.Tensor | Sequence[torch.Tensor]", dim: int, seed: int = 0, chunk: int = 65536
+) -> torch.Tensor:
+    """Gaussian Johnson-Lindenstrauss projection of the rows of `features` (one tensor or a list of chunks)
+    to `dim` dimensions, written chunk by chunk into one float32 tensor (identity when already that small)."""
+    chunks = [features] if isinstance(features, torch.Tensor) else list(features)
+    n, d = sum(c.shape[0] for c in chunks), chunks[0].shape[1]
     if dim <= 0 or dim >= d:
-        return features.float()
+        return chunks[0].float() if len(chunks) == 1 else torch.cat([c.float() for c in chunks])
     g = torch.Generator().manual_seed(seed)
     proj = torch.randn(d, dim, generator=g) / math.sqrt(dim)
     out = torch.empty(n, dim)
-    for s in range(0, n, chunk):  # chunks keep the float32 copy of half-precision features small
-        out[s : s + chunk] = features[s : s + chunk].float() @ proj
+    row = 0
+    for c in chunks:
+        for s in range(0, c.shape[0], chunk):
+            part = c[s : s + chunk]
+            out[row : row + part.shape[0]] = part.float() @ proj
+            row += part.shape[0]
     return out
 
 
-def _sq_dists_to(points_t: torch.Tensor, sq_norms: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """Squared distances [C, n] from each cell's points, stored transposed [C, d, n], to its center [C, d].
-
-    The transposed layout turns the per-cell product into a row-times-matrix bmm, several times faster on
-    CPU than the matrix-times-column form.
-    """
-    cross = torch.bmm(centers.unsqueeze(1), points_t).squeeze(1)
-    return (sq_norms - 2 * cross + (centers * centers).sum(-1, keepdim=True)).clamp_min_(0)
-
-
-def _cells_t(z: torch.Tensor, rows: torch.Tensor, cells: int) -> torch.Tensor:
-    """Rows of `z` gathered into cells, transposed: [cells, d, m]."""
-    return z[rows].view(cells, -1, z.shape[1]).transpose(1, 2).contiguous()
+def _cells_t(z: torch.Tensor, rows: torch.Tensor, cells: int, chunk_elems: int = 1 << 23) -> torch.Tensor:
+    """Rows of `z` gathered into cells, transposed: [cells, d, m]; filled a few cells at a time so the only
+    full-size allocation is the result."""
+    m, d = rows.numel() // cells, z.shape[1]
+    out = torch.empty(cells, d, m)
+    step = max(1, chunk_elems // (m * d))
+    for c0 in range(0, cells, step):
+        c1 = min(cells, c0 + step)
+        out[c0:c1] = z[rows[c0 * m : c1 * m]].view(c1 - c0, m, d).transpose(1, 2)
+    return out
 
 
 def _balanced_cells(sketch: torch.Tensor, levels: int, gen: torch.Generator) -> torch.Tensor:
@@ -83,29 +88,42 @@ def _balanced_cells(sketch: torch.Tensor, levels: int, gen: torch.Generator) -> 
 
 
 def greedy_coreset(
-    features: torch.Tensor,
+    features: "torch.Tensor | Sequence[torch.Tensor]",
     n_select: int,
     projection_dim: int = 128,
     cell_size: int = 256,
     seed: int = 0,
     sketch_dim: int = 32,
-    projected: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Indices (into `features` rows) of an approximate greedy k-center coreset of size `n_select`.
+    """Indices (into the rows of `features`, one tensor or a list of chunks taken in order) of an
+    approximate greedy k-center coreset of size `n_select`.
 
+    `projection_dim`: JL projection width for the distance computations (paper: 128; <=0 = none).
     `cell_size` bounds the points per cell: larger = closer to the exact global greedy, slower.
     `sketch_dim` leading projected coordinates (themselves a JL projection) drive the cell partition.
-    `projected` lets a caller pass already projected features (e.g. projected chunk by chunk while fitting).
     """
-    n = features.shape[0] if features is not None else projected.shape[0]
+    chunks = [features] if isinstance(features, torch.Tensor) else list(features)
+    n = sum(c.shape[0] for c in chunks)
     n_select = int(n_select)
     if n_select >= n:
         return torch.arange(n)
     if n_select <= 0:
         raise ValueError("n_select must be positive")
+    # one big GEMM (uses all intra-op threads); handed over in a list so the traversal can free it
+    holder = [random_projection(chunks, projection_dim, seed)]
+    del chunks
+    # The traversal is a few dozen memory-bound passes plus many small ops; intra-op threads add a barrier to
+    # each of them, which on a shared CPU (other jobs, parallel sweeps) made it 3-4x *slower* in our
+    # measurements. One thread is the robust choice.
+    from ad.models._memory import single_thread
+
+    with single_thread():
+        return _traverse(holder, n, n_select, cell_size, seed, sketch_dim)
+
+
+def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sketch_dim: int) -> torch.Tensor:
+    z = holder.pop()
     gen = torch.Generator().manual_seed(seed)
-    z = projected if projected is not None else random_projection(features, projection_dim, seed)
-    z = z.float()
 
     levels = max(0, int(math.floor(math.log2(max(1.0, n / max(cell_size, 1))))))
     while levels > 0 and 2 ** levels > n_select:
@@ -121,39 +139,46 @@ def greedy_coreset(
     point_id = src[order].view(cells, m)  # original index of every cell slot
     valid = (order < n).view(cells, m)
     pts = _cells_t(z, point_id.reshape(-1), cells)
+    del z  # from here on only the cell layout is used
     sq = (pts * pts).sum(1)
+    rows = torch.arange(cells)
 
+    def offsets_to(centers: torch.Tensor) -> torch.Tensor:
+        """|c|² − 2·x·c for each cell's points and its center (the squared distance minus |x|²), one fused op."""
+        return torch.baddbmm((centers * centers).sum(1).view(-1, 1, 1), centers.unsqueeze(1), pts, alpha=-2.0).squeeze(1)
+
+    # We track off = min over chosen centers of (|c|² − 2·x·c); a point's squared distance to its nearest
+    # center is sq + off. Padding slots get −inf so they are never picked.
     # First pick per cell: the point farthest from the cell mean (an extreme point, like greedy's 2nd pick).
-    mind = _sq_dists_to(pts, sq, pts.mean(2))
-    mind.masked_fill_(~valid, -1.0)
-    first = mind.argmax(1)
+    first = (sq + offsets_to(pts.mean(2))).masked_fill_(~valid, -1.0).argmax(1)
     picks_val = [torch.full((cells,), float("inf"))]  # every cell keeps its first center
-    picks_id = [point_id[torch.arange(cells), first]]
-    mind = _sq_dists_to(pts, sq, pts[torch.arange(cells), :, first])
-    mind.masked_fill_(~valid, -1.0)
+    picks_id = [point_id[rows, first]]
+    off = offsets_to(pts[rows, :, first]).masked_fill_(~valid, float("-inf"))
+    # Squared distances via the Gram trick carry round-off of order 1e-7·|x|²: anything below this counts as
+    # already covered (a chosen center, exact duplicates of it).
+    tol = 1e-6 * float(sq.max())
 
-    total = cells
+    total, step, kth = cells, 0, tol
     while True:
-        vals, idx = mind.max(1)
+        vals, idx = (sq + off).max(1)
         # The k-th largest value recorded so far: a cell whose best remaining pick is not above it can no longer
         # enter the top-k selection, now or later (the threshold only grows, a cell's values only shrink).
-        if total >= n_select:
-            kth = torch.cat(picks_val).kthvalue(total - n_select + 1).values
-            keep = vals > kth
-        else:
-            keep = vals > 0
+        # Refreshed every few steps: a stale, lower threshold only keeps cells a little longer.
+        if total >= n_select and step % 4 == 0:
+            kth = max(float(torch.cat(picks_val).kthvalue(total - n_select + 1).values), tol)
+        keep = vals > kth
         n_keep = int(keep.sum())
         if n_keep == 0:
             break
         if n_keep < 0.75 * keep.numel():  # compact finished cells away (a copy, so not at every step)
-            pts, sq, mind, point_id = pts[keep], sq[keep], mind[keep], point_id[keep]
+            pts, sq, off, point_id = pts[keep], sq[keep], off[keep], point_id[keep]
             vals, idx, keep = vals[keep], idx[keep], keep[keep]
-        rows = torch.arange(pts.shape[0])
+            rows = torch.arange(pts.shape[0])
         picks_val.append(vals[keep])
         picks_id.append(point_id[rows, idx][keep])
         total += n_keep
-        torch.minimum(mind, _sq_dists_to(pts, sq, pts[rows, :, idx]), out=mind)
-        mind[rows, idx] = -1.0  # a chosen center is covered exactly (guards against round-off re-picks)
+        step += 1
+        torch.minimum(off, offsets_to(pts[rows, :, idx]), out=off)
 
     all_val = torch.cat(picks_val)
     all_id = torch.cat(picks_id)

@@ -53,7 +53,7 @@ class ResidualBottleneck(nn.Module):
             )
         else:
             self.shortcut = nn.Identity()
-        self.act = nn.ReLU(inplace=True)
+        self.act: nn.Module = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x) + self.shortcut(x))
@@ -98,9 +98,13 @@ class OneClassBottleneck(nn.Module):
 class MirroredDecoder(nn.Module):
     """Student decoder: the encoder reversed. Stage k upsamples (2×2 transposed-conv residual blocks) to encoder
     scale k's resolution and width, then refines with `blocks[k]-1` residual blocks; each stage's output is the
-    student's feature for that scale and the next stage's input."""
+    student's feature for that scale and the next stage's input.
 
-    def __init__(self, channels: Sequence[int], reductions: Sequence[int], embedding_channels: int, blocks: Sequence[int]) -> None:
+    `out_relu` mirrors the encoder's stage outputs: ResNet stages end in a ReLU, EfficientNet stages in a linear
+    projection (signed features a ReLU-ended student could never match in direction)."""
+
+    def __init__(self, channels: Sequence[int], reductions: Sequence[int], embedding_channels: int,
+                 blocks: Sequence[int], out_relu: bool = True) -> None:
         super().__init__()
         self.stages = nn.ModuleList()
         cin, r_in = embedding_channels, reductions[-1] * 2
@@ -112,6 +116,7 @@ class MirroredDecoder(nn.Module):
                 cin = cout
             for _ in range(max(1, int(blocks[len(channels) - 1 - k])) - 1):
                 layers.append(ResidualBottleneck(cout, cout, bottleneck_width(cout), "same"))
+            layers[-1].act = nn.ReLU(inplace=True) if out_relu else nn.Identity()
             self.stages.append(nn.Sequential(*layers))
             r_in = reductions[k]
 

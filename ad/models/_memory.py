@@ -1,6 +1,8 @@
 """Pieces shared by the feature-memory models (PatchCore, PaDiM, SPADE, DFM)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -10,9 +12,27 @@ import torch.nn.functional as F
 from ad.models._maps import gaussian_blur2d, upsample_to
 
 
+@functools.lru_cache(maxsize=32)
+def _resize_blur_operator(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
+    """[n_out, n_in] matrix of 1-D bilinear upsampling followed by Gaussian smoothing along one axis.
+
+    Built by pushing the identity basis through the very helpers it replaces (`upsample_to`,
+    `gaussian_blur2d`): both are linear and separable per axis, so applying this matrix on each axis gives
+    the same map as upsampling then blurring, at a fraction of the cost (two small matmuls instead of a
+    33-tap convolution over the full-resolution map).
+    """
+    basis = torch.eye(n_in, dtype=torch.float64).unsqueeze(-1)  # n_in maps of shape [n_in, 1]
+    cols = gaussian_blur2d(upsample_to(basis, (n_out, 1)), sigma)  # blur along the single column is identity
+    return cols.squeeze(-1).T.contiguous()
+
+
 def upsample_maps(maps: torch.Tensor, size: Tuple[int, int], sigma: float = 0.0) -> torch.Tensor:
-    """[B,h,w] patch-grid scores -> [B,H,W] at input resolution (bilinear), optionally Gaussian-smoothed."""
-    return gaussian_blur2d(upsample_to(maps, size), sigma)
+    """[B,h,w] patch-grid scores -> [B,H,W] at input resolution (bilinear), optionally Gaussian-smoothed
+    (exactly `gaussian_blur2d(upsample_to(maps, size), sigma)`, computed as A_h · map · A_wᵀ)."""
+    h, w = maps.shape[-2:]
+    a_h = _resize_blur_operator(h, int(size[0]), float(sigma)).to(maps.device, maps.dtype)
+    a_w = _resize_blur_operator(w, int(size[1]), float(sigma)).to(maps.device, maps.dtype)
+    return a_h @ maps @ a_w.T
 
 
 def aligned_features(
@@ -32,6 +52,19 @@ def aligned_features(
     return out
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Run a block with one intra-op thread. Batched small linear algebra (triangular solves, many tiny
+    matmuls, memory-bound loops of small ops) gains nothing from threads on CPU and, on a shared machine,
+    was measured 10-60x slower with two threads (synchronisation and nested BLAS threading)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def set_faiss_threads() -> None:
     import faiss
 
@@ -40,12 +73,17 @@ def set_faiss_threads() -> None:
 
 
 class FlatL2Index:
-    """Exact L2 nearest neighbours over a fixed bank (faiss IndexFlatL2), rebuilt whenever the bank changes.
+    """L2 nearest neighbours over a fixed bank with faiss, built lazily and rebuilt whenever the bank changes.
 
-    The index is derived data: it is never saved; the bank lives in the model's buffer.
+    `kind="flat"`: exact search (IndexFlatL2). `kind="ivf"`: inverted lists over `nlist` k-means cells
+    (default min(4·√M, M/39)), probing the `nprobe` nearest cells per query — approximate, several times faster on large
+    banks. The index is derived data: it is never saved; the bank lives in the model's buffer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "flat", nprobe: int = 8, nlist: Optional[int] = None, seed: int = 0) -> None:
+        if kind not in ("flat", "ivf"):
+            raise ValueError(f"unknown nearest-neighbour index kind {kind!r} (flat | ivf)")
+        self.kind, self.nprobe, self.nlist, self.seed = kind, int(nprobe), nlist, int(seed)
         self._index = None
         self._key = None
 
@@ -54,8 +92,20 @@ class FlatL2Index:
 
         key = (bank.data_ptr(), tuple(bank.shape), bank._version)
         if self._index is None or self._key != key:
-            index = faiss.IndexFlatL2(bank.shape[1])
-            index.add(np.ascontiguousarray(bank.detach().cpu().float().numpy()))
+            data = np.ascontiguousarray(bank.detach().cpu().float().numpy())
+            m, d = data.shape
+            # faiss wants >= 39 training points per cell
+            nlist = int(self.nlist or min(4 * np.sqrt(m), m // 39))
+            if self.kind == "ivf" and m >= 39 * nlist and nlist >= 2:
+                quantizer = faiss.IndexFlatL2(d)
+                index = faiss.IndexIVFFlat(quantizer, d, nlist)
+                index.cp.seed = self.seed  # deterministic k-means: a reloaded model builds the same cells
+                index.train(data)
+                index.nprobe = min(self.nprobe, nlist)
+                self._quantizer = quantizer  # the IVF index points into it: keep it alive
+            else:
+                index = faiss.IndexFlatL2(d)
+            index.add(data)
             self._index, self._key = index, key
         return self._index
 
@@ -89,14 +139,10 @@ def seeded_channel_subset(total: int, keep: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=g)[:keep].sort().values
 
 
-def log_det_from_cholesky(chol: torch.Tensor) -> torch.Tensor:
-    return 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-
-
 __all__ = [
+    "single_thread",
     "FlatL2Index",
     "aligned_features",
-    "log_det_from_cholesky",
     "pairwise_sq_dists",
     "seeded_channel_subset",
     "set_faiss_threads",

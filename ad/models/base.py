@@ -9,6 +9,7 @@ never asks which model it is running:
 - `training_step(batch)` → loss tensor (trained models) or None (memory models collect features here).
 - `validation_step(batch)` → validation loss on held-out *normal* images, or None when the model has none
   (then early stopping is off for it).
+- `on_fit_start(train_loader)` → prepare (reset a memory bank, statistics over the training images).
 - `on_fit_end(val_loader)` → finalise after the last epoch (coreset, Gaussian fit, map-normalisation
   quantiles on validation normals...).
 - `predict(images)` → `Prediction(scores [B], maps [B,H,W])` at input resolution. `images` are float
@@ -50,6 +51,10 @@ class AnomalyModel(nn.Module):
     shuffle_train: bool = True
     #: name of the backbone for reporting (None for backbone-free models)
     backbone_name: Optional[str] = None
+    #: set by the trainer before `configure_optimizers()`: the step budget (None = unbounded) and the epoch
+    #: budget (None when a step budget alone decides), so schedules can be laid out over the real run
+    planned_max_steps: Optional[int] = None
+    planned_max_epochs: Optional[int] = None
 
     def configure_optimizers(self) -> Optional[OptimizerSpec]:
         return None
@@ -60,8 +65,10 @@ class AnomalyModel(nn.Module):
     def validation_step(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
         return None
 
-    def on_fit_start(self) -> None:
-        """Called once before the first epoch (e.g. reset a memory bank)."""
+    def on_fit_start(self, train_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
+        """Called once before the first epoch (reset a memory bank, compute statistics over the training
+        images: `train_loader` iterates them in a fixed order without augmentation). Not called when a run
+        resumes from a checkpoint, which already holds whatever this set up."""
 
     def on_fit_end(self, val_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
         """Called once after training; `val_loader` yields the validation normals."""

@@ -59,7 +59,7 @@ class DFM(AnomalyModel):
             f = F.avg_pool2d(f, self.pooling_kernel_size)
         return f
 
-    def on_fit_start(self) -> None:
+    def on_fit_start(self, train_loader=None) -> None:
         self._collected = []
 
     def training_step(self, batch: Dict[str, Any]) -> None:

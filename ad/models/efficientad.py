@@ -139,9 +139,9 @@ class EfficientAD(AnomalyModel):
         self.teacher_std.copy_((ss / n - mean**2).clamp_min(1e-12).sqrt().view_as(self.teacher_std))
 
     def on_fit_start(self, train_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
-        """Teacher channel mean/std over the training images (paper). With a loader: one pass now. Without
-        (the current trainer calls `on_fit_start()` bare): accumulated over the first `teacher_stats_images`
-        training images as they arrive, the running estimate normalising meanwhile."""
+        """Teacher channel mean/std over the training images (paper). With a loader (the trainer passes one):
+        one pass now. Without: accumulated over the first `teacher_stats_images` training images as they
+        arrive, the running estimate normalising meanwhile."""
         if bool(self.teacher_stats_ready):
             return  # already fitted (a loaded model)
         for buf in (self.teacher_sum, self.teacher_sqsum, self.teacher_count):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
-from ad.models._coreset import greedy_coreset, random_projection
+from ad.models._coreset import greedy_coreset
 from ad.models._memory import FlatL2Index, aligned_features, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
 from ad.registry import register_model
@@ -37,10 +37,14 @@ class PatchCore(AnomalyModel):
         coreset_cell_size: int = 256,
         sigma: float = 4.0,
         seed: int = 0,
+        search: str = "flat",
+        nprobe: int = 8,
     ) -> None:
         super().__init__()
         if not 0.0 < float(coreset_ratio) <= 1.0:
             raise ConfigError(f"model.coreset_ratio={coreset_ratio} must be in (0, 1]")
+        if search not in ("flat", "ivf"):
+            raise ConfigError(f"model.search={search!r}: use 'flat' (exact) or 'ivf' (approximate, faster)")
         if int(num_neighbors) < 1 or int(reweight_neighbors) < 1:
             raise ConfigError("model.num_neighbors and model.reweight_neighbors must be >= 1")
         cfg = as_backbone_config(backbone)
@@ -56,9 +60,14 @@ class PatchCore(AnomalyModel):
         self.coreset_cell_size = int(coreset_cell_size)
         self.sigma = float(sigma)
         self.seed = int(seed)
+        self.search = search
+        self.nprobe = int(nprobe)
         self.register_buffer("memory_bank", torch.empty(0, self.embed_dim))
         self._train_features: List[torch.Tensor] = []
-        self._index = FlatL2Index()
+        self._index = self._new_index()
+
+    def _new_index(self) -> FlatL2Index:
+        return FlatL2Index(kind=self.search, nprobe=self.nprobe, seed=self.seed)
 
     @property
     def embed_dim(self) -> int:
@@ -81,7 +90,7 @@ class PatchCore(AnomalyModel):
         return emb.view(b, h, w, -1)
 
     # --- fitting ------------------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
+    def on_fit_start(self, train_loader=None) -> None:
         self._train_features = []
 
     def training_step(self, batch: Dict[str, Any]) -> None:
@@ -98,20 +107,16 @@ class PatchCore(AnomalyModel):
         if n_select >= n:
             bank = torch.cat(chunks)
         else:
-            # project chunk by chunk into one preallocated tensor: no second full-width copy of the features
-            d_proj = min(self.projection_dim, chunks[0].shape[1]) if self.projection_dim > 0 else chunks[0].shape[1]
-            projected = torch.empty(n, d_proj)
-            offsets = [0]
+            idx = greedy_coreset(chunks, n_select, projection_dim=self.projection_dim,
+                                 cell_size=self.coreset_cell_size, seed=self.seed)
+            # idx is sorted: select each chunk's rows in turn (no concatenated copy of all features)
+            bank, lo = [], 0
             for c in chunks:
-                projected[offsets[-1] : offsets[-1] + c.shape[0]] = random_projection(c, self.projection_dim, self.seed)
-                offsets.append(offsets[-1] + c.shape[0])
-            idx = greedy_coreset(None, n_select, cell_size=self.coreset_cell_size, seed=self.seed, projected=projected)
-            del projected
-            # idx is sorted: select each chunk's rows in turn
-            bank = torch.cat([
-                c[idx[(idx >= lo) & (idx < lo + c.shape[0])] - lo] for c, lo in zip(chunks, offsets[:-1])
-            ])
+                bank.append(c[idx[(idx >= lo) & (idx < lo + c.shape[0])] - lo])
+                lo += c.shape[0]
+            bank = torch.cat(bank)
         self.memory_bank = bank.to(self.memory_bank.device, torch.float32).contiguous()
+        self._index = self._new_index()  # never reuse an index of a previous fit
 
     # --- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -128,9 +133,11 @@ class PatchCore(AnomalyModel):
         return Prediction(scores=scores, maps=maps)
 
     def _image_scores(self, queries: torch.Tensor, patch_scores: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
-        """Paper eq. 7: s = (1 - softmax over N_b(m*) of ||m_test* - m||, taken at m*) · s*, where m_test* is
-        the most anomalous test patch, m* its nearest bank patch and N_b(m*) the b nearest bank patches of
-        m* (itself included). A nearest patch that sits in a dense nominal region lowers the score."""
+        """Paper eq. 7: s = (1 - exp||m_test* - m*|| / Σ_{m ∈ N_b(m*)} exp||m_test* - m||) · s*, where m_test*
+        is the most anomalous test patch, m* its nearest bank patch and N_b(m*) the b nearest bank patches of
+        m* (itself included). The factor lies in [1 - 1/b, 1): s* is kept when m*'s neighbours are much
+        farther from the test patch than m* (m* is an isolated bank entry, so the match says little about
+        normality), and lowered when the test patch sits inside a dense nominal neighbourhood."""
         s_star, where = patch_scores.max(1)
         rows = torch.arange(queries.shape[0])
         test_patch = queries[rows, where]  # [B, d]

@@ -55,9 +55,16 @@ class ReverseDistillation(AnomalyModel):
         # The paper's code is one stage deeper than the deepest used scale (WRN-50: 1024 -> 2048 channels).
         emb = int(embedding_channels or 2 * channels[-1])
         self.bottleneck = OneClassBottleneck(channels, reductions, emb, oce_blocks)
-        self.decoder = MirroredDecoder(channels, reductions, emb, decoder_blocks)
+        self.decoder = MirroredDecoder(channels, reductions, emb, decoder_blocks, out_relu=self._teacher_is_nonnegative())
         self.sigma = float(sigma)
         self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
+
+    @torch.no_grad()
+    def _teacher_is_nonnegative(self) -> bool:
+        """Whether the encoder's features are post-ReLU (ResNet) or signed (EfficientNet's linear stage ends):
+        probed on a fixed random image, since a signed map is negative somewhere on any input."""
+        probe = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        return all(bool((f >= 0).all()) for f in self.teacher(probe))
 
     def configure_optimizers(self) -> OptimizerSpec:
         params = list(self.bottleneck.parameters()) + list(self.decoder.parameters())

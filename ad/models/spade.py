@@ -62,7 +62,7 @@ class Spade(AnomalyModel):
         glob = feats[self._pos[self.global_layer]].mean(dim=(2, 3))
         return glob, [feats[self._pos[layer]] for layer in self.pixel_layers]
 
-    def on_fit_start(self) -> None:
+    def on_fit_start(self, train_loader=None) -> None:
         self._collected = []
 
     def training_step(self, batch: Dict[str, Any]) -> None:
