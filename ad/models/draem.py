@@ -65,13 +65,11 @@ class DRAEM(AnomalyModel):
         self.seed = int(seed)
         self.train_batch_size = train_batch_size
         self.image_size = int(image_size) if image_size else None
-        #: the trainer may set the budget it will run; the LR milestones are fractions of it
-        self.planned_max_epochs: Optional[int] = None
-        self.planned_max_steps: Optional[int] = None
 
     def configure_optimizers(self) -> OptimizerSpec:
         opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        # a step budget without an epoch budget: milestones in steps; otherwise in epochs (paper)
+        # the trainer sets planned_max_* to the budget it will run; milestones are fractions of it.
+        # A step budget without an epoch budget gives milestones in steps; otherwise in epochs (paper).
         interval = "step" if self.planned_max_steps and not self.planned_max_epochs else "epoch"
         total = self.planned_max_steps if interval == "step" else (self.planned_max_epochs or self.default_max_epochs)
         milestones = sorted({max(1, int(round(m * total))) for m in self.lr_milestones})

@@ -85,8 +85,6 @@ class EfficientAD(AnomalyModel):
         self.register_buffer("teacher_sqsum", torch.zeros(c, dtype=torch.float64))
         self.register_buffer("teacher_count", torch.zeros((), dtype=torch.float64))
         self._penalty_files = self._list_penalty(imagenet_dir) if imagenet_dir else None
-        #: the trainer may set the step budget it will run; the LR drop is a fraction of it
-        self.planned_max_steps: Optional[int] = None
 
     @staticmethod
     def _list_penalty(folder: str) -> List[Path]:
