@@ -42,7 +42,7 @@ SCHEDULES = {
     "beta_vae": dict(steps=300, batch_size=8, model={"image_size": 128}),
     "unet_ae": dict(steps=300, batch_size=8, model={"image_size": 128, "widths": [16, 32, 64, 128, 128]}),
     "efficientad": dict(steps=400, batch_size=1, model={"image_size": 128, "teacher_weights": "backbones/pdn_s.pth"}),
-    "draem": dict(steps=150, batch_size=4, model={"image_size": 128, "recon_base_width": 16, "disc_base_width": 16}),
+    "draem": dict(steps=400, batch_size=4, model={"image_size": 128, "recon_base_width": 16, "disc_base_width": 16}),
 }
 
 
