@@ -197,12 +197,14 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
                    "backbone": results["backbone"] or "none", "seed": results["seed"], **params}
         logger.final(results, hparams, test, normalized, vis, (0.0, 1.0))
         results["status"] = "ok"
-    except ADError as exc:
-        results.update(status="failed", error=str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
-        log.error("%s", results["error"])
-    except Exception as exc:  # a bug or an environment problem: keep the traceback in train.log
-        results.update(status="failed", error=f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
-        log.error("run failed: %s\n%s", results["error"], traceback.format_exc())
+    except Exception as exc:
+        user_error = exc if isinstance(exc, ADError) else exc.__cause__  # instantiate() wraps a component's ADError
+        if isinstance(user_error, ADError):
+            results.update(status="failed", error=str(user_error).splitlines()[0] if str(user_error) else user_error.__class__.__name__)
+            log.error("%s", results["error"])
+        else:  # a bug or an environment problem: keep the traceback in train.log
+            results.update(status="failed", error=f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
+            log.error("run failed: %s\n%s", results["error"], traceback.format_exc())
     finally:
         if logger is not None:
             logger.close()

@@ -172,3 +172,11 @@ def test_cli_failed_run_exits_nonzero_without_traceback(tmp_path):
     assert "Traceback" not in out.stderr + out.stdout
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["status"] == "failed" and "/definitely/not/here" in saved["error"]
+
+
+def test_component_error_is_reported_unwrapped(synthetic_root, tmp_path):
+    # EfficientAD without its teacher file raises an ADError inside hydra's instantiate
+    res, _ = run_in_process(tmp_path, ["model=efficientad", f"model.teacher_weights={tmp_path / 'no_pdn.pth'}",
+                                       f"dataset.root={synthetic_root}", *FAST])
+    assert res["status"] == "failed"
+    assert "InstantiationException" not in res["error"] and "no_pdn.pth" in res["error"]
