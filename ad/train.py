@@ -90,13 +90,12 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
         model = instantiate(cfg.model)
         if getattr(model, "backbone_name", None):
             results["backbone"] = model.backbone_name
-        n_test = len(data.dataset("test", trainer.limit_test))
-        test_samples = data.dataset("test", trainer.limit_test).samples
+        test_ds = data.dataset("test", trainer.limit_test)
         results["counts"] = {
             "train": len(data.dataset("train", trainer.limit_train)),
             "val": len(data.dataset("val", trainer.limit_val)),
-            "test": n_test,
-            "test_anomalous": sum(s.label for s in test_samples),
+            "test": len(test_ds),
+            "test_anomalous": sum(s.label for s in test_ds.samples),
         }
         logger = TensorBoardLogger(run_dir / "tb", **OmegaConf.to_container(cfg.logger, resolve=True))
         logger.text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```")
@@ -187,9 +186,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
         results["memory"] = {"peak_rss_mb": peak_rss_mb()}
         if torch.cuda.is_available():
             results["memory"]["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        picks = pick_visualizations(test.labels, test.scores, trainer.num_visualizations)
-        test_ds = data.dataset("test", trainer.limit_test)
 
+        picks = pick_visualizations(test.labels, test.scores, trainer.num_visualizations)
         vis = [{"image": test_ds[i]["image"].numpy(), "map": display_map(test.maps[i], pixel_normalization),
                 "mask": test.masks[i] if test.has_mask[i] else None, "caption": f"{Path(test.paths[i]).name} {cap}"}
                for i, cap in picks]
