@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--coreset-ratio", type=float, default=0.1)
     ap.add_argument("--cell-size", type=int, default=256)
     ap.add_argument("--target-embed-dim", type=int, default=None, help="PatchCore target_embed_dim (default: keep all channels)")
-    ap.add_argument("--search", choices=["flat", "ivf"], default="flat", help="PatchCore nearest-neighbour search")
+    ap.add_argument("--search", choices=["exact", "flat", "ivf"], default="exact", help="PatchCore nearest-neighbour search")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)

@@ -358,18 +358,48 @@ def test_fused_upsample_blur_equals_upsample_then_blur():
         assert torch.allclose(upsample_maps(x, size, sigma), gaussian_blur2d(upsample_to(x, size), sigma), atol=1e-5)
 
 
+def _brute_force_knn(bank: torch.Tensor, q: torch.Tensor, k: int):
+    d = torch.cdist(q.double(), bank.double())
+    return d.topk(k, dim=1, largest=False)
+
+
+@pytest.mark.parametrize("k", [1, 3, 9])
+def test_exact_pruned_search_equals_brute_force(k):
+    from ad.models._memory import KnnIndex
+
+    g = torch.Generator().manual_seed(11)
+    # overlapping clusters (pruning must still be exact), a far-away outlier query group (little to prune),
+    # queries duplicating bank rows (distance 0) and a tiny cell-sized bank mixed in through k
+    centers = torch.randn(30, 24, generator=g) * 3
+    bank = (centers[torch.randint(0, 30, (6000,), generator=g)] + torch.randn(6000, 24, generator=g)).contiguous()
+    q = torch.cat([
+        centers[torch.randint(0, 30, (700,), generator=g)] + 1.5 * torch.randn(700, 24, generator=g),
+        torch.randn(50, 24, generator=g) * 40,
+        bank[:50],
+    ])
+    index = KnnIndex("exact")
+    d, i = index.search(bank, q, k)
+    assert index._ivf is not None  # the pruned path ran (the bank is large enough to be split into cells)
+    ref_d, ref_i = _brute_force_knn(bank, q, k)
+    assert torch.allclose(d.double(), ref_d, atol=1e-3, rtol=1e-4)
+    # indices agree except where float64 distances tie within float32 resolution
+    true_d_of_found = (bank[i].double() - q.double().unsqueeze(1)).norm(dim=-1)
+    assert torch.allclose(true_d_of_found, ref_d, atol=1e-3, rtol=1e-4)
+    assert (i == ref_i).float().mean() > 0.999
+
+
 def test_ivf_search_is_close_to_exact_and_deterministic():
-    from ad.models._memory import FlatL2Index
+    from ad.models._memory import KnnIndex
 
     g = torch.Generator().manual_seed(6)
     centers = torch.randn(20, 16, generator=g) * 4
     bank = (centers[torch.randint(0, 20, (4000,), generator=g)] + torch.randn(4000, 16, generator=g)).contiguous()
     q = centers[torch.randint(0, 20, (500,), generator=g)] + torch.randn(500, 16, generator=g)
-    exact, _ = FlatL2Index("flat").search(bank, q, 1)
-    approx, idx = FlatL2Index("ivf", nprobe=8).search(bank, q, 1)
+    exact, _ = KnnIndex("flat").search(bank, q, 1)
+    approx, idx = KnnIndex("ivf", nprobe=8).search(bank, q, 1)
     assert (approx >= exact - 1e-4).all()  # probing fewer cells can only miss the true nearest neighbour
     assert ((approx - exact).abs() < 1e-4).float().mean() > 0.95
-    again, idx2 = FlatL2Index("ivf", nprobe=8).search(bank, q, 1)  # rebuilt index (e.g. after loading)
+    again, idx2 = KnnIndex("ivf", nprobe=8).search(bank, q, 1)  # rebuilt index (e.g. after loading)
     assert torch.equal(idx, idx2) and torch.equal(approx, again)
     with pytest.raises(ConfigError, match="search"):
         PatchCore(backbone=LITE0, search="hnsw")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._coreset import greedy_coreset
-from ad.models._memory import FlatL2Index, aligned_features, upsample_maps
+from ad.models._memory import KnnIndex, aligned_features, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
 from ad.registry import register_model
 
@@ -37,14 +37,15 @@ class PatchCore(AnomalyModel):
         coreset_cell_size: int = 256,
         sigma: float = 4.0,
         seed: int = 0,
-        search: str = "flat",
+        search: str = "exact",
         nprobe: int = 8,
     ) -> None:
         super().__init__()
         if not 0.0 < float(coreset_ratio) <= 1.0:
             raise ConfigError(f"model.coreset_ratio={coreset_ratio} must be in (0, 1]")
-        if search not in ("flat", "ivf"):
-            raise ConfigError(f"model.search={search!r}: use 'flat' (exact) or 'ivf' (approximate, faster)")
+        if search not in KnnIndex.KINDS:
+            raise ConfigError(f"model.search={search!r}: use 'exact' (pruned exact search), 'flat' (brute force) "
+                              "or 'ivf' (approximate)")
         if int(num_neighbors) < 1 or int(reweight_neighbors) < 1:
             raise ConfigError("model.num_neighbors and model.reweight_neighbors must be >= 1")
         cfg = as_backbone_config(backbone)
@@ -66,8 +67,8 @@ class PatchCore(AnomalyModel):
         self._train_features: List[torch.Tensor] = []
         self._index = self._new_index()
 
-    def _new_index(self) -> FlatL2Index:
-        return FlatL2Index(kind=self.search, nprobe=self.nprobe, seed=self.seed)
+    def _new_index(self) -> KnnIndex:
+        return KnnIndex(kind=self.search, nprobe=self.nprobe, seed=self.seed)
 
     @property
     def embed_dim(self) -> int:

@@ -14,7 +14,7 @@ import torch
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._maps import gaussian_blur2d, upsample_to
-from ad.models._memory import FlatL2Index, pairwise_sq_dists
+from ad.models._memory import KnnIndex, pairwise_sq_dists
 from ad.models.base import AnomalyModel, Prediction
 from ad.registry import register_model
 
@@ -52,7 +52,7 @@ class Spade(AnomalyModel):
         for i, layer in enumerate(self.pixel_layers):
             self.register_buffer(f"gallery_{i}", torch.empty(0, chans[self._pos[layer]], 0, 0))
         self._collected: List[List[torch.Tensor]] = []
-        self._index = FlatL2Index()
+        self._index = KnnIndex("flat")
 
     def _galleries(self) -> List[torch.Tensor]:
         return [getattr(self, f"gallery_{i}") for i in range(len(self.pixel_layers))]
@@ -98,7 +98,7 @@ class Spade(AnomalyModel):
             for j in range(images.shape[0]):
                 g = gallery[order[j]].permute(0, 2, 3, 1).reshape(-1, c)
                 q = fmap[j].permute(1, 2, 0).reshape(-1, c)
-                d, _ = FlatL2Index().search(g, q, 1)
+                d, _ = KnnIndex("flat").search(g, q, 1)
                 layer_maps.append(d[:, 0].view(fmap.shape[-2:]))
             out += upsample_to(torch.stack(layer_maps), size)
         maps_out = gaussian_blur2d(out / len(maps), self.sigma)
