@@ -365,7 +365,7 @@ def _brute_force_knn(bank: torch.Tensor, q: torch.Tensor, k: int):
 
 @pytest.mark.parametrize("k", [1, 3, 9])
 def test_exact_pruned_search_equals_brute_force(k):
-    from ad.models._memory import KnnIndex
+    from ad.models._memory import KnnIndex, _CellPrunedKnn
 
     g = torch.Generator().manual_seed(11)
     # overlapping clusters (pruning must still be exact), a far-away outlier query group (little to prune),
@@ -379,7 +379,7 @@ def test_exact_pruned_search_equals_brute_force(k):
     ])
     index = KnnIndex("exact")
     d, i = index.search(bank, q, k)
-    assert index._ivf is not None  # the pruned path ran (the bank is large enough to be split into cells)
+    assert isinstance(index._index, _CellPrunedKnn)  # the pruned path ran (the bank is large enough to be split into cells)
     ref_d, ref_i = _brute_force_knn(bank, q, k)
     assert torch.allclose(d.double(), ref_d, atol=1e-3, rtol=1e-4)
     # indices agree except where float64 distances tie within float32 resolution
