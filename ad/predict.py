@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str]) -> Dict[str, str]:
 
 def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
     """Rebuild a fitted model from `<run_dir>/model.pt`. Returns (model, meta)."""
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
     path = Path(run_dir) / "model.pt"
     if not Path(run_dir).is_dir():
@@ -48,9 +48,13 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
         # The fitted weights are in the state dict: don't require the pretrained files on this machine.
         cfg["backbone"] = {**cfg["backbone"], "pretrained": False}
     try:
+        # Models that need other files to build (EfficientAD's teacher) say how to rebuild from the state dict.
+        cls = get_class(cfg["_target_"])
+        if hasattr(cls, "config_for_state_dict"):
+            cfg = cls.config_for_state_dict(cfg, meta["state_dict"])
         model = instantiate(cfg)
         model.load_state_dict(meta["state_dict"])
-    except (RuntimeError, KeyError, TypeError) as exc:
+    except (RuntimeError, KeyError, TypeError, ImportError, ValueError) as exc:
         raise ConfigError(f"{path} does not match the code's model '{meta.get('model_name')}': {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), meta
 

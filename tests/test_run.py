@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import open_dict
 
 from ad.config import compose
@@ -180,3 +181,23 @@ def test_component_error_is_reported_unwrapped(synthetic_root, tmp_path):
                                        f"dataset.root={synthetic_root}", *FAST])
     assert res["status"] == "failed"
     assert "InstantiationException" not in res["error"] and "no_pdn.pth" in res["error"]
+
+
+def test_load_run_rebuilds_efficientad_without_its_teacher_file(tmp_path):
+    """The fitted teacher is in model.pt: predicting must not need the teacher file used for training."""
+    from ad.engine.outputs import save_model_file
+    from ad.models.efficientad import EfficientAD
+    from ad.predict import load_run
+
+    torch.manual_seed(0)
+    model = EfficientAD(teacher_weights="random", image_size=64, out_channels=16, seed=3).eval()
+    with torch.no_grad():  # move every buffer away from its init so a wrong rebuild shows
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        model.teacher_mean.fill_(0.1)
+    cfg = {"_target_": "ad.models.efficientad.EfficientAD", "teacher_weights": str(tmp_path / "gone" / "pdn_s.pth"),
+           "image_size": 64, "out_channels": 384}
+    save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "efficientad"})
+    loaded, meta = load_run(tmp_path)
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(loaded.predict(x).scores, model.predict(x).scores)
