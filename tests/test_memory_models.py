@@ -364,8 +364,12 @@ def _brute_force_knn(bank: torch.Tensor, q: torch.Tensor, k: int):
 
 
 @pytest.mark.parametrize("k", [1, 3, 9])
-def test_exact_pruned_search_equals_brute_force(k):
+def test_exact_pruned_search_equals_brute_force(k, monkeypatch):
     from ad.models._memory import KnnIndex, _CellPrunedKnn
+
+    brute_rows = []
+    brute = _CellPrunedKnn._brute_force
+    monkeypatch.setattr(_CellPrunedKnn, "_brute_force", lambda self, q, k: brute_rows.append(len(q)) or brute(self, q, k))
 
     g = torch.Generator().manual_seed(11)
     # overlapping clusters (pruning must still be exact), a far-away outlier query group (little to prune),
@@ -380,6 +384,8 @@ def test_exact_pruned_search_equals_brute_force(k):
     index = KnnIndex("exact")
     d, i = index.search(bank, q, k)
     assert isinstance(index._index, _CellPrunedKnn)  # the pruned path ran (the bank is large enough to be split into cells)
+    # the far-away queries leave little to prune and go to brute force; the clustered ones are cell-scanned
+    assert 0 < sum(brute_rows) < 200
     ref_d, ref_i = _brute_force_knn(bank, q, k)
     assert torch.allclose(d.double(), ref_d, atol=1e-3, rtol=1e-4)
     # indices agree except where float64 distances tie within float32 resolution

@@ -143,12 +143,18 @@ class _CellPrunedKnn:
     The bank is split into k-means cells, each with its centre c and radius r (farthest member). A query q
     is first matched inside its `PROBE` nearest cells, which bounds its k-th neighbour distance by u; by the
     triangle inequality no member of a cell with ‖q − c‖ − r > u can beat that, so only the other cells are
-    scanned — ~3-5 % of a PatchCore bank. Scans go cell by cell (every query that needs a cell at once), so
-    the distance work is a few hundred GEMMs rather than per-pair loops. Bounds are widened by a bound on
-    float32 rounding so the pruning never drops a cell that could hold a neighbour. Runs on the bank's device.
+    scanned — ~3-5 % of a PatchCore bank on real images. Scans go cell by cell (every query that needs a cell
+    at once), so the distance work is a few hundred GEMMs rather than per-pair loops. Bounds are widened by a
+    bound on float32 rounding so the pruning never drops a cell that could hold a neighbour.
+
+    Pruning only pays on structured features. A query whose bound leaves more than `BRUTE_SHARE` of the bank
+    to scan (outliers; features without cluster structure, e.g. on some synthetic textures ~60 % of the bank)
+    is searched by brute force (faiss IndexFlatL2), which is cheaper per row than gathering it cell by cell,
+    so the search is never much slower than brute force. Runs on the bank's device; brute force on the CPU.
     """
 
     PROBE = 2  # cells scanned for the first bound (1-2 measured fastest)
+    BRUTE_SHARE = 0.25  # cell scans cost ~3.4x brute force per bank row (measured): switch over above this
 
     def __init__(self, bank: torch.Tensor, nlist: int, seed: int = 0) -> None:
         import faiss
@@ -165,7 +171,9 @@ class _CellPrunedKnn:
         self.order = cell.argsort(stable=True)  # bank rows grouped by cell; self.order[j] = original row
         self.x = x[self.order].contiguous()
         self.x_sq = (self.x * self.x).sum(1)
-        self.bounds = [0] + torch.bincount(cell, minlength=nlist).cumsum(0).tolist()
+        self.sizes = torch.bincount(cell, minlength=nlist).float()
+        self.bounds = [0] + self.sizes.long().cumsum(0).tolist()
+        self._flat = None
         dist = (x.double() - centres.double()[cell]).norm(dim=1)
         radius = torch.zeros(nlist, dtype=torch.float64, device=x.device).scatter_reduce_(0, cell, dist, "amax")
         self.centres, self.radii = centres, (radius * (1 + 1e-6)).float()
@@ -185,10 +193,27 @@ class _CellPrunedKnn:
         self._scan(q, q_sq, first, best_d, best_i, k)
         upper = (best_d[:, k - 1] + self.eps * (q_sq + self.max_x_sq)).sqrt()
         lower = (cell_sq - self.eps * (q_sq.unsqueeze(1) + self.c_sq)).clamp_min_(0).sqrt_() - self.radii
-        self._scan(q, q_sq, (lower <= upper.unsqueeze(1)) & ~first, best_d, best_i, k)
+        todo = (lower <= upper.unsqueeze(1)) & ~first
+        brute = (todo.float() @ self.sizes) > self.BRUTE_SHARE * self.x.shape[0]
+        if brute.any():
+            todo[brute] = False
+            rows = brute.nonzero().squeeze(1)
+            d, i = self._brute_force(q.index_select(0, rows), k)
+            best_d[rows], best_i[rows] = d, i
+        self._scan(q, q_sq, todo, best_d, best_i, k)
         # report distances computed directly (not through the Gram trick): no cancellation error
         dist = torch.linalg.vector_norm(self.x[best_i] - q.unsqueeze(1), dim=-1)
         return dist.to(queries.device), self.order[best_i].to(queries.device)
+
+    def _brute_force(self, q: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(squared distances, sorted-bank rows) [n, k] of the k nearest rows of the whole bank."""
+        import faiss
+
+        if self._flat is None:
+            self._flat = faiss.IndexFlatL2(self.x.shape[1])
+            self._flat.add(np.ascontiguousarray(self.x.cpu().numpy()))
+        d, i = self._flat.search(np.ascontiguousarray(q.cpu().numpy()), k)
+        return torch.from_numpy(d).to(q.device), torch.from_numpy(i).to(q.device)
 
     def _scan(self, q, q_sq, todo, best_d, best_i, k) -> None:
         """Update the running k best (squared distance, sorted-bank row) with every (query, cell) pair in
