@@ -79,12 +79,15 @@ class FeatureExtractor(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 
-    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
-        # channels_last runs the (depthwise) convolutions ~1.8x faster on CPU (oneDNN's native layout);
-        # outputs are handed back in the default layout so callers may `.view` them freely.
+    def forward(self, images: torch.Tensor, channels_last: bool = False) -> List[torch.Tensor]:
+        """Feature maps [B,C,h,w] of the requested layers. The backbone runs in channels_last (oneDNN's native
+        layout: the depthwise convolutions ~1.8x faster on CPU); outputs come back in the default layout so
+        callers may `.view` them, unless `channels_last=True` (saves a copy for callers that go to [B,h,w,C])."""
         x = self.normalize(images).contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             feats = self.model(x)
+        if channels_last:
+            return [f.contiguous(memory_format=torch.channels_last) for f in feats]
         return [f.contiguous() for f in feats]
 
 

@@ -154,7 +154,7 @@ class _CellPrunedKnn:
     """
 
     PROBE = 2  # cells scanned for the first bound (1-2 measured fastest)
-    BRUTE_SHARE = 0.25  # cell scans cost ~3.4x brute force per bank row (measured): switch over above this
+    BRUTE_SHARE = 0.4  # cell scans cost ~3x brute force per bank row (measured): switch over above this
 
     def __init__(self, bank: torch.Tensor, nlist: int, seed: int = 0) -> None:
         import faiss
@@ -164,7 +164,7 @@ class _CellPrunedKnn:
         self.mean = bank.mean(0)
         x = (bank - self.mean).contiguous()
         x_np = np.ascontiguousarray(x.cpu().numpy())
-        kmeans = faiss.Kmeans(x.shape[1], nlist, niter=10, seed=seed, verbose=False)
+        kmeans = faiss.Kmeans(x.shape[1], nlist, niter=5, seed=seed, verbose=False)  # rough cells suffice
         kmeans.train(x_np)
         cell = torch.from_numpy(kmeans.index.assign(x_np, 1)[:, 0].astype(np.int64)).to(x.device)
         centres = torch.from_numpy(kmeans.centroids).to(x.device)

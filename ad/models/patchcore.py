@@ -79,7 +79,8 @@ class PatchCore(AnomalyModel):
     # --- features -----------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings [B, h, w, D] on the finest requested layer's grid."""
-        feats = aligned_features(self.feature_extractor(images), pool=self.patch_size)
+        # channels_last end to end: [B,C,h,w] -> [B·h·w, C] is then a view, not a transposing copy
+        feats = aligned_features(self.feature_extractor(images, channels_last=True), pool=self.patch_size)
         b, _, h, w = feats[0].shape
         per_layer = [f.permute(0, 2, 3, 1).reshape(b * h * w, -1) for f in feats]
         if self.pretrain_embed_dim:
