@@ -47,15 +47,31 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
     if isinstance(cfg.get("backbone"), dict):
         # The fitted weights are in the state dict: don't require the pretrained files on this machine.
         cfg["backbone"] = {**cfg["backbone"], "pretrained": False}
-    try:
+    def build(cfg: Dict[str, Any]):
         # Models that need other files to build (EfficientAD's teacher) say how to rebuild from the state dict.
         cls = get_class(cfg["_target_"])
         if hasattr(cls, "config_for_state_dict"):
             cfg = cls.config_for_state_dict(cfg, meta["state_dict"])
         model = instantiate(cfg)
         model.load_state_dict(meta["state_dict"])
-    except (RuntimeError, KeyError, TypeError, ImportError, ValueError) as exc:
-        raise ConfigError(f"{path} does not match the code's model '{meta.get('model_name')}': {str(exc).splitlines()[0]}") from None
+        return model
+
+    errors = (RuntimeError, KeyError, TypeError, ImportError, ValueError)
+    try:
+        model = build(cfg)
+    except errors as exc:
+        first = exc
+        model = None
+        backbone = cfg.get("backbone")
+        if isinstance(backbone, dict) and backbone.get("fold_batchnorm", True):
+            # written with BatchNorm tensors (before BN folding, or with it off): rebuild the backbone unfolded
+            try:
+                model = build({**cfg, "backbone": {**backbone, "fold_batchnorm": False}})
+            except errors:
+                pass
+        if model is None:
+            raise ConfigError(f"{path} does not match the code's model '{meta.get('model_name')}': "
+                              f"{str(first).splitlines()[0]}") from None
     return model.to(device).eval(), meta
 
 

@@ -201,3 +201,29 @@ def test_load_run_rebuilds_efficientad_without_its_teacher_file(tmp_path):
     loaded, meta = load_run(tmp_path)
     x = torch.rand(2, 3, 64, 64)
     assert torch.allclose(loaded.predict(x).scores, model.predict(x).scores)
+
+
+def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path):
+    """model.pt written before BN folding existed (its backbone config has no fold_batchnorm key)."""
+    from ad.backbones import BackboneConfig
+    from ad.engine.outputs import save_model_file
+    from ad.models.padim import Padim
+    from ad.predict import load_run
+
+    torch.manual_seed(0)
+    model = Padim(backbone=BackboneConfig(name="resnet18", pretrained=False, fold_batchnorm=False), layers=(1, 2),
+                  n_features=20).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so a wrong rebuild would change the features
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+    x = torch.rand(6, 3, 64, 64)
+    model.on_fit_start()
+    model.training_step({"image": x})
+    model.on_fit_end(None)
+    cfg = {"_target_": "ad.models.padim.Padim", "layers": [1, 2], "n_features": 20,
+           "backbone": {"_target_": "ad.backbones.BackboneConfig", "name": "resnet18", "pretrained": False}}
+    save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "padim"})
+    loaded, _ = load_run(tmp_path)
+    assert loaded.feature_extractor.folded_batchnorms == 0
+    assert torch.allclose(loaded.predict(x[:2]).scores, model.predict(x[:2]).scores)
