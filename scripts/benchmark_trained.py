@@ -3,15 +3,19 @@
 
     python scripts/benchmark_trained.py --model stfpm
     python scripts/benchmark_trained.py --model fastflow --max-steps 60 --threads 2 --json out.json
+    python scripts/benchmark_trained.py --model efficientad --set teacher_weights=backbones/pdn_s.pth
+    python scripts/benchmark_trained.py --model draem --max-steps 2000 --set recon_base_width=64
 
-Defaults: MVTec AD bottle from ../shared/data/mvtec_ad, 256 px, pretrained tf_efficientnet_lite0, the model's
-short CPU schedule from SCHEDULES below, the generic Trainer (no early stopping, final weights scored).
+Defaults: MVTec AD bottle from ../shared/data/mvtec_ad, 256 px, pretrained tf_efficientnet_lite0 for the models
+that take a backbone, the model's short CPU schedule from SCHEDULES below (`--max-steps`, `--batch-size`,
+`--set KEY=VALUE` change it), the generic Trainer (no early stopping, final weights scored).
 Images are decoded and resized once and kept in memory, so the timings measure the model, not PNG decoding.
 The image AUROC is computed with scikit-learn on the 83 test images (the runner's metrics are not involved).
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -29,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
+import yaml  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from ad.backbones import BackboneConfig  # noqa: E402
@@ -36,13 +41,21 @@ from ad.data.mvtec import MVTecAD  # noqa: E402
 from ad.engine.trainer import Trainer, seed_everything  # noqa: E402
 from ad.models import MODELS  # noqa: E402
 
-#: Short but sensible CPU schedules per model: a budget of optimisation steps and the train batch size.
-#: Paper schedules (hundreds of epochs) are what the models declare for real runs; these are for a quick check.
+#: Short but sensible CPU schedules per model: a budget of optimisation steps, the train batch size and model
+#: keyword overrides. Paper schedules (hundreds of epochs) are what the models declare for real runs; these are
+#: for a quick check. The backbone-free networks work at 128 px internally (data and maps stay at --image-size).
 SCHEDULES: Dict[str, Dict[str, Any]] = {
     # Student from scratch: needs the most updates; smaller batches give more of them per image seen.
     "stfpm": {"max_steps": 100, "batch_size": 8},
     "reverse_distillation": {"max_steps": 100, "batch_size": 8},
     "fastflow": {"max_steps": 100, "batch_size": 8},
+    "ae": {"max_steps": 300, "batch_size": 8, "model": {"image_size": 128}},
+    "vae": {"max_steps": 300, "batch_size": 8, "model": {"image_size": 128}},
+    "beta_vae": {"max_steps": 300, "batch_size": 8, "model": {"image_size": 128}},
+    "unet_ae": {"max_steps": 300, "batch_size": 8, "model": {"image_size": 128, "widths": [16, 32, 64, 128, 128]}},
+    "efficientad": {"max_steps": 400, "batch_size": 1,
+                    "model": {"image_size": 128, "teacher_weights": "backbones/pdn_s.pth"}},
+    "draem": {"max_steps": 400, "batch_size": 4, "model": {"image_size": 128, "recon_base_width": 16, "disc_base_width": 16}},
 }
 
 
@@ -76,9 +89,10 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--no-pretrained", action="store_true", help="random backbone init (for pipeline checks only)")
     p.add_argument("--max-steps", type=int, default=None, help="override the schedule's step budget")
     p.add_argument("--batch-size", type=int, default=None, help="override the schedule's train batch size")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model keyword overrides (YAML values)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -97,7 +111,13 @@ def main(argv=None) -> Dict[str, Any]:
         data.dataset(split)
     load_s = time.perf_counter() - t0
 
-    model = MODELS.get(args.model)(backbone=BackboneConfig(name=args.backbone, pretrained=not args.no_pretrained))
+    kwargs = dict(schedule.get("model", {}))
+    kwargs.update({k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)})
+    cls = MODELS.get(args.model)
+    takes_backbone = "backbone" in inspect.signature(cls.__init__).parameters
+    if takes_backbone:
+        kwargs.setdefault("backbone", BackboneConfig(name=args.backbone, pretrained=not args.no_pretrained))
+    model = cls(**kwargs)
     model.train_batch_size = schedule["batch_size"]
     trainer = Trainer(max_steps=schedule["max_steps"], max_epochs=schedule.get("max_epochs"),
                       batch_size=schedule["batch_size"], eval_batch_size=16, device=args.device,
@@ -109,7 +129,8 @@ def main(argv=None) -> Dict[str, Any]:
     result = {
         "model": args.model,
         "category": args.category,
-        "backbone": args.backbone + ("" if not args.no_pretrained else " (random init)"),
+        "backbone": (args.backbone + ("" if not args.no_pretrained else " (random init)")) if takes_backbone else None,
+        "model_kwargs": {k: v for k, v in kwargs.items() if k != "backbone"},
         "image_size": args.image_size,
         "steps": fit.steps,
         "epochs": fit.epochs,
@@ -132,7 +153,7 @@ def main(argv=None) -> Dict[str, Any]:
     }
     print(json.dumps(result, indent=2))
     print(
-        f"| {args.model} | {result['backbone']} | {args.image_size} | {fit.steps} x {schedule['batch_size']} | "
+        f"| {args.model} | {result['backbone'] or '-'} | {args.image_size} | {fit.steps} x {schedule['batch_size']} | "
         f"{result['image_auroc']:.3f} | {result['fit_s']:.0f} s | {result['total_s']:.0f} s |"
     )
     if args.json:

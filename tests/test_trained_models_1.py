@@ -280,3 +280,8 @@ def test_benchmark_script_runs_end_to_end(synthetic_root, tmp_path):
                       "--image-size", str(SIZE), "--max-steps", "2", "--batch-size", "4", "--json", str(out)])
     assert res["steps"] == 2 and res["test_images"] == 12 and 0.0 <= res["image_auroc"] <= 1.0
     assert out.is_file()
+    # a backbone-free model with keyword overrides from the command line
+    res = bench.main(["--model", "ae", "--root", str(synthetic_root), "--category", "syn_weave", "--image-size",
+                      str(SIZE), "--max-steps", "2", "--batch-size", "4", "--set", "image_size=32", "latent_dim=16"])
+    assert res["backbone"] is None and res["model_kwargs"] == {"image_size": 32, "latent_dim": 16}
+    assert res["steps"] == 2 and res["test_images"] == 12
