@@ -111,3 +111,65 @@ class TinyMemory(AnomalyModel):
     def predict(self, images):
         z = ((images - self.mean) / self.std).abs().mean(1)
         return Prediction(z.flatten(1).amax(1), z)
+
+
+# --- tiny in-memory images for model tests ----------------------------------------------------------------------
+def textures(n: int, g: torch.Generator, size: int = 64) -> torch.Tensor:
+    """Smooth periodic colour textures [n,3,size,size] with random phase and a little noise."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    out = []
+    for _ in range(n):
+        ph = torch.rand(2, generator=g) * 6.28
+        base = 0.5 + 0.2 * torch.sin(xx * 0.5 + ph[0]) * torch.cos(yy * 0.3 + ph[1])
+        img = base.expand(3, size, size) * torch.tensor([1.0, 0.8, 0.6]).view(3, 1, 1)
+        out.append((img + 0.03 * torch.randn(3, size, size, generator=g)).clamp(0, 1))
+    return torch.stack(out)
+
+
+def with_defects(images: torch.Tensor, g: torch.Generator, colour=(0.1, 0.2, 0.9), side: int = 16):
+    """A saturated `colour` square pasted at a random place of each image; returns (images, bool masks)."""
+    size = images.shape[-1]
+    out, masks = images.clone(), torch.zeros(len(images), size, size, dtype=torch.bool)
+    for img, mask in zip(out, masks):
+        y, x = torch.randint(0, size - side, (2,), generator=g).tolist()
+        img[:, y : y + side, x : x + side] = torch.tensor(colour).view(3, 1, 1)
+        mask[y : y + side, x : x + side] = True
+    return out, masks
+
+
+# --- trainer callbacks ----------------------------------------------------------------------------------------------
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAt:
+    """Trainer callback that raises `Interrupted` after the given global step (a killed run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_step_end(self, trainer, model, step, loss):
+        if step == self.step:
+            raise Interrupted()
+
+
+def assert_resume_matches_uninterrupted(fit, tmp_path: Path, size: int) -> None:
+    """`fit(run_dir, seed, callbacks)` -> (model, data, trainer, result) runs 2 epochs of 2 steps. A run killed
+    after step 3 and resumed from its checkpoint in a "new process" (other seed, so other init and RNG) must
+    end bit-identical to an uninterrupted run."""
+    reference, data, trainer, res = fit(tmp_path / "ref", 0, ())
+    assert res.steps == 4 and len(res.val_losses) == 2 and all(np.isfinite(res.val_losses))
+    try:
+        fit(tmp_path / "run", 0, [InterruptAt(3)])  # mid second epoch
+        raise AssertionError("the interrupting callback did not fire")
+    except Interrupted:
+        pass
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    resumed, _, _, res2 = fit(tmp_path / "run", 99, ())
+    assert res2.resumed_from_epoch == 0 and res2.steps == 4
+    ref_state, new_state = reference.state_dict(), resumed.state_dict()
+    assert ref_state.keys() == new_state.keys()
+    for k in ref_state:
+        assert torch.equal(ref_state[k], new_state[k]), k
+    preds = trainer.predict(reference, data.dataloader("test", 8))
+    assert preds.maps.shape == (len(data.samples("test")), size, size) and np.isfinite(preds.scores).all()

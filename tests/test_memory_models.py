@@ -24,6 +24,7 @@ from ad.models._coreset import covering_radius, exact_greedy_coreset, greedy_cor
 from ad.models.dfm import DFM
 from ad.models.padim import Padim
 from ad.models.patchcore import PatchCore
+from tests.fakes import textures, with_defects
 from ad.models.spade import Spade
 
 SIZE = 64
@@ -37,32 +38,11 @@ pytestmark = pytest.mark.skipif(
 
 # --- data -------------------------------------------------------------------------------------------------
 
-def _textures(n: int, g: torch.Generator) -> torch.Tensor:
-    """Smooth periodic colour textures with random phase and a little noise."""
-    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    out = []
-    for _ in range(n):
-        ph = torch.rand(2, generator=g) * 6.28
-        base = 0.5 + 0.2 * torch.sin(xx * 0.5 + ph[0]) * torch.cos(yy * 0.3 + ph[1])
-        img = base.expand(3, SIZE, SIZE) * torch.tensor([1.0, 0.8, 0.6]).view(3, 1, 1)
-        out.append((img + 0.03 * torch.randn(3, SIZE, SIZE, generator=g)).clamp(0, 1))
-    return torch.stack(out)
-
-
-def _with_defects(images: torch.Tensor, g: torch.Generator, side: int = 16):
-    out, masks = images.clone(), torch.zeros(len(images), SIZE, SIZE, dtype=torch.bool)
-    for img, mask in zip(out, masks):
-        y, x = torch.randint(0, SIZE - side, (2,), generator=g).tolist()
-        img[:, y : y + side, x : x + side] = torch.tensor([0.1, 0.2, 0.9]).view(3, 1, 1)
-        mask[y : y + side, x : x + side] = True
-    return out, masks
-
-
 @pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(0)
-    train, good = _textures(16, g), _textures(6, g)
-    bad, masks = _with_defects(_textures(6, g), g)
+    train, good = textures(16, g), textures(6, g)
+    bad, masks = with_defects(textures(6, g), g)
     return {"train": train, "good": good, "bad": bad, "masks": masks}
 
 
@@ -100,7 +80,7 @@ def _patch_features(n_images: int = 12) -> torch.Tensor:
     """Realistic patch features: lite0 layer-2/3 PatchCore embeddings of textures, as the coreset sees them."""
     g = torch.Generator().manual_seed(5)
     model = PatchCore(backbone=LITE0)
-    x = torch.cat([_textures(n_images // 2, g), _with_defects(_textures(n_images - n_images // 2, g), g)[0]])
+    x = torch.cat([textures(n_images // 2, g), with_defects(textures(n_images - n_images // 2, g), g)[0]])
     return model.embed(F.interpolate(x, size=128, mode="bilinear", align_corners=False)).reshape(-1, model.embed_dim)
 
 
@@ -151,7 +131,7 @@ def test_coreset_scales_without_quadratic_memory():
 
 def test_patchcore_embedding_is_locally_aware_and_projected():
     model = PatchCore(backbone=LITE0, layers=(2, 3))
-    x = _textures(2, torch.Generator().manual_seed(3))
+    x = textures(2, torch.Generator().manual_seed(3))
     f2, f3 = model.feature_extractor(x)
 
     def local_mean(f):  # 3x3 neighbourhood mean, zero padded, via unfold (independent of avg_pool2d)

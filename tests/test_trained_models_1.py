@@ -25,6 +25,7 @@ from ad.models._flows import AffineCouplingStep, Flow2d
 from ad.models._maps import gaussian_blur2d, upsample_to
 from ad.models.fastflow import FastFlow
 from ad.models.reverse_distillation import ReverseDistillation
+from tests.fakes import assert_resume_matches_uninterrupted, textures, with_defects
 from ad.models.stfpm import STFPM
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
@@ -126,33 +127,11 @@ def test_config_instantiates_registered_model(name):
 
 # --- training on tiny textures ----------------------------------------------------------------------------
 
-def _textures(n: int, g: torch.Generator) -> torch.Tensor:
-    """Smooth periodic colour textures with random phase and a little noise."""
-    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    out = []
-    for _ in range(n):
-        ph = torch.rand(2, generator=g) * 6.28
-        base = 0.5 + 0.2 * torch.sin(xx * 0.5 + ph[0]) * torch.cos(yy * 0.3 + ph[1])
-        img = base.expand(3, SIZE, SIZE) * torch.tensor([1.0, 0.8, 0.6]).view(3, 1, 1)
-        out.append((img + 0.03 * torch.randn(3, SIZE, SIZE, generator=g)).clamp(0, 1))
-    return torch.stack(out)
-
-
-def _with_defects(images: torch.Tensor, g: torch.Generator, side: int = 16):
-    """Paste a saturated red square at a random place of each image; returns images and defect masks."""
-    out, masks = images.clone(), torch.zeros(len(images), SIZE, SIZE, dtype=torch.bool)
-    for img, mask in zip(out, masks):
-        y, x = torch.randint(0, SIZE - side, (2,), generator=g).tolist()
-        img[:, y : y + side, x : x + side] = torch.tensor([1.0, 0.1, 0.1]).view(3, 1, 1)
-        mask[y : y + side, x : x + side] = True
-    return out, masks
-
-
 @pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(0)
-    train, good = _textures(16, g), _textures(6, g)
-    bad, masks = _with_defects(_textures(6, g), g)
+    train, good = textures(16, g), textures(6, g)
+    bad, masks = with_defects(textures(6, g), g, colour=(1.0, 0.1, 0.1))
     return {"train": train, "good": good, "bad": bad, "masks": masks}
 
 
@@ -226,19 +205,6 @@ def test_state_dict_round_trip_gives_identical_predictions(trained, images):
 
 # --- through the generic Trainer on the synthetic dataset -------------------------------------------------
 
-class _Interrupt(Exception):
-    pass
-
-
-class _InterruptAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_step_end(self, trainer, model, step, loss):
-        if step == self.step:
-            raise _Interrupt()
-
-
 def _fit(name: str, root: Path, run_dir: Path, seed: int, callbacks=()):
     seed_everything(seed)
     model = MODELS.get(name)(backbone=PRETRAINED)
@@ -251,21 +217,8 @@ def _fit(name: str, root: Path, run_dir: Path, seed: int, callbacks=()):
 
 @pytest.mark.parametrize("name", ["stfpm", "reverse_distillation", "fastflow"])
 def test_trainer_checkpoint_resume_matches_uninterrupted_run(name, synthetic_root, tmp_path):
-    reference, data, trainer, res = _fit(name, synthetic_root, tmp_path / "ref", seed=0)
-    assert res.steps == 4 and len(res.val_losses) == 2 and all(np.isfinite(res.val_losses))
-    with pytest.raises(_Interrupt):
-        _fit(name, synthetic_root, tmp_path / "run", seed=0, callbacks=[_InterruptAt(3)])  # mid second epoch
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-    # A new process: different init, RNG restored from the checkpoint.
-    resumed, _, _, res2 = _fit(name, synthetic_root, tmp_path / "run", seed=99)
-    assert res2.resumed_from_epoch == 0 and res2.steps == 4
-    ref_state, new_state = reference.state_dict(), resumed.state_dict()
-    assert ref_state.keys() == new_state.keys()
-    for k in ref_state:
-        assert torch.equal(ref_state[k], new_state[k]), k
-    preds = trainer.predict(reference, data.dataloader("test", 8))
-    assert preds.maps.shape == (len(data.samples("test")), SIZE, SIZE)
-    assert np.isfinite(preds.scores).all()
+    assert_resume_matches_uninterrupted(
+        lambda run_dir, seed, callbacks: _fit(name, synthetic_root, run_dir, seed=seed, callbacks=callbacks), tmp_path, SIZE)
 
 
 def test_benchmark_script_runs_end_to_end(synthetic_root, tmp_path):

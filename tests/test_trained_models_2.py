@@ -21,6 +21,7 @@ from ad.models._anomaly_synthesis import AnomalySynthesizer, perlin_mask, perlin
 from ad.models._ssim import ssim_map
 from ad.models.draem import focal_loss
 from ad.models.efficientad import EfficientAD
+from tests.fakes import assert_resume_matches_uninterrupted
 
 
 def toy_images(n: int, anomalous: bool, seed: int, size: int = 64) -> torch.Tensor:
@@ -305,19 +306,6 @@ def test_distilled_teacher_file_loads_into_efficientad(tmp_path):
 
 
 # --- through the generic Trainer on the synthetic dataset: checkpoint / resume ---------------------------------
-class _Interrupt(Exception):
-    pass
-
-
-class _InterruptAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_step_end(self, trainer, model, step, loss):
-        if step == self.step:
-            raise _Interrupt()
-
-
 def _trainer_fit(name: str, root, run_dir, seed: int, callbacks=()):
     from ad.data.mvtec import MVTecAD
     from ad.engine.trainer import Trainer, seed_everything
@@ -337,20 +325,9 @@ def _trainer_fit(name: str, root, run_dir, seed: int, callbacks=()):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_trainer_checkpoint_resume_matches_uninterrupted_run(name, synthetic_root, tmp_path):
-    reference, data, trainer, res = _trainer_fit(name, synthetic_root, tmp_path / "ref", seed=0)
-    assert res.steps == 4 and len(res.val_losses) == 2 and all(np.isfinite(res.val_losses))
-    with pytest.raises(_Interrupt):
-        _trainer_fit(name, synthetic_root, tmp_path / "run", seed=0, callbacks=[_InterruptAt(3)])
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-    # a new process: different init and RNG; the checkpoint restores weights, optimiser, RNG and model state
-    resumed, _, _, res2 = _trainer_fit(name, synthetic_root, tmp_path / "run", seed=99)
-    assert res2.resumed_from_epoch == 0 and res2.steps == 4
-    ref_state, new_state = reference.state_dict(), resumed.state_dict()
-    assert ref_state.keys() == new_state.keys()
-    for k in ref_state:
-        assert torch.equal(ref_state[k], new_state[k]), k
-    preds = trainer.predict(reference, data.dataloader("test", 8))
-    assert preds.maps.shape == (len(data.samples("test")), 64, 64) and np.isfinite(preds.scores).all()
+    assert_resume_matches_uninterrupted(
+        lambda run_dir, seed, callbacks: _trainer_fit(name, synthetic_root, run_dir, seed=seed, callbacks=callbacks),
+        tmp_path, 64)
 
 
 def test_lr_schedules_follow_the_planned_budget():
