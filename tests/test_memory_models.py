@@ -372,6 +372,8 @@ def test_exact_pruned_search_equals_brute_force(k, monkeypatch):
     true_d_of_found = (bank[i].double() - q.double().unsqueeze(1)).norm(dim=-1)
     assert torch.allclose(true_d_of_found, ref_d, atol=1e-3, rtol=1e-4)
     assert (i == ref_i).float().mean() > 0.999
+    d2, i2 = index.search(bank, q, k, chunk=300)  # queries in several chunks: same answer
+    assert torch.equal(i2, i) and torch.allclose(d2, d)
 
 
 def test_ivf_search_is_close_to_exact_and_deterministic():

@@ -125,6 +125,8 @@ class KnnIndex:
             self._index, self._key = self._build(bank), key
         k = min(int(k), bank.shape[0])
         if isinstance(self._index, _CellPrunedKnn):
+            # the search holds a few [chunk, cells] arrays: keep each near 8M entries however many cells
+            chunk = max(256, min(chunk, (1 << 23) // self._index.centres.shape[0]))
             parts = [self._index.search(queries[s : s + chunk], k) for s in range(0, queries.shape[0], chunk)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         q = np.ascontiguousarray(queries.detach().cpu().float().numpy())
