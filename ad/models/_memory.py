@@ -1,7 +1,6 @@
 """Pieces shared by the feature-memory models (PatchCore, PaDiM, SPADE, DFM)."""
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import List, Optional, Sequence, Tuple
 
@@ -50,19 +49,6 @@ def aligned_features(
             f = F.interpolate(f, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
         out.append(f)
     return out
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Run a block with one intra-op thread. Batched small linear algebra (triangular solves, many tiny
-    matmuls, memory-bound loops of small ops) gains nothing from threads on CPU and, on a shared machine,
-    was measured 10-60x slower with two threads (synchronisation and nested BLAS threading)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def set_faiss_threads() -> None:
@@ -259,7 +245,6 @@ def seeded_channel_subset(total: int, keep: int, seed: int) -> torch.Tensor:
 
 
 __all__ = [
-    "single_thread",
     "KnnIndex",
     "aligned_features",
     "pairwise_sq_dists",

@@ -17,7 +17,7 @@ import torch
 
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
-from ad.models._memory import aligned_features, seeded_channel_subset, single_thread, upsample_maps
+from ad.models._memory import aligned_features, seeded_channel_subset, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
 from ad.registry import register_model
 
@@ -92,13 +92,12 @@ class Padim(AnomalyModel):
         d = mean_c.shape[1]
         eye = torch.eye(d, dtype=torch.float64, device=mean_c.device)
         inv_chol = torch.empty(mean_c.shape[0], d, d, dtype=torch.float32, device=mean_c.device)
-        with single_thread():
-            for s in range(0, mean_c.shape[0], self.chunk_positions):
-                e = slice(s, s + self.chunk_positions)
-                m = mean_c[e]
-                cov = (self._sum_outer[e] - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) + self.epsilon * eye
-                chol = torch.linalg.cholesky(cov)
-                inv_chol[e] = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False).float()
+        for s in range(0, mean_c.shape[0], self.chunk_positions):
+            e = slice(s, s + self.chunk_positions)
+            m = mean_c[e]
+            cov = (self._sum_outer[e] - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) + self.epsilon * eye
+            chol = torch.linalg.cholesky(cov)
+            inv_chol[e] = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False).float()
         self.mean = (mean_c + self._shift.squeeze(1).double()).float()
         self.inv_chol = inv_chol
         self._reset_sums()
