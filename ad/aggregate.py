@@ -534,15 +534,26 @@ class _Col:
         return f"{self.column.label} · {metric_label(self.metric)}"
 
 
+def _reference_shows_values(table: Table, col: Column, ref: Reference, metric: str) -> bool:
+    """A paper column only when it has a comparable number next to this column's own runs."""
+    for ds in table.datasets:
+        rows = [r for r in table.rows if r[0] == ds]
+        if not table.has_jobs(rows, col):
+            continue
+        if any(ref.value(ds, metric, r[1]) is not None and table.has_jobs([r], col) for r in rows):
+            return True
+        if table.reference_mean(rows, col, ref, metric, ds)[0] is not None:
+            return True
+    return False
+
+
 def _value_columns(table: Table) -> List[_Col]:
     out = []
     for col in table.columns:
         for m in table.metrics:
             out.append(_Col(col, m))
             for ref in col.references:
-                # a paper column only where the paper reports this metric on a dataset this column ran on
-                if any(m in ref.results.get(ds, {}) and table.has_jobs([r for r in table.rows if r[0] == ds], col)
-                       for ds in table.datasets):
+                if _reference_shows_values(table, col, ref, m):
                     out.append(_Col(col, m, ref))
     return out
 
