@@ -38,6 +38,8 @@ HEATMAP_METRIC = "image.auroc"
 _FRACTION_LEAVES = {"auroc", "ap", "aupro", "f1_max", "accuracy", "precision", "recall", "iou"}
 _LEAF_LABELS = {"auroc": "AUROC", "ap": "AP", "aupro": "AUPRO", "f1_max": "F1-max", "ms_per_image": "ms/image",
                 "peak_rss_mb": "peak RSS MB", "fit_s": "fit s", "predict_s": "predict s"}
+# Categories per benchmark: a paper's dataset mean is only shown beside a mean over all of them.
+DATASET_CATEGORIES = {"mvtec": 15, "visa": 12, "btad": 3}
 # Datasets in the order papers list them; others follow alphabetically.
 _DATASET_ORDER = ["mvtec", "visa", "btad", "synthetic", "folder"]
 # Never used as automatic column groups: row keys, replicates, and knobs that do not change results.
@@ -387,12 +389,13 @@ class Table:
     def reference_mean(self, rows: Sequence[Tuple[str, str]], col: Column, ref: Reference, metric: str,
                        dataset: Optional[str]) -> Tuple[Optional[float], bool]:
         """(value, is_published_mean): the reference averaged over the categories this column has values for,
-        or else the paper's own mean (over the paper's full category set) for a single dataset."""
+        or else, when the column covers every category of the dataset, the paper's own mean."""
         have = [r for r in rows if self.cell(r, col, metric).mean is not None]
         vals = [ref.value(r[0], metric, r[1]) for r in have]
         if have and all(v is not None for v in vals):
             return _mean([v for v in vals if v is not None]), False
-        if dataset is not None:
+        # a paper's own mean compares only with a mean over the same, complete category set
+        if dataset is not None and len(have) == DATASET_CATEGORIES.get(dataset, -1):
             pm = ref.published_mean(dataset, metric)
             if pm is not None:
                 return pm, True
@@ -531,15 +534,26 @@ class _Col:
         return f"{self.column.label} · {metric_label(self.metric)}"
 
 
+def _reference_shows_values(table: Table, col: Column, ref: Reference, metric: str) -> bool:
+    """A paper column only when it has a comparable number next to this column's own runs."""
+    for ds in table.datasets:
+        rows = [r for r in table.rows if r[0] == ds]
+        if not table.has_jobs(rows, col):
+            continue
+        if any(ref.value(ds, metric, r[1]) is not None and table.has_jobs([r], col) for r in rows):
+            return True
+        if table.reference_mean(rows, col, ref, metric, ds)[0] is not None:
+            return True
+    return False
+
+
 def _value_columns(table: Table) -> List[_Col]:
     out = []
     for col in table.columns:
         for m in table.metrics:
             out.append(_Col(col, m))
             for ref in col.references:
-                # a paper column only where the paper reports this metric on a dataset this column ran on
-                if any(m in ref.results.get(ds, {}) and table.has_jobs([r for r in table.rows if r[0] == ds], col)
-                       for ds in table.datasets):
+                if _reference_shows_values(table, col, ref, m):
                     out.append(_Col(col, m, ref))
     return out
 
@@ -620,8 +634,8 @@ def render_markdown(table: Table, sources: Sequence[Path] = (), plots: Sequence[
         "(e.g. pixel metrics without masks); `—`: no run.\n"
     )
     if published_used:
-        out.write("`*`: the paper's mean over its full category set (the sweep covers categories the paper "
-                  "does not list per category).\n")
+        out.write("`*`: the paper's own dataset mean (it does not list every category; the sweep covers all of "
+                  "them).\n")
     refs = {vc.ref.name: vc.ref for vc in vcols if vc.ref is not None}
     if refs:
         out.write("\n## Published numbers\n\n")

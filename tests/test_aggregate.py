@@ -206,22 +206,41 @@ def test_reference_columns_from_published_yaml(tmp_path):
     rows = [r[:2] + r[4:] for r in rows]
     published = yaml.safe_load(agg.REFERENCE_FILE.read_text())["entries"]["patchcore_25"]["results"]["mvtec"]
     ref_img = published["image.auroc"]["per_category"]
-    assert header[2:] == ["patchcore · image AUROC", "PatchCore-25% (paper) · image AUROC",
-                          "patchcore · pixel AUROC", "PatchCore-25% (paper) · pixel AUROC"]
+    # pixel AUROC: the paper gives only its 15-category mean, not comparable with 2 categories -> no column
+    assert header[2:] == ["patchcore · image AUROC", "PatchCore-25% (paper) · image AUROC", "patchcore · pixel AUROC"]
     by = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in rows}
     assert by[("mvtec", "bottle")]["PatchCore-25% (paper) · image AUROC"] == f"{ref_img['bottle']:.1f}"
     assert by[("mvtec", "carpet")]["PatchCore-25% (paper) · image AUROC"] == f"{ref_img['carpet']:.1f}"
     # the paper column's mean covers the same categories as the measured mean
     assert by[("**mvtec**", "**mean**")]["PatchCore-25% (paper) · image AUROC"] == \
         f"{100 * statistics.mean([ref_img['bottle'] / 100, ref_img['carpet'] / 100]):.1f}"
-    # only a published mean exists for pixel AUROC: shown on the mean row, marked as the paper's own mean
-    assert by[("**mvtec**", "**mean**")]["PatchCore-25% (paper) · pixel AUROC"] == f"{published['pixel.auroc']['mean']:.1f}*"
     assert by[("synthetic", "syn_disc")]["PatchCore-25% (paper) · image AUROC"] == ""  # patchcore never ran there
     assert "Roth" in res["markdown"] and "CVPR 2022" in res["markdown"] and "Defard" not in res["markdown"]
     # a named subset; an unknown name is a one-line error naming the available entries
     assert agg.load_references(names=["reverse_distillation"])[0].label == "RD"
     with pytest.raises(agg.AggregateError, match="available: .*patchcore_25"):
         agg.load_references(names=["nope"])
+
+
+MVTEC = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw", "tile",
+         "toothbrush", "transistor", "wood", "zipper"]
+
+
+def test_paper_mean_shown_only_for_the_full_category_set(tmp_path):
+    for i, cat in enumerate(MVTEC):
+        make_job(tmp_path / "sw", f"{i}_draem_mvtec_{cat}", ["model=draem", f"category={cat}"],
+                 fake_results("draem", "mvtec", cat, 0, 0.90 + 0.005 * i, 0.95, 0.9), model="draem",
+                 dataset="mvtec", category=cat)
+    res = agg.aggregate([tmp_path / "sw"], out=tmp_path / "o", metrics=["image.auroc", "pixel.auroc"],
+                        reference=["draem"], plots=False)
+    header, rows = md_table(res["markdown"])
+    mean_row = dict(zip(header[2:], rows[-1][2:]))
+    assert rows[-1][:2] == ["**mvtec**", "**mean**"]
+    published = yaml.safe_load(agg.REFERENCE_FILE.read_text())["entries"]["draem"]["results"]["mvtec"]
+    # per-category list: the mean of the list over the same categories; mean-only metric: the paper's mean, `*`
+    assert mean_row["DRAEM (paper) · image AUROC"] == f"{statistics.mean(published['image.auroc']['per_category'].values()):.1f}"
+    assert mean_row["DRAEM (paper) · pixel AUROC"] == f"{published['pixel.auroc']['mean']:.1f}*"
+    assert mean_row["draem · image AUROC"] == pct(statistics.mean(0.90 + 0.005 * i for i in range(15)))
 
 
 def test_reference_yaml_is_consistent():

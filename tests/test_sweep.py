@@ -139,7 +139,15 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
     for (model, cat), (job, r) in results.items():
         assert r["status"] == "ok" and r["error"] is None and r["dataset"] == "synthetic", (model, cat, r["error"])
         assert 0.0 <= r["image"]["auroc"] <= 1.0 and 0.0 <= r["pixel"]["aupro"] <= 1.0
-        assert list(job.rglob("events.out.tfevents.*")), f"no TensorBoard events in {job}"
+    # `tensorboard --logdir <sweep dir>`: one run per job, named by its directory, each with an HPARAMS entry
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(multirun / "good"))
+    mux.Reload()
+    assert {run.split("/")[0] for run in mux.Runs()} == {job.name for job, _ in results.values()}
+    for run in mux.Runs():
+        assert mux.GetAccumulator(run).PluginTagToContent("hparams"), f"no hparams for {run}"
     failed = list((multirun / "broken").glob("*/results.json"))
     assert len(failed) == 1, broken.stdout[-2000:] + broken.stderr[-2000:]
     fr = json.loads(failed[0].read_text())
