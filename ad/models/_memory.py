@@ -161,7 +161,7 @@ class _CellPrunedKnn:
         self.x_sq = (self.x * self.x).sum(1)
         self.sizes = torch.bincount(cell, minlength=nlist).float()
         self.bounds = [0] + self.sizes.long().cumsum(0).tolist()
-        self._flat = None
+        self._flat = KnnIndex("flat")
         dist = (x.double() - centres.double()[cell]).norm(dim=1)
         radius = torch.zeros(nlist, dtype=torch.float64, device=x.device).scatter_reduce_(0, cell, dist, "amax")
         self.centres, self.radii = centres, (radius * (1 + 1e-6)).float()
@@ -195,13 +195,8 @@ class _CellPrunedKnn:
 
     def _brute_force(self, q: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(squared distances, sorted-bank rows) [n, k] of the k nearest rows of the whole bank."""
-        import faiss
-
-        if self._flat is None:
-            self._flat = faiss.IndexFlatL2(self.x.shape[1])
-            self._flat.add(np.ascontiguousarray(self.x.cpu().numpy()))
-        d, i = self._flat.search(np.ascontiguousarray(q.cpu().numpy()), k)
-        return torch.from_numpy(d).to(q.device), torch.from_numpy(i).to(q.device)
+        d, i = self._flat.search(self.x, q, k)  # built on first use, then kept (self.x never changes)
+        return d.square(), i
 
     def _scan(self, q, q_sq, todo, best_d, best_i, k) -> None:
         """Update the running k best (squared distance, sorted-bank row) with every (query, cell) pair in
