@@ -47,6 +47,7 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
     if isinstance(cfg.get("backbone"), dict):
         # The fitted weights are in the state dict: don't require the pretrained files on this machine.
         cfg["backbone"] = {**cfg["backbone"], "pretrained": False}
+
     def build(cfg: Dict[str, Any]):
         # Models that need other files to build (EfficientAD's teacher) say how to rebuild from the state dict.
         cls = get_class(cfg["_target_"])
@@ -56,23 +57,19 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
         model.load_state_dict(meta["state_dict"])
         return model
 
-    errors = (RuntimeError, KeyError, TypeError, ImportError, ValueError)
-    try:
-        model = build(cfg)
-    except errors as exc:
-        first = exc
-        model = None
-        backbone = cfg.get("backbone")
-        if isinstance(backbone, dict) and backbone.get("fold_batchnorm", True):
-            # written with BatchNorm tensors (before BN folding, or with it off): rebuild the backbone unfolded
-            try:
-                model = build({**cfg, "backbone": {**backbone, "fold_batchnorm": False}})
-            except errors:
-                pass
-        if model is None:
-            raise ConfigError(f"{path} does not match the code's model '{meta.get('model_name')}': "
-                              f"{str(first).splitlines()[0]}") from None
-    return model.to(device).eval(), meta
+    candidates = [cfg]
+    backbone = cfg.get("backbone")
+    if isinstance(backbone, dict) and backbone.get("fold_batchnorm", True):
+        # written with BatchNorm tensors (before BN folding, or with it off): rebuild the backbone unfolded
+        candidates.append({**cfg, "backbone": {**backbone, "fold_batchnorm": False}})
+    first = None
+    for candidate in candidates:
+        try:
+            return build(candidate).to(device).eval(), meta
+        except (RuntimeError, KeyError, TypeError, ImportError, ValueError) as exc:
+            first = first or exc
+    raise ConfigError(f"{path} does not match the code's model '{meta.get('model_name')}': "
+                      f"{str(first).splitlines()[0]}") from None
 
 
 def predict_paths(model, meta: Dict[str, Any], paths: List[Path], batch_size: int, device) -> Dict[str, np.ndarray]:
