@@ -1,82 +1,86 @@
-"""Name -> component registries.
+"""Names -> components, derived from the Hydra config groups.
 
-Each component kind (model, dataset, backbone) has one `Registry`. Components register themselves with a
-decorator; Hydra configs wire them up through `_target_`, and a test checks that every config option name
-matches a registered name, so `conf/model/patchcore.yaml` is always one hop from `ad/models/patchcore.py`.
+`conf/<group>/<name>.yaml` with its `_target_` is the only wiring: there is no list of names to keep in sync.
+`MODELS.get("patchcore")` reads `conf/model/patchcore.yaml` and imports the class its `_target_` names, so a
+new model is one Python file plus one YAML file.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, TypeVar
+import importlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Iterator
 
-T = TypeVar("T")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-class Registry:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._entries: Dict[str, Any] = {}
+@lru_cache(maxsize=None)
+def _target(group: str, name: str) -> str:
+    import yaml
 
-    def register(self, name: str | None = None) -> Callable[[T], T]:
-        """Decorator: `@MODELS.register("patchcore")` (defaults to the object's lower-cased name)."""
+    path = CONF_DIR / group / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    target = data.get("_target_") if isinstance(data, dict) else None
+    if not target:
+        raise KeyError(f"conf/{group}/{name}.yaml has no _target_")
+    return str(target)
 
-        def deco(obj: T) -> T:
-            key = name or getattr(obj, "__name__", str(obj)).lower()
-            if key in self._entries and self._entries[key] is not obj:
-                raise KeyError(f"{self.kind} '{key}' is registered twice ({self._entries[key]} and {obj})")
-            self._entries[key] = obj
+
+def import_target(target: str) -> Any:
+    """The object a dotted `_target_` path names (`ad.models.patchcore.PatchCore`)."""
+    module, _, attr = target.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+class ConfigRegistry:
+    """The options of one config group that build a component (`_target_`), by option name."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    def names(self) -> list[str]:
+        out = []
+        for p in sorted((CONF_DIR / self.group).glob("*.yaml")):
             try:
-                setattr(obj, "registry_name", key)
-            except (AttributeError, TypeError):
-                pass
-            return obj
+                _target(self.group, p.stem)
+            except KeyError:
+                continue
+            out.append(p.stem)
+        return out
 
-        return deco
+    def target(self, name: str) -> str:
+        try:
+            return _target(self.group, name)
+        except KeyError:
+            raise KeyError(f"unknown {self.group} '{name}'; available: {', '.join(self.names())}") from None
 
     def get(self, name: str) -> Any:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise KeyError(
-                f"unknown {self.kind} '{name}'; available: {', '.join(sorted(self._entries))}"
-            ) from None
+        return import_target(self.target(name))
 
     def create(self, name: str, **kwargs: Any) -> Any:
         return self.get(name)(**kwargs)
 
-    def names(self) -> list[str]:
-        return sorted(self._entries)
+    def name_of(self, obj: Any) -> str:
+        """The option name whose `_target_` builds `obj` (a class or an instance)."""
+        cls = obj if isinstance(obj, type) else type(obj)
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        for name in self.names():
+            if self.target(name) == path:
+                return name
+        raise KeyError(f"no conf/{self.group}/*.yaml builds {path}")
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and (CONF_DIR / self.group / f"{name}.yaml").is_file()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, {self.names()})"
+        return f"ConfigRegistry({self.group!r}, {self.names()})"
 
 
-MODELS = Registry("model")
-DATASETS = Registry("dataset")
-BACKBONES = Registry("backbone")
-
-register_model = MODELS.register
-register_dataset = DATASETS.register
-register_backbone = BACKBONES.register
-
-
-def import_submodules(package_name: str) -> None:
-    """Import every module of a package so their `@register_*` decorators run.
-
-    New components are picked up by dropping a file in the package; no list to edit.
-    """
-    import importlib
-    import pkgutil
-
-    package = importlib.import_module(package_name)
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{package_name}.{info.name}")
+MODELS = ConfigRegistry("model")
+DATASETS = ConfigRegistry("dataset")

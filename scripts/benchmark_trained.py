@@ -118,7 +118,6 @@ def main(argv=None) -> Dict[str, Any]:
     if takes_backbone:
         kwargs.setdefault("backbone", BackboneConfig(name=args.backbone, pretrained=not args.no_pretrained))
     model = cls(**kwargs)
-    model.train_batch_size = schedule["batch_size"]
     trainer = Trainer(max_steps=schedule["max_steps"], max_epochs=schedule.get("max_epochs"),
                       batch_size=schedule["batch_size"], eval_batch_size=16, device=args.device,
                       progress_bar=False, seed=args.seed, early_stopping={"enabled": False})

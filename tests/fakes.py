@@ -60,7 +60,7 @@ class TinyAE(AnomalyModel):
             nn.ConvTranspose2d(width, 3, 4, stride=2, padding=1), nn.Sigmoid(),
         )
 
-    def configure_optimizers(self):
+    def configure_optimizers(self, budget):
         opt = torch.optim.Adam(self.parameters(), lr=self.lr)
         return OptimizerSpec(opt, torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9), "epoch")
 

@@ -16,7 +16,7 @@ from ad.backbones._weights import (
     read_checkpoint,
 )
 from ad.errors import WeightsError
-from ad.registry import BACKBONES
+from ad.backbones._specs import KNOWN_BACKBONES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,7 +176,7 @@ def test_backbone_config_options_are_registered_and_consistent():
     from omegaconf import OmegaConf
 
     for name in names:
-        assert name in BACKBONES, name
+        assert name in KNOWN_BACKBONES, name
         cfg = OmegaConf.load(REPO / "conf" / "backbone" / f"{name}.yaml")
         assert cfg.name == name and cfg._target_ == "ad.backbones.BackboneConfig"
     for name in PIP_WEIGHT_PACKAGES:

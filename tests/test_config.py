@@ -8,7 +8,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ad.config import CONFIG_DIR, compose
-from ad.registry import BACKBONES, DATASETS, MODELS
+from ad.backbones._specs import KNOWN_BACKBONES
+from ad.registry import DATASETS, MODELS
 
 CONF = Path(CONFIG_DIR)
 
@@ -28,31 +29,33 @@ def test_groups_exist():
         assert options(group), f"conf/{group} has no options"
 
 
-@pytest.mark.parametrize("kind,registry", [("model", MODELS), ("dataset", DATASETS)])
-def test_option_names_match_registry(kind, registry):
-    import ad.data  # noqa: F401  (registers datasets)
-    import ad.models  # noqa: F401  (registers models)
+@pytest.mark.parametrize("kind,registry,base", [("model", MODELS, "ad.models.base.AnomalyModel"),
+                                               ("dataset", DATASETS, "ad.data._base.AnomalyDataModule")])
+def test_registry_is_derived_from_the_config_group(kind, registry, base):
+    """No second name list: every option of the group is a registry name, built from its own `_target_`."""
+    import importlib
+
+    from ad.registry import import_target
 
     assert options(kind) == registry.names()
+    base_cls = import_target(base)
     for name in options(kind):
         target = OmegaConf.load(CONF / kind / f"{name}.yaml")["_target_"]
         module, _, attr = target.rpartition(".")
-        import importlib
+        cls = getattr(importlib.import_module(module), attr)
+        assert registry.get(name) is cls and issubclass(cls, base_cls), f"conf/{kind}/{name}.yaml"
+        assert registry.name_of(cls) == name
 
-        assert getattr(importlib.import_module(module), attr) is registry.get(name), f"conf/{kind}/{name}.yaml"
 
-
-def test_backbone_options_are_registered():
-    import ad.backbones  # noqa: F401
-
-    assert set(options("backbone")) <= set(BACKBONES.names())
+def test_backbone_options_have_known_normalisation():
+    assert set(options("backbone")) <= set(KNOWN_BACKBONES)
 
 
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_instantiates(name):
     cfg = compose([f"model={name}", "backbone.pretrained=false", *MODEL_TEST_OVERRIDES.get(name, [])])
     model = instantiate(cfg.model)
-    assert type(model).registry_name == name
+    assert MODELS.name_of(model) == name
 
 
 @pytest.mark.parametrize("name", options("category"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from ad.models.base import Budget
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from sklearn.decomposition import PCA
@@ -48,7 +50,7 @@ def images():
 
 def _fit(model, train: torch.Tensor, batch: int = 8):
     """The trainer's memory-model path: no optimizer, training_step under no_grad, then on_fit_end."""
-    assert model.configure_optimizers() is None
+    assert model.configure_optimizers(Budget(1, None, 16, 1)) is None
     model.train()
     model.on_fit_start()
     with torch.no_grad():

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from ad.models.base import Budget
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -122,7 +124,7 @@ def test_config_instantiates_registered_model(name):
     cfg.backbone = {"_target_": "ad.backbones.BackboneConfig", "name": "tf_efficientnet_lite0", "pretrained": False}
     model = instantiate(cfg)
     assert type(model) is MODELS.get(name)
-    assert model.configure_optimizers() is not None and model.default_max_epochs > 1
+    assert model.configure_optimizers(Budget(None, 10, 4, 2)) is not None and model.default_max_epochs > 1
 
 
 # --- training on tiny textures ----------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def trained(request, images):
     torch.manual_seed(0)
     kwargs = {"backbone": PRETRAINED}
     model = MODELS.get(name)(**kwargs)
-    opt = model.configure_optimizers().optimizer
+    opt = model.configure_optimizers(Budget(None, 10, 4, 2)).optimizer
     g = torch.Generator().manual_seed(1)
     losses = []
     model.train()
@@ -208,9 +210,9 @@ def test_state_dict_round_trip_gives_identical_predictions(trained, images):
 def _fit(name: str, root: Path, run_dir: Path, seed: int, callbacks=()):
     seed_everything(seed)
     model = MODELS.get(name)(backbone=PRETRAINED)
-    model.train_batch_size = 4  # 10 train normals -> 2 steps per epoch
     data = MVTecAD(root=str(root), category="syn_tiles", image_size=SIZE, val_fraction=0.2, seed=0)
-    trainer = Trainer(max_epochs=2, eval_batch_size=8, progress_bar=False, seed=0, callbacks=callbacks,
+    trainer = Trainer(max_epochs=2, batch_size=4, eval_batch_size=8,  # 10 train normals -> 2 steps/epoch
+                      progress_bar=False, seed=0, callbacks=callbacks,
                       early_stopping={"enabled": False})
     return model, data, trainer, trainer.fit(model, data, run_dir=run_dir)
 

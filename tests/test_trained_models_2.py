@@ -12,6 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from ad.models.base import Budget
 import torch.nn.functional as F
 from scipy import ndimage
 
@@ -62,7 +64,7 @@ def _fit(name: str, steps: int | None = None):
     val = toy_images(4, False, seed=3, size=size)
     model.train()
     model.on_fit_start()
-    spec = model.configure_optimizers()
+    spec = model.configure_optimizers(Budget(max_epochs=None, max_steps=steps, batch_size=bs, steps_per_epoch=len(train) // bs))
     losses = []
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -316,9 +318,9 @@ def _trainer_fit(name: str, root, run_dir, seed: int, callbacks=()):
         kwargs.pop("image_size", None)
         kwargs["image_size"] = 64
     model = create_model(name, **kwargs)
-    model.train_batch_size = 4  # 10 train normals -> 2 steps per epoch
     data = MVTecAD(root=str(root), category="syn_tiles", image_size=64, val_fraction=0.2, seed=0)
-    trainer = Trainer(max_epochs=2, eval_batch_size=8, progress_bar=False, seed=0, callbacks=callbacks,
+    trainer = Trainer(max_epochs=2, batch_size=4, eval_batch_size=8,  # 10 train normals -> 2 steps/epoch
+                      progress_bar=False, seed=0, callbacks=callbacks,
                       early_stopping={"enabled": False})
     return model, data, trainer, trainer.fit(model, data, run_dir=run_dir)
 
@@ -332,8 +334,7 @@ def test_trainer_checkpoint_resume_matches_uninterrupted_run(name, synthetic_roo
 
 def test_lr_schedules_follow_the_planned_budget():
     e = create_model("efficientad", teacher_weights="random", image_size=64, out_channels=8)
-    e.planned_max_steps = 200
-    spec = e.configure_optimizers()
+    spec = e.configure_optimizers(Budget(max_epochs=None, max_steps=200, batch_size=1, steps_per_epoch=10))
     assert spec.scheduler_interval == "step"
     lrs = []
     for _ in range(200):
@@ -342,11 +343,9 @@ def test_lr_schedules_follow_the_planned_budget():
         spec.scheduler.step()
     assert lrs[189] == pytest.approx(1e-4) and lrs[190] == pytest.approx(1e-5)  # x0.1 at 95 %
     d = create_model("draem", recon_base_width=4, disc_base_width=4)
-    d.planned_max_epochs = 10
-    spec = d.configure_optimizers()
+    spec = d.configure_optimizers(Budget(max_epochs=10, max_steps=None, batch_size=8, steps_per_epoch=5))
     assert spec.scheduler_interval == "epoch" and spec.scheduler.milestones == {8: 1, 9: 1}
-    d.planned_max_epochs, d.planned_max_steps = None, 1000
-    spec = d.configure_optimizers()
+    spec = d.configure_optimizers(Budget(max_epochs=None, max_steps=1000, batch_size=8, steps_per_epoch=5))
     assert spec.scheduler_interval == "step" and spec.scheduler.milestones == {800: 1, 900: 1}
 
 

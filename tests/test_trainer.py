@@ -120,9 +120,9 @@ def test_state_dict_round_trip_resizes_buffers(fake_root):
 class BudgetRecorder(TinyAE):
     default_max_epochs = 2
 
-    def configure_optimizers(self):
-        self.seen = (self.planned_max_epochs, self.planned_max_steps)
-        return super().configure_optimizers()
+    def configure_optimizers(self, budget):
+        self.seen = (budget.max_epochs, budget.max_steps)
+        return super().configure_optimizers(budget)
 
 
 @pytest.mark.parametrize("kw,expected", [

@@ -1,15 +1,14 @@
 """Backbones the project ships config options for, with the normalisation their ImageNet weights expect.
 
 Any timm model name works as `backbone.name`; these entries pin the constants of the checkpoints we resolve
-offline (they must match how *those* weights were trained, not whatever timm's default tag says) and keep
-`conf/backbone/<name>.yaml` one hop from a registered name.
+offline (they must match how *those* weights were trained, not whatever timm's default tag says).
+This is a table of facts about checkpoints, not wiring: `conf/backbone/<name>.yaml` builds a `BackboneConfig`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-from ad.registry import BACKBONES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,8 +22,11 @@ class BackboneSpec:
     weights_hint: Optional[str] = None  # where its offline weights come from (docs/errors)
 
 
+KNOWN_BACKBONES: Dict[str, BackboneSpec] = {}
+
+
 def _register(spec: BackboneSpec) -> BackboneSpec:
-    BACKBONES.register(spec.name)(spec)
+    KNOWN_BACKBONES[spec.name] = spec
     return spec
 
 
@@ -39,8 +41,8 @@ for _name in ("resnet18", "wide_resnet50_2"):
 
 def normalisation(name: str, pretrained_cfg: Optional[dict] = None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """(mean, std) for backbone `name`: the registered spec, else timm's pretrained_cfg, else ImageNet."""
-    if name in BACKBONES:
-        spec = BACKBONES.get(name)
+    if name in KNOWN_BACKBONES:
+        spec = KNOWN_BACKBONES[name]
         return tuple(spec.mean), tuple(spec.std)
     cfg = pretrained_cfg or {}
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))

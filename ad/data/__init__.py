@@ -1,4 +1,4 @@
-"""Datasets: MVTec AD, VisA, BTAD, a user folder and a generated synthetic set (all registered in DATASETS)."""
+"""Datasets: MVTec AD, VisA, BTAD, a user folder and a generated synthetic set (`conf/dataset/<name>.yaml` names each class)."""
 from ad.data._base import (  # noqa: F401
     IMAGE_EXTENSIONS,
     AnomalyDataModule,
@@ -11,9 +11,7 @@ from ad.data._base import (  # noqa: F401
     load_mask,
     split_validation,
 )
-from ad.registry import DATASETS, import_submodules
-
-import_submodules(__name__)
+from ad.registry import DATASETS
 
 __all__ = [
     "IMAGE_EXTENSIONS",

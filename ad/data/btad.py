@@ -8,7 +8,6 @@ from typing import List, Sequence
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_index, require_dir
 from ad.errors import DataError
-from ad.registry import register_dataset
 
 BTAD_CATEGORIES = ("01", "02", "03")
 _LAYOUT = "expected <root>/<category>/train/ok, test/ok, test/ko and ground_truth/ko"
@@ -57,7 +56,6 @@ def list_btad(root: str | Path, category: str) -> List[Sample]:
     return train + test
 
 
-@register_dataset("btad")
 class BTAD(AnomalyDataModule):
     """BTAD (Mishra et al., 2021), three industrial products."""
 

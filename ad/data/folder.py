@@ -19,7 +19,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_stem
 from ad.errors import DataError
-from ad.registry import register_dataset
 
 
 def _resolve(root: Path, folder: Optional[str], key: str, required: bool) -> Optional[Path]:
@@ -107,7 +106,6 @@ def list_folder(
     )
 
 
-@register_dataset("folder")
 class Folder(AnomalyDataModule):
     """A dataset from plain folders of normal / defective images (see the module docstring)."""
 

@@ -7,7 +7,6 @@ from typing import List, Optional, Sequence
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_index, require_dir
 from ad.errors import DataError
-from ad.registry import register_dataset
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
@@ -67,7 +66,6 @@ def list_mvtec(root: str | Path, category: str, dataset_name: str = "MVTec AD") 
     return train + test
 
 
-@register_dataset("mvtec")
 class MVTecAD(AnomalyDataModule):
     """MVTec AD (Bergmann et al., CVPR 2019), read from the official release layout."""
 

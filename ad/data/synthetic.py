@@ -36,7 +36,6 @@ from PIL import Image
 
 from ad.data._base import AnomalyDataModule, Sample
 from ad.errors import DataError
-from ad.registry import register_dataset
 
 # Bump when the rendering changes so existing generated folders are regenerated.
 GENERATOR_VERSION = 5
@@ -476,7 +475,6 @@ def _swap_into_place(tmp: Path, dest: Path, params: dict) -> None:
             raise
 
 
-@register_dataset("synthetic")
 class Synthetic(AnomalyDataModule):
     """The generated dataset (MVTec layout under `root`); the category is generated on first use."""
 

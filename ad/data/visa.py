@@ -13,7 +13,6 @@ from typing import Dict, List, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root
 from ad.errors import DataError
-from ad.registry import register_dataset
 
 VISA_CATEGORIES = (
     "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
@@ -119,7 +118,6 @@ def _check_files(root: Path, category: str, csv_path: Path, samples: Sequence[Sa
         )
 
 
-@register_dataset("visa")
 class VisA(AnomalyDataModule):
     """VisA (Zou et al., ECCV 2022) from the raw release and the official one-class split file."""
 

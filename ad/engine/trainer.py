@@ -6,6 +6,7 @@ under no_grad; trained models get the usual loop with validation loss, early sto
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ad.models.base import AnomalyModel, OptimizerSpec
+from ad.errors import ConfigError
+from ad.models.base import AnomalyModel, Budget, OptimizerSpec
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,18 @@ class EarlyStopping:
 
 
 @dataclass
+class EpochRecord:
+    """One row of a run's `history.csv`."""
+
+    epoch: int
+    step: int
+    train_loss: float
+    val_loss: Optional[float]
+    lr: float
+    seconds: float  # wall time of this epoch (training + validation loss)
+
+
+@dataclass
 class FitResult:
     epochs: int = 0
     steps: int = 0
@@ -84,6 +98,8 @@ class FitResult:
     best_val_loss: Optional[float] = None
     train_losses: List[float] = field(default_factory=list)  # per epoch
     val_losses: List[float] = field(default_factory=list)  # per epoch
+    history: List[EpochRecord] = field(default_factory=list)
+    budget: Optional[Budget] = None
     fit_s: float = 0.0
 
 
@@ -106,7 +122,7 @@ class Trainer:
         self,
         max_epochs: Optional[int] = None,
         max_steps: Optional[int] = None,
-        batch_size: int = 16,
+        batch_size: Optional[int] = None,
         eval_batch_size: int = 16,
         num_workers: int = 0,
         gradient_clip_val: Optional[float] = None,
@@ -126,11 +142,12 @@ class Trainer:
         seed: int = 0,
         callbacks: Sequence[Any] = (),
     ) -> None:
-        self.max_epochs = max_epochs
-        self.max_steps = max_steps
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size)
-        self.num_workers = int(num_workers)
+        # None = the model's declared default (one precedence rule: what is set here wins).
+        self.max_epochs = _positive_int("trainer.max_epochs", max_epochs, optional=True)
+        self.max_steps = _positive_int("trainer.max_steps", max_steps, optional=True)
+        self.batch_size = _positive_int("trainer.batch_size", batch_size, optional=True)
+        self.eval_batch_size = _positive_int("trainer.eval_batch_size", eval_batch_size)
+        self.num_workers = _non_negative_int("trainer.num_workers", num_workers)
         self.gradient_clip_val = gradient_clip_val
         self.device = resolve_device(device)
         self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
@@ -160,25 +177,40 @@ class Trainer:
     def val_loader(self, data):
         return data.dataloader("val", self.eval_batch_size, limit=self.limit_val, num_workers=self.num_workers)
 
+    def budget(self, model: AnomalyModel, n_train: int) -> Budget:
+        """The budget `model` gets on `n_train` training images. A trainer value that is set wins, else the
+        model's declaration. A step budget without an epoch budget runs as many epochs as the steps need."""
+        batch_size = self.batch_size if self.batch_size is not None else int(model.default_batch_size)
+        max_steps = self.max_steps if self.max_steps is not None else model.default_max_steps
+        if self.max_epochs is not None:
+            max_epochs: Optional[int] = self.max_epochs
+        else:
+            max_epochs = None if max_steps is not None else int(model.default_max_epochs)
+        # The train loader drops the last partial batch only when there is more than one batch.
+        steps_per_epoch = n_train // batch_size if n_train > batch_size else int(n_train > 0)
+        return Budget(max_epochs=max_epochs, max_steps=max_steps, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+
     def fit(self, model: AnomalyModel, data, run_dir: "str | Path | None" = None, logger: Any = None) -> FitResult:
         """Fit `model` on the train normals of `data`; validation normals drive early stopping and
         `on_fit_end`. With `run_dir`, trained models checkpoint to `<run_dir>/checkpoints/` and resume."""
         t0 = time.perf_counter()
         model.to(self.device)
-        max_epochs = self.max_epochs if self.max_epochs is not None else model.default_max_epochs
-        max_steps = self.max_steps if self.max_steps is not None else model.default_max_steps
-        # Tell the model the budget it will get, so LR schedules (drops at 95 %, milestones) fit the real run.
-        model.planned_max_steps = max_steps
-        model.planned_max_epochs = max_epochs if (self.max_epochs is not None or max_steps is None) else None
-        spec: Optional[OptimizerSpec] = model.configure_optimizers()
+        budget = self.budget(model, len(data.dataset("train", self.limit_train)))
+        # The model lays out its LR schedule (drops at 95 %, milestones) over the budget it is told.
+        spec: Optional[OptimizerSpec] = model.configure_optimizers(budget)
         trains = spec is not None
-        if max_steps is not None and self.max_epochs is None and trains:
-            max_epochs = 10**9  # a step budget alone decides when to stop
-        batch_size = model.train_batch_size or self.batch_size
+        if trains:
+            max_epochs = budget.max_epochs if budget.max_epochs is not None else 10**9  # the step budget decides
+            max_steps = budget.max_steps
+        else:  # statistics passes: epochs only
+            max_epochs = self.max_epochs if self.max_epochs is not None else int(model.default_max_epochs)
+            max_steps = None
+            budget = Budget(max_epochs=max_epochs, max_steps=None, batch_size=budget.batch_size, steps_per_epoch=budget.steps_per_epoch)
+        batch_size = budget.batch_size
         ckpt_dir = Path(run_dir) / "checkpoints" if (run_dir is not None and trains) else None
         stopper = EarlyStopping(**{k: v for k, v in self.early_stopping_cfg.items() if k in ("enabled", "patience", "min_delta")})  # noqa: E501
         scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and trains)
-        result = FitResult()
+        result = FitResult(budget=budget)
         start_epoch, step = 0, 0
         restore_best = bool(self.early_stopping_cfg.get("restore_best", True))
 
@@ -197,6 +229,7 @@ class Trainer:
             _set_rng_state(state["rng"])
             start_epoch, step = state["epoch"] + 1, state["step"]
             result.train_losses, result.val_losses = state["train_losses"], state["val_losses"]
+            result.history = [EpochRecord(**h) for h in state.get("history", [])]
             result.resumed_from_epoch = state["epoch"]
             log.info("resumed from %s (epoch %d, step %d)", ckpt_dir / "last.ckpt", state["epoch"], step)
             if state.get("finished"):
@@ -208,6 +241,7 @@ class Trainer:
                 break
             # Data order depends only on (seed, epoch): a resumed run sees the same batches.
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            t_epoch = time.perf_counter()
             loader = data.dataloader(
                 "train", batch_size, shuffle=model.shuffle_train, num_workers=self.num_workers,
                 limit=self.limit_train, generator=gen, drop_last=trains,
@@ -253,6 +287,9 @@ class Trainer:
             train_loss = float(np.mean(losses)) if losses else float("nan")
             val_loss = self.validation_loss(model, data)
             result.train_losses.append(train_loss)
+            result.history.append(EpochRecord(epoch=epoch, step=step, train_loss=train_loss, val_loss=val_loss,
+                                              lr=float(spec.optimizer.param_groups[0]["lr"]),
+                                              seconds=time.perf_counter() - t_epoch))
             stop = False
             if val_loss is not None:
                 result.val_losses.append(val_loss)
@@ -318,6 +355,7 @@ class Trainer:
             "finished": finished,
             "train_losses": list(result.train_losses),
             "val_losses": list(result.val_losses),
+            "history": [dataclasses.asdict(h) for h in result.history],
         }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -347,6 +385,34 @@ class Trainer:
             masks=np.concatenate(masks), has_mask=np.concatenate(has_mask), paths=paths, defect_types=defects,
             seconds=time.perf_counter() - t0,
         )
+
+
+def _positive_int(key: str, value: Any, optional: bool = False) -> Optional[int]:
+    """A budget or size setting as a positive int, or a one-line ConfigError naming the key."""
+    if value is None and optional:
+        return None
+    try:
+        n = int(value)
+        if n != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=<positive integer>"
+                          + (" or null (the model's default)" if optional else "")) from None
+    if n <= 0:
+        what = "trains nothing" if "max_" in key else "is not a size"
+        raise ConfigError(f"{key}={n} {what}; set {key}=<positive integer>"
+                          + (" or null (the model's default)" if optional else ""))
+    return n
+
+
+def _non_negative_int(key: str, value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=0 or more") from None
+    if n < 0:
+        raise ConfigError(f"{key}={n} is negative; set {key}=0 or more")
+    return n
 
 
 def _get_rng_state() -> Dict[str, Any]:

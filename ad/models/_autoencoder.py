@@ -24,7 +24,7 @@ from torch import nn
 from ad.errors import ConfigError
 from ad.models._maps import gaussian_blur2d, upsample_to
 from ad.models._ssim import ssim_map
-from ad.models.base import AnomalyModel, OptimizerSpec, Prediction
+from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
 
 _SCORES = ("mse", "ssim")
 
@@ -109,7 +109,7 @@ class ReconstructionModel(AnomalyModel):
         self.beta = 0.0
         self.net: nn.Module
 
-    def configure_optimizers(self) -> OptimizerSpec:
+    def configure_optimizers(self, budget: Budget) -> OptimizerSpec:
         return OptimizerSpec(torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay))
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:

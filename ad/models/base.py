@@ -3,9 +3,14 @@
 A model is a plain `nn.Module` with explicit keyword arguments. It *declares* what it needs and the trainer
 never asks which model it is running:
 
-- `configure_optimizers()` → an `OptimizerSpec` for gradient-trained models, or None for models that only
+- `configure_optimizers(budget)` → an `OptimizerSpec` for gradient-trained models, or None for models that only
   collect statistics (PatchCore, PaDiM...). Without an optimizer the trainer runs `training_step` under
   `torch.no_grad()` for `default_max_epochs` passes (1 for memory models) and never back-propagates.
+  `budget` is the `Budget` the trainer will run (epochs, steps, batch size, steps per epoch), so LR schedules
+  are laid out over the real run. The model never reads or writes the trainer's settings itself.
+- Declarations (class attributes): `default_max_epochs`, `default_max_steps`, `default_batch_size`. One
+  precedence rule: a `trainer.max_epochs` / `max_steps` / `batch_size` that is set (not null) wins, else the
+  model's declared default.
 - `training_step(batch)` → loss tensor (trained models) or None (memory models collect features here).
 - `validation_step(batch)` → validation loss on held-out *normal* images, or None when the model has none
   (then early stopping is off for it).
@@ -33,6 +38,23 @@ class Prediction:
     maps: torch.Tensor  # [B,H,W] pixel anomaly maps at input resolution
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What the trainer will run, told to the model before it builds its optimizer and schedule."""
+
+    max_epochs: Optional[int]  # None: the step budget alone decides when to stop
+    max_steps: Optional[int]  # None: no step cap
+    batch_size: int  # training batch size
+    steps_per_epoch: int  # optimisation steps per epoch at this batch size (last partial batch dropped)
+
+    @property
+    def total_steps(self) -> Optional[int]:
+        """Optimisation steps the run will take at most (the tighter of the two budgets)."""
+        by_epochs = None if self.max_epochs is None else self.max_epochs * max(1, self.steps_per_epoch)
+        known = [v for v in (self.max_steps, by_epochs) if v is not None]
+        return min(known) if known else None
+
+
 @dataclass
 class OptimizerSpec:
     optimizer: torch.optim.Optimizer
@@ -45,18 +67,13 @@ class AnomalyModel(nn.Module):
     default_max_epochs: int = 1
     #: optimisation steps cap when `trainer.max_steps` is null (None = no cap)
     default_max_steps: Optional[int] = None
-    #: train batch size the model needs (None = the trainer's `batch_size`)
-    train_batch_size: Optional[int] = None
+    #: training batch size when `trainer.batch_size` is null (also the feature-collection batch of memory models)
+    default_batch_size: int = 16
     #: shuffle training images (memory models don't care; trained models do)
     shuffle_train: bool = True
     #: name of the backbone for reporting (None for backbone-free models)
     backbone_name: Optional[str] = None
-    #: set by the trainer before `configure_optimizers()`: the step budget (None = unbounded) and the epoch
-    #: budget (None when a step budget alone decides), so schedules can be laid out over the real run
-    planned_max_steps: Optional[int] = None
-    planned_max_epochs: Optional[int] = None
-
-    def configure_optimizers(self) -> Optional[OptimizerSpec]:
+    def configure_optimizers(self, budget: Budget) -> Optional[OptimizerSpec]:
         return None
 
     def training_step(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:

@@ -19,10 +19,8 @@ from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._memory import upsample_maps
 from ad.models.base import AnomalyModel, Prediction
-from ad.registry import register_model
 
 
-@register_model("dfm")
 class DFM(AnomalyModel):
     default_max_epochs = 1
 

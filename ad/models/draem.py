@@ -24,8 +24,7 @@ from ad.models._anomaly_synthesis import AnomalySynthesizer
 from ad.models._maps import upsample_to
 from ad.models._ssim import ssim_loss
 from ad.models._unet import UNet
-from ad.models.base import AnomalyModel, OptimizerSpec, Prediction
-from ad.registry import register_model
+from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
@@ -37,17 +36,16 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, e
     return (-((1 - pt) ** gamma) * logpt).mean()
 
 
-@register_model("draem")
 class DRAEM(AnomalyModel):
     default_max_epochs = 700
-    train_batch_size = 8
+    default_batch_size = 8
 
     def __init__(
         self, recon_base_width: int = 128, disc_base_width: int = 64, anomaly_source_dir: Optional[str] = None,
         anomaly_prob: float = 0.5, beta_max: float = 0.8, rotate_normal_prob: float = 0.3,
         perlin_min_scale_exp: int = 0, perlin_max_scale_exp: int = 6, lr: float = 1e-4,
         lr_milestones: Sequence[float] = (0.8, 0.9), lr_gamma: float = 0.2, score_window: int = 21,
-        focal_gamma: float = 2.0, seed: int = 0, train_batch_size: Optional[int] = 8, image_size: Optional[int] = None,
+        focal_gamma: float = 2.0, seed: int = 0, image_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         b = int(recon_base_width)
@@ -63,15 +61,15 @@ class DRAEM(AnomalyModel):
         self.score_window = int(score_window)
         self.focal_gamma = float(focal_gamma)
         self.seed = int(seed)
-        self.train_batch_size = train_batch_size
         self.image_size = int(image_size) if image_size else None
 
-    def configure_optimizers(self) -> OptimizerSpec:
+    def configure_optimizers(self, budget: Budget) -> OptimizerSpec:
         opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        # the trainer sets planned_max_* to the budget it will run; milestones are fractions of it.
-        # A step budget without an epoch budget gives milestones in steps; otherwise in epochs (paper).
-        interval = "step" if self.planned_max_steps and not self.planned_max_epochs else "epoch"
-        total = self.planned_max_steps if interval == "step" else (self.planned_max_epochs or self.default_max_epochs)
+        # Milestones are fractions of the budget the trainer will run: in epochs when an epoch budget decides
+        # (paper), in steps when only a step budget does.
+        interval = "epoch" if budget.max_epochs is not None and (budget.max_steps is None
+                                                                 or budget.total_steps == budget.max_epochs * budget.steps_per_epoch) else "step"
+        total = budget.max_epochs if interval == "epoch" else budget.total_steps
         milestones = sorted({max(1, int(round(m * total))) for m in self.lr_milestones})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=self.lr_gamma)
         return OptimizerSpec(opt, sched, interval)

@@ -8,7 +8,7 @@ channels and an autoencoder.
 - Maps: `(T - S1)^2` (structural) and `(A - S2)^2` (logical), each mapped with its 0.9 / 0.995 quantiles on the
   *validation normals* (`on_fit_end`) so both sit at 0 / 0.1, averaged. Image score = max of the map.
 - Adam lr 1e-4, weight decay 1e-5, batch 1, 70000 steps (`default_max_steps`; `trainer.max_steps` overrides),
-  LR x0.1 at 95% of the steps the trainer will run (`planned_max_steps`, else `default_max_steps`).
+  LR x0.1 at 95% of the steps the trainer will run (`budget.total_steps`).
 - Teacher: `teacher_weights` = a PDN file (see `ad.models._pdn` and `scripts/distill_pdn_teacher.py`) or
   `random` (weak, for tests/smoke runs only). The ImageNet penalty (student output kept small on unrelated
   images) is used when `imagenet_dir` names a folder of images; off by default offline.
@@ -27,16 +27,14 @@ import torchvision.transforms.v2.functional as TF
 from ad.errors import ConfigError
 from ad.models._pdn import (IMAGENET_MEAN, IMAGENET_STD, MAP_PAD, SIZES, EfficientADAutoencoder, load_teacher, pdn,
                             pdn_output_size)
-from ad.models.base import AnomalyModel, OptimizerSpec, Prediction
-from ad.registry import register_model
+from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
 
 log = logging.getLogger(__name__)
 
 
-@register_model("efficientad")
 class EfficientAD(AnomalyModel):
     default_max_steps = 70000  # the trainer then runs as many epochs as these steps need
-    train_batch_size = 1
+    default_batch_size = 1
 
     def __init__(
         self, model_size: str = "s", teacher_weights: Optional[str] = None, image_size: int = 256,
@@ -108,10 +106,10 @@ class EfficientAD(AnomalyModel):
         self.teacher.eval()
         return self
 
-    def configure_optimizers(self) -> OptimizerSpec:
+    def configure_optimizers(self, budget: Budget) -> OptimizerSpec:
         params = list(self.student.parameters()) + list(self.autoencoder.parameters())
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        steps = self.planned_max_steps or self.default_max_steps
+        steps = budget.total_steps or self.default_max_steps
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(self.lr_drop_at * steps)), gamma=0.1)
         return OptimizerSpec(opt, sched, "step")
 

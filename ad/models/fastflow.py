@@ -18,16 +18,14 @@ from torch import nn
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.models._flows import Flow2d
 from ad.models._maps import max_score, upsample_to
-from ad.models.base import AnomalyModel, OptimizerSpec, Prediction
-from ad.registry import register_model
+from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
 
 
-@register_model("fastflow")
 class FastFlow(AnomalyModel):
     # Paper: 500 epochs, batch 32, Adam(lr 1e-3, weight decay 1e-5); ResNet-18 setting: 8 flow steps,
     # hidden ratio 1.0, alternating 3×3/1×1 subnets, clamp 2.
     default_max_epochs = 500
-    train_batch_size = 32
+    default_batch_size = 32
 
     def __init__(
         self,
@@ -49,7 +47,7 @@ class FastFlow(AnomalyModel):
         )
         self.lr, self.weight_decay = float(lr), float(weight_decay)
 
-    def configure_optimizers(self) -> OptimizerSpec:
+    def configure_optimizers(self, budget: Budget) -> OptimizerSpec:
         opt = torch.optim.Adam(self.flows.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return OptimizerSpec(optimizer=opt)
 

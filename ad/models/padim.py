@@ -19,10 +19,8 @@ from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._memory import aligned_features, seeded_channel_subset, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
-from ad.registry import register_model
 
 
-@register_model("padim")
 class Padim(AnomalyModel):
     default_max_epochs = 1
 

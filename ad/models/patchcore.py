@@ -16,10 +16,8 @@ from ad.errors import ConfigError
 from ad.models._coreset import greedy_coreset
 from ad.models._memory import KnnIndex, aligned_features, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
-from ad.registry import register_model
 
 
-@register_model("patchcore")
 class PatchCore(AnomalyModel):
     default_max_epochs = 1
 

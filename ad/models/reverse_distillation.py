@@ -17,15 +17,13 @@ from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._distillation import MirroredDecoder, OneClassBottleneck
 from ad.models._maps import cosine_distance_map, gaussian_blur2d, max_score, upsample_to
-from ad.models.base import AnomalyModel, OptimizerSpec, Prediction
-from ad.registry import register_model
+from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
 
 
-@register_model("reverse_distillation")
 class ReverseDistillation(AnomalyModel):
     # Paper: 200 epochs, batch 16, Adam(lr 0.005, betas (0.5, 0.999)), 256 px, Gaussian σ = 4 on the map.
     default_max_epochs = 200
-    train_batch_size = 16
+    default_batch_size = 16
 
     def __init__(
         self,
@@ -66,7 +64,7 @@ class ReverseDistillation(AnomalyModel):
         probe = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         return all(bool((f >= 0).all()) for f in self.teacher(probe))
 
-    def configure_optimizers(self) -> OptimizerSpec:
+    def configure_optimizers(self, budget: Budget) -> OptimizerSpec:
         params = list(self.bottleneck.parameters()) + list(self.decoder.parameters())
         return OptimizerSpec(optimizer=torch.optim.Adam(params, lr=self.lr, betas=self.betas))
 

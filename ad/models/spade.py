@@ -16,10 +16,8 @@ from ad.errors import ConfigError
 from ad.models._maps import gaussian_blur2d, upsample_to
 from ad.models._memory import KnnIndex, pairwise_sq_dists
 from ad.models.base import AnomalyModel, Prediction
-from ad.registry import register_model
 
 
-@register_model("spade")
 class Spade(AnomalyModel):
     default_max_epochs = 1
 

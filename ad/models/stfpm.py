@@ -17,15 +17,13 @@ import torch.nn.functional as F
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._maps import max_score, upsample_to
-from ad.models.base import AnomalyModel, OptimizerSpec, Prediction
-from ad.registry import register_model
+from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
 
 
-@register_model("stfpm")
 class STFPM(AnomalyModel):
     # Paper: 100 epochs, batch 32, SGD(lr 0.4, momentum 0.9, weight decay 1e-4), 256 px.
     default_max_epochs = 100
-    train_batch_size = 32
+    default_batch_size = 32
 
     def __init__(
         self,
@@ -47,7 +45,7 @@ class STFPM(AnomalyModel):
         self.map_reduction = map_reduction
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
 
-    def configure_optimizers(self) -> OptimizerSpec:
+    def configure_optimizers(self, budget: Budget) -> OptimizerSpec:
         opt = torch.optim.SGD(
             self.student.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )

@@ -16,10 +16,8 @@ from typing import Optional, Sequence
 
 from ad.models._autoencoder import ReconstructionModel, UNetReconstructor
 from ad.models._unet import UNet
-from ad.registry import register_model
 
 
-@register_model("unet_ae")
 class UNetAE(ReconstructionModel):
     def __init__(
         self, image_size: Optional[int] = 256, widths: Sequence[int] = (32, 64, 128, 256, 256),

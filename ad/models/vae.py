@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ad.models._autoencoder import DenseAutoencoder, ReconstructionModel
-from ad.registry import register_model
 
 
-@register_model("vae")
 class VAE(ReconstructionModel):
     def __init__(
         self, image_size: int = 256, widths: Sequence[int] = (32, 64, 128, 256, 256), latent_dim: int = 128,
