@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ad.errors import ConfigError
+from ad.engine.outputs import atomic_write
 from ad.engine.scoring import PredictionSet, score_loader
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec
 
@@ -136,7 +137,12 @@ class Trainer:
         self.eval_batch_size = _positive_int("trainer.eval_batch_size", eval_batch_size)
         self.num_workers = _non_negative_int("trainer.num_workers", num_workers)
         self.gradient_clip_val = gradient_clip_val
-        self.device = resolve_device(device)
+        try:
+            self.device = resolve_device(device)
+        except RuntimeError:
+            raise ConfigError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:<n>") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
         self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -177,9 +183,12 @@ class Trainer:
         steps_per_epoch = n_train // batch_size if n_train > batch_size else int(n_train > 0)
         return Budget(max_epochs=max_epochs, max_steps=max_steps, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
 
-    def fit(self, model: AnomalyModel, data, run_dir: "str | Path | None" = None, logger: Any = None) -> FitResult:
+    def fit(self, model: AnomalyModel, data, run_dir: "str | Path | None" = None, logger: Any = None,
+            identity: Optional[Dict[str, Any]] = None) -> FitResult:
         """Fit `model` on the train normals of `data`; validation normals drive early stopping and
-        `on_fit_end`. With `run_dir`, trained models checkpoint to `<run_dir>/checkpoints/` and resume."""
+        `on_fit_end`. With `run_dir`, trained models checkpoint to `<run_dir>/checkpoints/` and resume —
+        only a checkpoint whose `identity` (the experiment's configuration, see `ad.engine.settings`) equals
+        this run's; any other is refused with a one-line error rather than reused under a wrong label."""
         t0 = time.perf_counter()
         model.to(self.device)
         budget = self.budget(model, len(data.dataset("train", self.limit_train)))
@@ -206,7 +215,8 @@ class Trainer:
             model.on_fit_start(data.dataloader("train", self.eval_batch_size, limit=self.limit_train,
                                                num_workers=self.num_workers))
         if resuming:
-            state = torch.load(ckpt_dir / "last.ckpt", map_location=self.device, weights_only=False)
+            state = _load_checkpoint(ckpt_dir / "last.ckpt", self.device)
+            check_identity(ckpt_dir / "last.ckpt", state.get("identity"), identity)
             model.load_state_dict(state["model"])
             spec.optimizer.load_state_dict(state["optimizer"])
             if spec.scheduler is not None and state.get("scheduler") is not None:
@@ -282,7 +292,7 @@ class Trainer:
                 result.val_losses.append(val_loss)
                 improved, stop = stopper.update(val_loss)
                 if improved and ckpt_dir is not None:
-                    self._save(ckpt_dir / "best.ckpt", model, spec, scaler, stopper, epoch, step, result)
+                    self._save(ckpt_dir / "best.ckpt", model, spec, scaler, stopper, epoch, step, result, identity=identity)
             if logger is not None:
                 logger.scalar("train/loss_epoch", train_loss, epoch)
                 if val_loss is not None:
@@ -292,7 +302,8 @@ class Trainer:
             self._call("on_epoch_end", self, model, epoch, train_loss, val_loss)
             done = stop or (max_steps is not None and step >= max_steps) or epoch + 1 >= max_epochs
             if ckpt_dir is not None and (done or (epoch + 1) % self.checkpoint_every_n_epochs == 0):
-                self._save(ckpt_dir / "last.ckpt", model, spec, scaler, stopper, epoch, step, result, finished=done)
+                self._save(ckpt_dir / "last.ckpt", model, spec, scaler, stopper, epoch, step, result, finished=done,
+                           identity=identity)
             if stop:
                 result.stopped_early = True
                 log.info("early stopping at epoch %d: val loss has not improved for %d epochs", epoch, stopper.patience)
@@ -303,7 +314,7 @@ class Trainer:
         result.best_val_loss = stopper.best if math.isfinite(stopper.best) else None
         if trains and restore_best and ckpt_dir is not None and (ckpt_dir / "best.ckpt").is_file():
             # The last epochs after the best one only overfit or drift: score with the best weights.
-            model.load_state_dict(torch.load(ckpt_dir / "best.ckpt", map_location=self.device, weights_only=False)["model"])
+            model.load_state_dict(_load_checkpoint(ckpt_dir / "best.ckpt", self.device)["model"])
         model.eval()
         model.on_fit_end(self.val_loader(data))
         result.fit_s = time.perf_counter() - t0
@@ -327,10 +338,12 @@ class Trainer:
             return None
         return float(np.average(losses, weights=weights))
 
-    def _save(self, path: Path, model, spec, scaler, stopper, epoch, step, result, finished: bool = False) -> None:
+    def _save(self, path: Path, model, spec, scaler, stopper, epoch, step, result, finished: bool = False,
+              identity: Optional[Dict[str, Any]] = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "version": CHECKPOINT_VERSION,
+            "identity": identity,
             "model": model.state_dict(),
             "optimizer": spec.optimizer.state_dict(),
             "scheduler": spec.scheduler.state_dict() if spec.scheduler is not None else None,
@@ -344,13 +357,62 @@ class Trainer:
             "val_losses": list(result.val_losses),
             "history": [dataclasses.asdict(h) for h in result.history],
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # an interruption never leaves a half-written checkpoint
+        # An interruption or a full disk never leaves a half-written checkpoint or a stray temporary.
+        atomic_write(path, lambda tmp: torch.save(state, tmp), binary=True)
 
     def predict(self, model: AnomalyModel, loader, desc: str = "predicting") -> PredictionSet:
         """Score every batch of `loader` through the one prediction path (`ad.engine.scoring`)."""
         return score_loader(model, loader, self.device, self.use_amp, self.progress, desc)
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # truncated / corrupt file: torch raises RuntimeError, EOFError, UnpicklingError...
+        raise ConfigError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to train from "
+                          "scratch or set trainer.resume=false") from None
+
+
+def check_identity(path: Path, saved: Optional[Dict[str, Any]], current: Optional[Dict[str, Any]]) -> None:
+    """Refuse to resume a checkpoint of another experiment. Budgets count too: LR schedules are laid out over
+    the budget, so continuing a finished 2-epoch run to 4 epochs would not equal a 4-epoch run."""
+    if saved == current:
+        return
+    if saved is None or current is None:
+        what = "was written without an experiment identity" if saved is None else "cannot be matched to this run"
+        raise ConfigError(f"checkpoint {path} {what}; delete {path.parent} or set trainer.resume=false to train from scratch")
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+    raise ConfigError(f"checkpoint {path} belongs to a different experiment ({diff}); use another run dir, delete "
+                      f"{path.parent}, or set trainer.resume=false to train from scratch")
+
+
+def _positive_int(key: str, value: Any, optional: bool = False) -> Optional[int]:
+    """A budget or size setting as a positive int, or a one-line ConfigError naming the key."""
+    if value is None and optional:
+        return None
+    try:
+        n = int(value)
+        if isinstance(value, bool) or n != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=<positive integer>"
+                          + (" or null (the model's default)" if optional else "")) from None
+    if n <= 0:
+        what = "trains nothing" if "max_" in key else "is not a size"
+        raise ConfigError(f"{key}={n} {what}; set {key}=<positive integer>"
+                          + (" or null (the model's default)" if optional else ""))
+    return n
+
+
+def _non_negative_int(key: str, value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=0 or more") from None
+    if n < 0:
+        raise ConfigError(f"{key}={n} is negative; set {key}=0 or more")
+    return n
 
 
 def _get_rng_state() -> Dict[str, Any]:
