@@ -38,11 +38,15 @@ REFERENCE_FILE = Path(__file__).with_name("reference_results.yaml")
 HEATMAP_METRIC = "image.auroc"
 
 # Leaves of results.json that are fractions in [0, 1]: shown in percent with one decimal, like the papers.
-_FRACTION_LEAVES = {"auroc", "ap", "aupro", "f1_max", "accuracy", "precision", "recall", "iou"}
-_LEAF_LABELS = {"auroc": "AUROC", "ap": "AP", "aupro": "AUPRO", "f1_max": "F1-max", "ms_per_image": "ms/image",
+_FRACTION_LEAVES = {"auroc", "ap", "aupro", "f1_max", "f1", "mad", "accuracy", "precision", "recall", "iou"}
+_LEAF_LABELS = {"mad": "mAD", "auroc": "AUROC", "ap": "AP", "aupro": "AUPRO", "f1_max": "F1-max", "ms_per_image": "ms/image",
                 "peak_rss_mb": "peak RSS MB", "fit_s": "fit s", "predict_s": "predict s"}
 # Categories per benchmark: a paper's dataset mean is only shown beside a mean over all of them.
-DATASET_CATEGORIES = {"mvtec": 15, "visa": 12, "btad": 3}
+def dataset_size(dataset: str) -> int:
+    """How many categories a dataset has (its `conf/category/*.yaml` options; -1 when unknown)."""
+    from ad.config import dataset_categories
+
+    return len(dataset_categories(dataset)) or -1
 # Datasets in the order papers list them; others follow alphabetically.
 _DATASET_ORDER = ["mvtec", "visa", "btad", "synthetic", "folder"]
 # Never used as automatic column groups: row keys, replicates, and knobs that do not change results.
@@ -408,7 +412,7 @@ class Table:
         if have and all(v is not None for v in vals):
             return _mean([v for v in vals if v is not None]), False
         # a paper's own mean compares only with a mean over the same, complete category set
-        if dataset is not None and len(have) == DATASET_CATEGORIES.get(dataset, -1):
+        if dataset is not None and len(have) == dataset_size(dataset):
             pm = ref.published_mean(dataset, metric)
             if pm is not None:
                 return pm, True

@@ -105,6 +105,21 @@ class FitResult:
     fit_s: float = 0.0
 
 
+@dataclass
+class _FitState:
+    """What one `fit` of a trained model carries from step to step (and into its checkpoints)."""
+
+    model: AnomalyModel
+    spec: OptimizerSpec
+    scaler: Any
+    stopper: EarlyStopping
+    result: FitResult
+    ckpt_dir: Optional[Path]
+    identity: Optional[Dict[str, Any]]
+    logger: Any
+    step: int = 0
+
+
 class Trainer:
     def __init__(
         self,
@@ -194,129 +209,151 @@ class Trainer:
         budget = self.budget(model, len(data.dataset("train", self.limit_train)))
         # The model lays out its LR schedule (drops at 95 %, milestones) over the budget it is told.
         spec: Optional[OptimizerSpec] = model.configure_optimizers(budget)
-        trains = spec is not None
-        if trains:
-            max_epochs = budget.max_epochs if budget.max_epochs is not None else 10**9  # the step budget decides
-            max_steps = budget.max_steps
-        else:  # statistics passes: epochs only
-            max_epochs = self.max_epochs if self.max_epochs is not None else int(model.default_max_epochs)
-            max_steps = None
-            budget = Budget(max_epochs=max_epochs, max_steps=None, batch_size=budget.batch_size, steps_per_epoch=budget.steps_per_epoch)
-        batch_size = budget.batch_size
-        ckpt_dir = Path(run_dir) / "checkpoints" if (run_dir is not None and trains) else None
+        if spec is None:  # statistics passes (memory models): epochs only, no checkpoints
+            return self._collect(model, data, budget, t0)
+        ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
         stopper = EarlyStopping(**{k: v for k, v in self.early_stopping_cfg.items() if k in ("enabled", "patience", "min_delta")})  # noqa: E501
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and trains)
-        result = FitResult(budget=budget)
-        start_epoch, step = 0, 0
-        restore_best = bool(self.early_stopping_cfg.get("restore_best", True))
-
-        resuming = ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file()
-        if not resuming:
+        run = _FitState(model, spec, torch.amp.GradScaler("cuda", enabled=self.use_amp), stopper,
+                        FitResult(budget=budget), ckpt_dir, identity, logger)
+        max_epochs = budget.max_epochs if budget.max_epochs is not None else 10**9  # else the step budget decides
+        start_epoch = 0
+        if ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file():
+            start_epoch, finished = self._resume(run, ckpt_dir / "last.ckpt")
+            max_epochs = start_epoch if finished else max_epochs  # finished: straight to on_fit_end
+        else:
             model.on_fit_start(data.dataloader("train", self.eval_batch_size, limit=self.limit_train,
                                                num_workers=self.num_workers))
-        if resuming:
-            state = _load_checkpoint(ckpt_dir / "last.ckpt", self.device)
-            check_identity(ckpt_dir / "last.ckpt", state.get("identity"), identity)
-            model.load_state_dict(state["model"])
-            spec.optimizer.load_state_dict(state["optimizer"])
-            if spec.scheduler is not None and state.get("scheduler") is not None:
-                spec.scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            stopper.load_state_dict(state["early_stopping"])
-            _set_rng_state(state["rng"])
-            start_epoch, step = state["epoch"] + 1, state["step"]
-            result.train_losses, result.val_losses = state["train_losses"], state["val_losses"]
-            result.history = [EpochRecord(**h) for h in state.get("history", [])]
-            result.resumed_from_epoch = state["epoch"]
-            log.info("resumed from %s (epoch %d, step %d)", ckpt_dir / "last.ckpt", state["epoch"], step)
-            if state.get("finished"):
-                max_epochs = start_epoch  # nothing left to train; go straight to on_fit_end
-
-        epochs_done = start_epoch
+        run.result.epochs = start_epoch
         for epoch in range(start_epoch, max_epochs):
-            if max_steps is not None and step >= max_steps:
+            if budget.max_steps is not None and run.step >= budget.max_steps:
                 break
-            # Data order depends only on (seed, epoch): a resumed run sees the same batches.
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             t_epoch = time.perf_counter()
-            loader = data.dataloader(
-                "train", batch_size, shuffle=model.shuffle_train, num_workers=self.num_workers,
-                limit=self.limit_train, generator=gen, drop_last=trains,
-            )
-            model.train()
-            losses: List[float] = []
-            bar = tqdm(loader, desc=f"epoch {epoch}" if trains else "collecting features", disable=not self.progress,
-                       leave=False, total=len(loader))
-            for batch in bar:
-                batch = self._to_device(batch)
-                if not trains:
-                    with torch.no_grad():
-                        model.training_step(batch)
-                    continue
-                with torch.autocast(self.device.type, enabled=self.use_amp):
-                    loss = model.training_step(batch)
-                spec.optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if self.gradient_clip_val:
-                    scaler.unscale_(spec.optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(self.gradient_clip_val))
-                scaler.step(spec.optimizer)
-                scaler.update()
-                if spec.scheduler is not None and spec.scheduler_interval == "step":
-                    spec.scheduler.step()
-                step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training loss became {value} at step {step}; lower the learning rate or enable trainer.gradient_clip_val")
-                losses.append(value)
-                bar.set_postfix(loss=f"{value:.4f}")
-                if logger is not None and step % self.log_every_n_steps == 0:
-                    logger.scalar("train/loss_step", value, step)
-                    logger.scalar("train/lr", spec.optimizer.param_groups[0]["lr"], step)
-                self._call("on_train_step_end", self, model, step, value)
-                if max_steps is not None and step >= max_steps:
-                    break
-            if not trains:
-                continue
-            if spec.scheduler is not None and spec.scheduler_interval == "epoch":
-                spec.scheduler.step()
-            epochs_done = epoch + 1
-            train_loss = float(np.mean(losses)) if losses else float("nan")
-            val_loss = self.validation_loss(model, data)
-            result.train_losses.append(train_loss)
-            result.history.append(EpochRecord(epoch=epoch, step=step, train_loss=train_loss, val_loss=val_loss,
-                                              lr=float(spec.optimizer.param_groups[0]["lr"]),
-                                              seconds=time.perf_counter() - t_epoch))
-            stop = False
-            if val_loss is not None:
-                result.val_losses.append(val_loss)
-                improved, stop = stopper.update(val_loss)
-                if improved and ckpt_dir is not None:
-                    self._save(ckpt_dir / "best.ckpt", model, spec, scaler, stopper, epoch, step, result, identity=identity)
-            if logger is not None:
-                logger.scalar("train/loss_epoch", train_loss, epoch)
-                if val_loss is not None:
-                    logger.scalar("val/loss", val_loss, epoch)
-                logger.scalar("train/lr_epoch", spec.optimizer.param_groups[0]["lr"], epoch)
-            log.info("epoch %d: train loss %.5f%s", epoch, train_loss, f", val loss {val_loss:.5f}" if val_loss is not None else "")
-            self._call("on_epoch_end", self, model, epoch, train_loss, val_loss)
-            done = stop or (max_steps is not None and step >= max_steps) or epoch + 1 >= max_epochs
-            if ckpt_dir is not None and (done or (epoch + 1) % self.checkpoint_every_n_epochs == 0):
-                self._save(ckpt_dir / "last.ckpt", model, spec, scaler, stopper, epoch, step, result, finished=done,
-                           identity=identity)
-            if stop:
-                result.stopped_early = True
-                log.info("early stopping at epoch %d: val loss has not improved for %d epochs", epoch, stopper.patience)
+            losses = self._train_epoch(run, data, epoch)
+            run.result.epochs = epoch + 1
+            if self._end_epoch(run, data, epoch, losses, time.perf_counter() - t_epoch, max_epochs):
                 break
+        return self._finish(run, data, t0)
 
-        result.epochs = epochs_done if trains else max(0, max_epochs)
-        result.steps = step
-        result.best_val_loss = stopper.best if math.isfinite(stopper.best) else None
-        if trains and restore_best and ckpt_dir is not None and (ckpt_dir / "best.ckpt").is_file():
-            # The last epochs after the best one only overfit or drift: score with the best weights.
-            model.load_state_dict(_load_checkpoint(ckpt_dir / "best.ckpt", self.device)["model"])
+    def _collect(self, model: AnomalyModel, data, budget: Budget, t0: float) -> FitResult:
+        """Memory/statistics models: `max_epochs` passes of `training_step` under no_grad, then `on_fit_end`."""
+        epochs = self.max_epochs if self.max_epochs is not None else int(model.default_max_epochs)
+        budget = Budget(max_epochs=epochs, max_steps=None, batch_size=budget.batch_size, steps_per_epoch=budget.steps_per_epoch)
+        model.on_fit_start(data.dataloader("train", self.eval_batch_size, limit=self.limit_train, num_workers=self.num_workers))
+        model.train()
+        for epoch in range(epochs):
+            loader = data.dataloader("train", budget.batch_size, shuffle=model.shuffle_train, num_workers=self.num_workers,
+                                     limit=self.limit_train, generator=self._epoch_generator(epoch))
+            with torch.no_grad():
+                for batch in tqdm(loader, desc="collecting features", disable=not self.progress, leave=False):
+                    model.training_step(self._to_device(batch))
         model.eval()
         model.on_fit_end(self.val_loader(data))
+        return FitResult(epochs=epochs, budget=budget, fit_s=time.perf_counter() - t0)
+
+    def _epoch_generator(self, epoch: int) -> torch.Generator:
+        # Data order depends only on (seed, epoch): a resumed run sees the same batches.
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+
+    def _resume(self, run: "_FitState", path: Path) -> tuple[int, bool]:
+        """Restore everything an uninterrupted run would have at the end of the checkpointed epoch."""
+        state = _load_checkpoint(path, self.device)
+        check_identity(path, state.get("identity"), run.identity)
+        run.model.load_state_dict(state["model"])
+        run.spec.optimizer.load_state_dict(state["optimizer"])
+        if run.spec.scheduler is not None and state.get("scheduler") is not None:
+            run.spec.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.stopper.load_state_dict(state["early_stopping"])
+        _set_rng_state(state["rng"])
+        run.step = state["step"]
+        run.result.train_losses, run.result.val_losses = state["train_losses"], state["val_losses"]
+        run.result.history = [EpochRecord(**h) for h in state.get("history", [])]
+        run.result.resumed_from_epoch = state["epoch"]
+        log.info("resumed from %s (epoch %d, step %d)", path, state["epoch"], run.step)
+        return state["epoch"] + 1, bool(state.get("finished"))
+
+    def _train_epoch(self, run: "_FitState", data, epoch: int) -> List[float]:
+        budget, spec = run.result.budget, run.spec
+        loader = data.dataloader("train", budget.batch_size, shuffle=run.model.shuffle_train, num_workers=self.num_workers,
+                                 limit=self.limit_train, generator=self._epoch_generator(epoch), drop_last=True)
+        run.model.train()
+        losses: List[float] = []
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not self.progress, leave=False, total=len(loader))
+        for batch in bar:
+            value = self._optimisation_step(run, self._to_device(batch))
+            losses.append(value)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if run.logger is not None and run.step % self.log_every_n_steps == 0:
+                run.logger.scalar("train/loss_step", value, run.step)
+                run.logger.scalar("train/lr", spec.optimizer.param_groups[0]["lr"], run.step)
+            self._call("on_train_step_end", self, run.model, run.step, value)
+            if budget.max_steps is not None and run.step >= budget.max_steps:
+                break
+        if spec.scheduler is not None and spec.scheduler_interval == "epoch":
+            spec.scheduler.step()
+        return losses
+
+    def _optimisation_step(self, run: "_FitState", batch: Dict[str, Any]) -> float:
+        spec = run.spec
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            loss = run.model.training_step(batch)
+        spec.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if self.gradient_clip_val:
+            run.scaler.unscale_(spec.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), float(self.gradient_clip_val))
+        run.scaler.step(spec.optimizer)
+        run.scaler.update()
+        if spec.scheduler is not None and spec.scheduler_interval == "step":
+            spec.scheduler.step()
+        run.step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {run.step}; lower the learning rate or "
+                                     "enable trainer.gradient_clip_val")
+        return value
+
+    def _end_epoch(self, run: "_FitState", data, epoch: int, losses: List[float], seconds: float,
+                   max_epochs: int) -> bool:
+        """Validation loss, history, logging, early stopping and checkpoints; True when training should stop."""
+        result, lr = run.result, float(run.spec.optimizer.param_groups[0]["lr"])
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        val_loss = self.validation_loss(run.model, data)
+        result.train_losses.append(train_loss)
+        result.history.append(EpochRecord(epoch=epoch, step=run.step, train_loss=train_loss, val_loss=val_loss, lr=lr,
+                                          seconds=seconds + 0.0))
+        stop = False
+        if val_loss is not None:
+            result.val_losses.append(val_loss)
+            improved, stop = run.stopper.update(val_loss)
+            if improved and run.ckpt_dir is not None:
+                self._save(run.ckpt_dir / "best.ckpt", run, epoch)
+        if run.logger is not None:
+            run.logger.scalar("train/loss_epoch", train_loss, epoch)
+            if val_loss is not None:
+                run.logger.scalar("val/loss", val_loss, epoch)
+            run.logger.scalar("train/lr_epoch", lr, epoch)
+        log.info("epoch %d: train loss %.5f%s", epoch, train_loss, f", val loss {val_loss:.5f}" if val_loss is not None else "")
+        self._call("on_epoch_end", self, run.model, epoch, train_loss, val_loss)
+        max_steps = result.budget.max_steps
+        done = stop or (max_steps is not None and run.step >= max_steps) or epoch + 1 >= max_epochs
+        if run.ckpt_dir is not None and (done or (epoch + 1) % self.checkpoint_every_n_epochs == 0):
+            self._save(run.ckpt_dir / "last.ckpt", run, epoch, finished=done)
+        if stop:
+            result.stopped_early = True
+            log.info("early stopping at epoch %d: val loss has not improved for %d epochs", epoch, run.stopper.patience)
+        return stop
+
+    def _finish(self, run: "_FitState", data, t0: float) -> FitResult:
+        result = run.result
+        result.steps = run.step
+        result.best_val_loss = run.stopper.best if math.isfinite(run.stopper.best) else None
+        restore_best = bool(self.early_stopping_cfg.get("restore_best", True))
+        if restore_best and run.ckpt_dir is not None and (run.ckpt_dir / "best.ckpt").is_file():
+            # The last epochs after the best one only overfit or drift: score with the best weights.
+            run.model.load_state_dict(_load_checkpoint(run.ckpt_dir / "best.ckpt", self.device)["model"])
+        run.model.eval()
+        run.model.on_fit_end(self.val_loader(data))
         result.fit_s = time.perf_counter() - t0
         return result
 
@@ -338,24 +375,22 @@ class Trainer:
             return None
         return float(np.average(losses, weights=weights))
 
-    def _save(self, path: Path, model, spec, scaler, stopper, epoch, step, result, finished: bool = False,
-              identity: Optional[Dict[str, Any]] = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _save(self, path: Path, run: "_FitState", epoch: int, finished: bool = False) -> None:
         state = {
             "version": CHECKPOINT_VERSION,
-            "identity": identity,
-            "model": model.state_dict(),
-            "optimizer": spec.optimizer.state_dict(),
-            "scheduler": spec.scheduler.state_dict() if spec.scheduler is not None else None,
-            "scaler": scaler.state_dict(),
-            "early_stopping": stopper.state_dict(),
+            "identity": run.identity,
+            "model": run.model.state_dict(),
+            "optimizer": run.spec.optimizer.state_dict(),
+            "scheduler": run.spec.scheduler.state_dict() if run.spec.scheduler is not None else None,
+            "scaler": run.scaler.state_dict(),
+            "early_stopping": run.stopper.state_dict(),
             "rng": _get_rng_state(),
             "epoch": epoch,
-            "step": step,
+            "step": run.step,
             "finished": finished,
-            "train_losses": list(result.train_losses),
-            "val_losses": list(result.val_losses),
-            "history": [dataclasses.asdict(h) for h in result.history],
+            "train_losses": list(run.result.train_losses),
+            "val_losses": list(run.result.val_losses),
+            "history": [dataclasses.asdict(h) for h in run.result.history],
         }
         # An interruption or a full disk never leaves a half-written checkpoint or a stray temporary.
         atomic_write(path, lambda tmp: torch.save(state, tmp), binary=True)
