@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for i, p in enumerate(paths):
             row = {"path": str(p), "score": float(res["scores"][i]), "normalized_score": float(res["normalized"][i]),
-                   "is_anomalous": bool(res["is_anomalous"][i])}
+                   "is_anomalous": res["is_anomalous"][i]}
             if write_overlays:
                 name = f"{i:05d}_{p.stem}.png"
                 Image.fromarray(overlay(res["images"][i], display_map(res["maps"][i], meta.get("pixel_normalization")))).save(out / name)
@@ -190,8 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
         cols = ["path", "score", "normalized_score", "is_anomalous"] + (["overlay"] if write_overlays else [])
         write_csv(out / "predictions.csv", rows, cols)
-        n_bad = sum(r["is_anomalous"] for r in rows)
-        print(f"{len(rows)} images scored, {n_bad} anomalous (threshold {threshold:.6g}); wrote {out / 'predictions.csv'}")
+        if threshold is None:
+            print(f"{len(rows)} images scored; the run has no threshold (it had no held-out normal image), so "
+                  f"no decisions; wrote {out / 'predictions.csv'}")
+        else:
+            n_bad = sum(bool(r["is_anomalous"]) for r in rows)
+            print(f"{len(rows)} images scored, {n_bad} anomalous (threshold {threshold:.6g}); wrote {out / 'predictions.csv'}")
         return 0
     except ADError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -53,6 +53,12 @@ def build_components(cfg: DictConfig, spec):
     from ad.engine.trainer import seed_everything
     from ad.errors import ConfigError
 
+    def fresh_model():
+        # Seeded right before it is built: the model and every cross-fitting fold model start from the same
+        # initial weights (random-init backbones included), so their scores share one scale.
+        seed_everything(spec.seed, bool(cfg.trainer.deterministic))
+        return instantiate(cfg.model)
+
     seed_everything(spec.seed, bool(cfg.trainer.deterministic))
     trainer = instantiate(cfg.trainer)
     if spec.setting == "unified":
@@ -66,9 +72,10 @@ def build_components(cfg: DictConfig, spec):
     else:
         data = instantiate(cfg.dataset).setup()
         categories = {spec.category: data}
-    model = instantiate(cfg.model)
+    model = fresh_model()  # after the data checks: a bad dataset fails before any slow model build
     logger = partial(TensorBoardLogger, **OmegaConf.to_container(cfg.logger, resolve=True))
-    return Components(data=data, model=model, trainer=trainer, logger_factory=logger, categories=categories)
+    return Components(data=data, model=model, trainer=trainer, logger_factory=logger, categories=categories,
+                      model_factory=fresh_model)
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):

@@ -26,7 +26,7 @@ def prediction_rows(test: PredictionSet, cal: Calibration, category: str) -> Lis
     normalized, anomalous = decide(test.scores, cal.image_threshold, cal.image_normalization)
     return [
         {"path": p, "category": category, "defect_type": d, "label": int(l), "score": float(s),
-         "normalized_score": float(n), "is_anomalous": bool(a)}
+         "normalized_score": float(n), "is_anomalous": a}
         for p, d, l, s, n, a in zip(test.paths, test.defect_types, test.labels, test.scores, normalized, anomalous)
     ]
 

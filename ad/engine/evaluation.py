@@ -21,7 +21,7 @@ from ad.errors import ADError
 class Calibration:
     """What a run stores from its held-out normals (in model.pt) and reports (in results.json)."""
 
-    image_threshold: float
+    image_threshold: Optional[float]  # None: no held-out normals at all (threshold-free metrics only)
     pixel_threshold: Optional[float]
     image_normalization: Optional[Dict[str, float]]
     pixel_normalization: Optional[Dict[str, float]]
@@ -33,7 +33,7 @@ class Calibration:
     def thresholds_record(self, settings: EvalSettings) -> Thresholds:
         return Thresholds(image=self.image_threshold, pixel=self.pixel_threshold, method=settings.threshold,
                           k=settings.k, quantile=settings.quantile, pixel_pool=settings.pixel_pool,
-                          source=self.source, fitted_on=f"{self.n_val} {self.source}")
+                          source=self.source, fitted_on=f"{self.n_val} {self.source}" if self.n_val else self.source)
 
 
 def fit_calibration(scores: np.ndarray, maps: Optional[np.ndarray], settings: EvalSettings, source: str,
@@ -47,12 +47,16 @@ def fit_calibration(scores: np.ndarray, maps: Optional[np.ndarray], settings: Ev
                        cal["pixel_normalization"], int(cal["n_val"]), source, list(cal["notes"]))
 
 
-def calibrate(val: PredictionSet, settings: EvalSettings, categories: Sequence[str],
+def calibrate(val: Optional[PredictionSet], settings: EvalSettings, categories: Sequence[str],
               source: str = "validation normals") -> Calibration:
-    """The global calibration over every held-out normal, plus per-category ones when there are several."""
-    if len(val.scores) == 0:
-        raise ADError("no held-out normal images to fit thresholds on: set dataset.val_fraction > 0 "
-                      "(or use more training images)")
+    """The global calibration over every held-out normal, plus per-category ones when there are several.
+    Without any held-out normal (`val` None: a single training image) there is no honest threshold: decisions
+    are left out and said so, threshold-free metrics are still reported."""
+    if val is None or len(val.scores) == 0:
+        return Calibration(None, None, None, None, 0, "no held-out normals", [
+            "no threshold: no held-out normal image exists (a single training image cannot be both fitted on and "
+            "held out); image/pixel decisions (precision, recall, F1, is_anomalous) are null, threshold-free "
+            "metrics are reported"])
     cal = fit_calibration(val.scores, val.maps, settings, source)
     if len(categories) > 1:
         cats = np.asarray(val.categories)
@@ -87,7 +91,7 @@ def evaluate_category(test: PredictionSet, cal: Calibration, settings: EvalSetti
         counts=Counts(test=len(test.scores), test_anomalous=int(np.sum(test.labels == 1))),
         image=image, pixel=pixel, per_defect=scored["per_defect"], mad=mad(image, pixel), notes=notes,
     )
-    if category_cal is not None:
+    if category_cal is not None and category_cal.image_threshold is not None:
         rec.image_at_category_threshold = _at(test.labels, test.scores, category_cal.image_threshold)
         if use_pixels and category_cal.pixel_threshold is not None:
             rec.pixel_at_category_threshold = _at(test.masks.reshape(-1), test.maps.reshape(-1), category_cal.pixel_threshold)

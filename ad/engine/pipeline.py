@@ -38,6 +38,7 @@ class Components:
     trainer: Any  # an ad.engine.trainer.Trainer
     logger_factory: Callable[[Path], Any]  # log_dir -> TensorBoardLogger
     categories: Dict[str, Any] = field(default_factory=dict)  # category -> its data module (evaluation order)
+    model_factory: Optional[Callable[[], Any]] = None  # a fresh, unfitted model (cross-fitting few-shot runs)
 
 
 def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path) -> RunRecord:
@@ -64,8 +65,8 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
         try:
             fit = parts.trainer.fit(parts.model, parts.data, run_dir=run_dir, logger=logger, identity=spec.identity)
             record.training = training_record(fit)
-            val = parts.trainer.predict(parts.model, parts.trainer.val_loader(parts.data), desc="scoring validation normals")
-            cal = calibrate(val, spec.evaluation, list(parts.categories))
+            val, source = held_out_normals(parts, spec)
+            cal = calibrate(val, spec.evaluation, list(parts.categories), source)
             record.thresholds = cal.thresholds_record(spec.evaluation)
             record.notes += cal.notes + list(getattr(parts.model, "notes", []))
             rows, test_s = score_and_evaluate(parts, cal, spec, record, logger, run_dir)
@@ -97,6 +98,48 @@ def training_record(fit: Any) -> Training:
                     max_epochs=b.max_epochs if b else None, max_steps=b.max_steps if b else None,
                     stopped_early=fit.stopped_early, resumed_from_epoch=fit.resumed_from_epoch,
                     best_val_loss=fit.best_val_loss, final_train_loss=fit.train_losses[-1] if fit.train_losses else None)
+
+
+def held_out_normals(parts: Components, spec: RunSpec) -> tuple[Optional[PredictionSet], str]:
+    """Scores of normal images the model was not fitted on, to fit thresholds and normalisation with.
+
+    Normally the validation normals. With fewer than `evaluation.min_val_images` of them (few-shot
+    categories) the training normals are cross-fitted: K fresh models, each fitted without one fold, score
+    that fold (the few validation normals join the folds). None when not even that is possible.
+    """
+    t = parts.trainer
+    val = t.predict(parts.model, t.val_loader(parts.data), desc="scoring validation normals")
+    val.categories = val.categories or [next(iter(parts.categories))] * len(val.scores)
+    if len(val.scores) >= spec.evaluation.min_val_images:
+        return val, "validation normals"
+    # Every normal the run has (the too-few validation ones too) is scored by a model that did not see it.
+    train = parts.data.samples("train") + parts.data.samples("val")
+    k = min(len(train), spec.evaluation.cross_fit_folds)
+    if k < 2 or parts.model_factory is None:
+        return (val if len(val.scores) else None), "validation normals"
+    from ad.data.folds import FoldData, kfold
+
+    category_of = {s.path: c for c, m in parts.categories.items() for split in ("train", "val") for s in m.samples(split)}
+    sets = []
+    for i, held in enumerate(kfold(train, k, spec.seed)):
+        rest = [s for s in train if s not in held]
+        log.info("cross-fitting thresholds: fold %d/%d (%d images fitted, %d held out)", i + 1, k, len(rest), len(held))
+        fold = FoldData(parts.data.transform, rest, held)
+        model = parts.model_factory()
+        t.fit(model, fold)  # no run dir: fold models are never checkpointed or saved
+        part = t.predict(model, fold.dataloader("heldout", t.eval_batch_size), desc=f"scoring fold {i + 1}")
+        part.categories = [category_of.get(p, "") for p in part.paths]
+        sets.append(part)
+    return _concat(sets), f"cross-fitted training normals ({k} folds)"
+
+
+def _concat(sets: List[PredictionSet]) -> PredictionSet:
+    return PredictionSet(
+        scores=np.concatenate([s.scores for s in sets]), maps=np.concatenate([s.maps for s in sets]),
+        labels=np.concatenate([s.labels for s in sets]), masks=np.concatenate([s.masks for s in sets]),
+        has_mask=np.concatenate([s.has_mask for s in sets]), paths=[p for s in sets for p in s.paths],
+        defect_types=[d for s in sets for d in s.defect_types], seconds=sum(s.seconds for s in sets),
+        categories=[c for s in sets for c in s.categories])
 
 
 def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, record: RunRecord, logger: Any,
@@ -134,11 +177,12 @@ def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, recor
     return rows, seconds
 
 
-def validation_record(parts: Components, spec: RunSpec, val: PredictionSet, fit: Any) -> Validation:
+def validation_record(parts: Components, spec: RunSpec, val: Optional[PredictionSet], fit: Any) -> Validation:
     """Validation statistics, and the synthetic-defect objective when something consumes it (it costs a few
     scoring passes over up to `objective_max_images` normals, so runs that nothing optimises skip it)."""
-    rec = Validation(count=int(len(val.scores)), mean_score=float(np.mean(val.scores)),
-                     std_score=float(np.std(val.scores)), loss=fit.best_val_loss)
+    n = len(val.scores) if val is not None else 0
+    rec = Validation(count=int(n), mean_score=float(np.mean(val.scores)) if n else None,
+                     std_score=float(np.std(val.scores)) if n else None, loss=fit.best_val_loss)
     why = spec.wants_objective
     if why is None:
         rec.objective_skipped = ("not requested: no hyper-parameter search consumes it "
@@ -149,6 +193,9 @@ def validation_record(parts: Components, spec: RunSpec, val: PredictionSet, fit:
     from ad.engine.validation import synthetic_anomaly_auroc
 
     ds = parts.data.dataset("val", parts.trainer.limit_val)
+    if len(ds) == 0:
+        rec.objective_skipped = "no validation normals to paste synthetic defects into"
+        return rec
     # An evenly spread subset keeps every category represented and memory flat on large datasets.
     n = min(len(ds), spec.evaluation.objective_max_images)
     picks = np.linspace(0, len(ds) - 1, n).round().astype(int) if n else []

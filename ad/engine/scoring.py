@@ -78,14 +78,17 @@ def score_loader(model: AnomalyModel, loader: Iterable[Mapping[str, Any]], devic
     )
 
 
-def decide(scores: np.ndarray, threshold: float, normalization: Optional[Mapping[str, float]]) -> Tuple[np.ndarray, np.ndarray]:
+def decide(scores: np.ndarray, threshold: Optional[float],
+           normalization: Optional[Mapping[str, float]]) -> Tuple[np.ndarray, List[Optional[bool]]]:
     """(normalised scores, is_anomalous) with a run's image threshold and normalisation.
 
     Constant validation scores leave no scale to normalise with: the normalised score is then NaN, said so
-    rather than invented.
+    rather than invented. A run without a threshold (no held-out normal existed) decides nothing: None.
     """
     from ad import metrics
 
     scores = np.asarray(scores, dtype=np.float64)
     normalized = metrics.normalize(scores, normalization) if normalization else np.full(len(scores), np.nan)
-    return normalized, scores >= threshold
+    if threshold is None:
+        return normalized, [None] * len(scores)
+    return normalized, [bool(v) for v in np.greater_equal(scores, np.float64(threshold))]

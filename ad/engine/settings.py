@@ -62,6 +62,7 @@ class EvalSettings:
     objective_max_images: int = 64
     save_maps: bool = True
     min_val_images: int = 2  # fewer held-out normals than this: thresholds come from cross-fitting
+    cross_fit_folds: int = 4  # folds of the training normals for cross-fitted thresholds (few-shot)
 
     def __post_init__(self) -> None:
         if self.threshold not in THRESHOLD_METHODS:
@@ -81,7 +82,7 @@ class EvalSettings:
             raise ConfigError(f"evaluation.aupro_max_fpr={self.aupro_max_fpr} must be in (0, 1], e.g. 0.3")
         if self.objective not in OBJECTIVE_MODES:
             raise ConfigError(f"evaluation.objective={self.objective!r} must be one of {', '.join(OBJECTIVE_MODES)}")
-        for key in ("objective_max_images", "min_val_images"):
+        for key in ("objective_max_images", "min_val_images", "cross_fit_folds"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"evaluation.{key}={value!r} must be a positive integer")

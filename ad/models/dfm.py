@@ -71,9 +71,18 @@ class DFM(AnomalyModel):
             raise RuntimeError("DFM.on_fit_end: no training features were collected")
         x = torch.cat(self._collected).double()
         self._collected = []
-        if x.shape[0] < 2:
-            raise RuntimeError("DFM needs at least two training images for PCA")
         mean = x.mean(0)
+        device = self.mean.device
+        if x.shape[0] < 2:
+            # One training image (few-shot): no variance to find axes in. The reconstruction error becomes the
+            # squared distance to that image's features; a likelihood needs a variance, so nll cannot work.
+            if self.score_type == "nll":
+                raise ConfigError("model.score_type=nll needs at least 2 training images (a variance); use "
+                                  "model.score_type=fre for a single image")
+            self.mean = mean.float().to(device)
+            self.components = torch.zeros(0, x.shape[1], device=device)
+            self.variances = torch.zeros(0, device=device)
+            return
         # SVD of the centred data (N x D): never forms the D x D covariance when N < D
         _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
         var = s**2 / (x.shape[0] - 1)
@@ -83,7 +92,6 @@ class DFM(AnomalyModel):
         else:
             k = int(self.n_components)
         k = max(1, min(k, int((var > var[0] * 1e-12).sum())))
-        device = self.mean.device
         self.mean = mean.float().to(device)
         self.components = vh[:k].float().to(device)
         self.variances = var[:k].float().to(device)

@@ -83,8 +83,8 @@ class Padim(AnomalyModel):
         return None
 
     def on_fit_end(self, val_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
-        if self._n < 2:
-            raise RuntimeError("PaDiM needs at least two training images to estimate a covariance")
+        if self._n < 1:
+            raise RuntimeError("PaDiM.on_fit_end: no training features were collected")
         n = self._n
         mean_c = self._sum / n  # mean of the shifted data
         d = mean_c.shape[1]
@@ -93,7 +93,9 @@ class Padim(AnomalyModel):
         for s in range(0, mean_c.shape[0], self.chunk_positions):
             e = slice(s, s + self.chunk_positions)
             m = mean_c[e]
-            cov = (self._sum_outer[e] - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) + self.epsilon * eye
+            # One training image (few-shot) has no sample covariance: ε·I alone, i.e. a scaled Euclidean distance.
+            scatter = (self._sum_outer[e] - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) if n > 1 else 0.0
+            cov = scatter + self.epsilon * eye
             chol = torch.linalg.cholesky(cov)
             inv_chol[e] = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False).float()
         self.mean = (mean_c + self._shift.squeeze(1).double()).float()
