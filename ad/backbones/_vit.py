@@ -35,6 +35,14 @@ def is_vit(name: str) -> bool:
         return False
 
 
+def vit_depth(name: str) -> int:
+    """Number of blocks of timm ViT `name` (built on the meta device: no memory, no init)."""
+    import timm
+
+    with torch.device("meta"):
+        return len(timm.create_model(name, pretrained=False).blocks)
+
+
 def meta_dinov2_file(name: str) -> Optional[str]:
     """Meta's release file name for a timm DINOv2 name (`vit_small_patch14_reg4_dinov2` ->
     `dinov2_vits14_reg4_pretrain.pth`), or None for other models."""
@@ -181,4 +189,4 @@ class ViTFeatures(nn.Module):
         return [self.to_grid(t, grid) for t in tokens]
 
 
-__all__ = ["ViTFeatures", "is_vit", "meta_dinov2_file", "meta_dinov2_url", "meta_dinov2_to_timm", "is_meta_dinov2_state"]
+__all__ = ["ViTFeatures", "is_vit", "vit_depth", "meta_dinov2_file", "meta_dinov2_url", "meta_dinov2_to_timm", "is_meta_dinov2_state"]
