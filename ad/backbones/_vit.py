@@ -54,7 +54,10 @@ def meta_dinov2_file(name: str) -> Optional[str]:
 
 def meta_dinov2_url(name: str) -> Optional[str]:
     file = meta_dinov2_file(name)
-    return None if file is None else f"https://dl.fbaipublicfiles.com/dinov2/{file.split('_')[1]}/{file}"
+    if file is None:
+        return None
+    folder = "_".join(file.split("_")[:2])  # dinov2_vitb14
+    return f"https://dl.fbaipublicfiles.com/dinov2/{folder}/{file}"
 
 
 def is_meta_dinov2_state(state: Mapping[str, torch.Tensor]) -> bool:
