@@ -135,7 +135,7 @@ def global_cosine_hard_mining(encoder: Sequence[torch.Tensor], decoder: Sequence
             point = cosine_distance_map(e, d)  # [B, h, w]
             k = max(1, int(point.numel() * (1 - share)))
             threshold = point.flatten().topk(k).values[-1]
-            weight = torch.where(point < threshold, float(factor), 1.0).unsqueeze(1).to(d.dtype)
+            weight = torch.full_like(point, factor).masked_fill_(point >= threshold, 1.0).unsqueeze(1).to(d.dtype)
         d = _scale_gradient(d, weight)
         total = total + (1.0 - F.cosine_similarity(e.flatten(1), d.flatten(1), dim=1)).mean()
     return total / len(encoder)
