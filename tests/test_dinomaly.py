@@ -268,3 +268,17 @@ def _fit(root, run_dir, seed, callbacks=()):
 def test_trainer_checkpoint_resume_matches_uninterrupted_run(synthetic_root, tmp_path):
     assert_resume_matches_uninterrupted(lambda run_dir, seed, cb: _fit(synthetic_root, run_dir, seed, cb), tmp_path, SIZE,
                                         val_loss=False)  # fixed schedule, no early stopping (as the reference)
+
+
+def test_step_time_benchmark_script_runs_on_cpu(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_dinomaly.py"
+    spec = importlib.util.spec_from_file_location("benchmark_dinomaly", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--device", "cpu", "--backbone", "vit_small_patch14_reg4_dinov2", "--image-size", "28",
+                      "--batch-size", "2", "--steps", "1", "--warmup", "0", "--json", str(tmp_path / "r.json")])
+    assert res["timed_steps"] == 1 and res["step_s_median"] > 0 and not res["amp"] and res["peak_cuda_mb"] is None
+    assert (tmp_path / "r.json").is_file()
