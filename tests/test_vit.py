@@ -212,3 +212,43 @@ def test_patchcore_with_a_vit_backbone_runs_end_to_end(synthetic_root, tmp_path)
     assert res["status"] == "ok", res["error"]
     assert res["backbone"] == REG and 0.0 <= res["image"]["auroc"] <= 1.0
     assert (run_dir / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("name", ["padim", "spade", "dfm", "stfpm", "fastflow"])
+def test_other_backbone_models_build_fit_and_predict_on_a_vit(name):
+    """The patch grids plug into every single-scale-capable model (channels/reductions from feature_info)."""
+    from ad.models import MODELS
+    from ad.models.base import Budget
+
+    torch.manual_seed(0)
+    kwargs = {"backbone": BackboneConfig(name=REG, pretrained=False)}
+    if name != "dfm":
+        kwargs["layers"] = (3, 5)
+    if name == "padim":
+        kwargs["n_features"] = 50
+    if name == "spade":
+        kwargs["global_layer"] = 6
+    if name == "dfm":
+        kwargs["pooling_kernel_size"] = 1  # a 3x3 grid at 42 px
+    model = MODELS.get(name)(**kwargs)
+    x = torch.rand(6, 3, 42, 42, generator=torch.Generator().manual_seed(0))
+    spec = model.configure_optimizers(Budget(max_epochs=1, max_steps=1, batch_size=6, steps_per_epoch=1))
+    model.on_fit_start([{"image": x}])
+    if spec is None:
+        with torch.no_grad():
+            model.training_step({"image": x})
+    else:
+        model.train()
+        model.training_step({"image": x}).backward()
+        spec.optimizer.step()
+    model.eval()
+    model.on_fit_end([{"image": x[:2]}])
+    out = model.predict(x[:2])
+    assert out.maps.shape == (2, 42, 42) and torch.isfinite(out.scores).all()
+
+
+def test_reverse_distillation_explains_that_it_needs_a_pyramid():
+    from ad.models.reverse_distillation import ReverseDistillation
+
+    with pytest.raises(ConfigError, match="power of two"):
+        ReverseDistillation(backbone=BackboneConfig(name=REG, pretrained=False), layers=(3, 5, 7))
