@@ -132,4 +132,5 @@ def create_feature_extractor(backbone: "BackboneConfig | str | dict", layers: Se
     return FeatureExtractor(backbone, layers, frozen, final_norm)
 
 
-__all__ = ["BackboneConfig", "BackboneSpec", "resolve_weights", "FeatureExtractor", "as_backbone_config", "create_feature_extractor"]
+__all__ = ["BackboneConfig", "BackboneSpec", "resolve_weights", "FeatureExtractor", "ViTFeatures", "is_vit",
+           "as_backbone_config", "create_feature_extractor"]

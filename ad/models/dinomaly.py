@@ -12,7 +12,8 @@ distance) is multiplied by 0.1, the share ramping linearly from 0 to 90 % over t
 Anomaly map = mean over groups of the point-wise 1 − cos(encoder, decoder), upsampled to the input, Gaussian
 (σ = 4, 5×5 kernel as in the reference); image score = mean of the top 1 % of map pixels.
 
-Training: StableAdamW (AMSGrad, β = (0.9, 0.999), ε = 1e-10, wd 1e-4, update-RMS clipping 1), lr 2e-3 with
+Training: StableAdamW (AMSGrad, β = (0.9, 0.999), ε = 1e-8 single-class / 1e-10 unified as in the reference's
+scripts, wd 1e-4, update-RMS clipping 1), lr 2e-3 with
 100 linear warm-up steps from 0 then a cosine to 2e-4 at the end of the run, gradient-norm clip 0.1,
 batch 16, 5000 steps single-class / 10 000 unified. Paper preprocessing: resize 448 → centre crop 392
 (`dataset.image_size=448 dataset.center_crop=392`; any multiple of 14 works).
@@ -180,7 +181,7 @@ class Dinomaly(AnomalyModel):
         warmup_steps: int = 100,
         weight_decay: float = 1e-4,
         betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-10,
+        eps: Optional[float] = None,
         amsgrad: bool = True,
         grad_clip: Optional[float] = 0.1,
         hard_mining_final: float = 0.9,
@@ -217,7 +218,9 @@ class Dinomaly(AnomalyModel):
         self.decoder = nn.ModuleList(DecoderBlock(dim, heads, mlp_ratio) for _ in range(int(decoder_depth)))
         _init_trainable(nn.ModuleList([self.bottleneck, self.decoder]))
         self.lr, self.final_lr, self.warmup_steps = float(lr), float(final_lr), int(warmup_steps)
-        self.weight_decay, self.betas, self.eps, self.amsgrad = float(weight_decay), tuple(float(b) for b in betas), float(eps), bool(amsgrad)
+        self.weight_decay, self.betas, self.amsgrad = float(weight_decay), tuple(float(b) for b in betas), bool(amsgrad)
+        # reference scripts: eps 1e-8 in the single-class (*_sep.py), 1e-10 in the unified (*_uni.py) ones
+        self.eps = float(eps) if eps is not None else (1e-10 if setting == "unified" else 1e-8)
         self.grad_clip = None if grad_clip in (None, 0) else float(grad_clip)
         self.hard_mining_final, self.hard_mining_ramp_steps = float(hard_mining_final), int(hard_mining_ramp_steps)
         self.hard_mining_factor = float(hard_mining_factor)
