@@ -72,12 +72,14 @@ def test_masked_patches_score_zero(fitted):
 def test_state_round_trip_and_load_run(fitted, tmp_path):
     from ad.engine.outputs import save_model_file
     from ad.predict import load_run
+    from tests.test_run import _ok_results
 
     model, _ = fitted
     cfg = {"_target_": "ad.models.anomalydino.AnomalyDINO", "sigma": 0.0,
            "backbone": {"_target_": "ad.backbones.BackboneConfig", **BACKBONE, "pretrained": True,
                         "weights_dir": str(tmp_path / "none")}}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "anomalydino"})
+    _ok_results(tmp_path)  # load_run scores only runs whose results.json says ok
     loaded, _ = load_run(tmp_path)
     x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
     assert torch.equal(loaded.memory_bank, model.memory_bank)
@@ -94,5 +96,5 @@ def test_one_command_run(synthetic_root, tmp_path):
 
     res, _ = run_in_process(tmp_path, ["model=anomalydino", "category=syn_disc", f"dataset.root={synthetic_root}",
                                        *FAST, "backbone.pretrained=false", f"dataset.image_size={SIZE}"])
-    assert res["status"] == "ok", res["error"]
-    assert res["backbone"] == "vit_small_patch14_dinov2" and 0.0 <= res["image"]["auroc"] <= 1.0
+    assert res.status == "ok", res.error
+    assert res.run.backbone == "vit_small_patch14_dinov2" and 0.0 <= res.image.auroc <= 1.0

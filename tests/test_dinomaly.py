@@ -244,12 +244,14 @@ def test_state_dict_round_trip_gives_identical_predictions(trained):
 def test_load_run_rebuilds_dinomaly_without_the_backbone_file(trained, tmp_path):
     from ad.engine.outputs import save_model_file
     from ad.predict import load_run
+    from tests.test_run import _ok_results
 
     model, _, _ = trained
     cfg = {"_target_": "ad.models.dinomaly.Dinomaly", **{k: v for k, v in SMALL.items() if k != "backbone"},
            "backbone": {"_target_": "ad.backbones.BackboneConfig", "name": "vit_small_patch14_reg4_dinov2",
                         "pretrained": True, "weights_dir": str(tmp_path / "no_backbones")}}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "dinomaly"})
+    _ok_results(tmp_path)  # load_run scores only runs whose results.json says ok
     loaded, _ = load_run(tmp_path)
     x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     assert torch.equal(loaded.predict(x).maps, model.predict(x).maps)
@@ -288,3 +290,23 @@ def test_step_time_benchmark_script_runs_on_cpu(tmp_path):
                       "--batch-size", "2", "--steps", "1", "--warmup", "0", "--json", str(tmp_path / "r.json")])
     assert res["timed_steps"] == 1 and res["step_s_median"] > 0 and not res["amp"] and res["peak_cuda_mb"] is None
     assert (tmp_path / "r.json").is_file()
+
+
+def test_unified_setting_run_end_to_end(synthetic_root, tmp_path):
+    """`setting=unified model=dinomaly`: one model on the union of the synthetic categories, its default budget
+    the unified one (10 000 steps; capped here by trainer=smoke), evaluated per category."""
+    from hydra.utils import instantiate
+
+    from ad.config import compose
+    from tests.test_run import FAST, run_in_process
+
+    small = ["backbone=vit_small_patch14_reg4_dinov2", "model.layers=[2,3,4,5]", "model.groups=[[0,1],[2,3]]",
+             "model.decoder_depth=4", "backbone.pretrained=false"]
+    cfg = compose(["setting=unified", "model=dinomaly", *small])
+    assert cfg.model.setting == "unified" and instantiate(cfg.model).default_max_steps == 10000
+    res, run_dir = run_in_process(tmp_path, ["setting=unified", "dataset=synthetic", "model=dinomaly",
+                                             f"dataset.root={synthetic_root}", *FAST, *small,
+                                             f"dataset.image_size={SIZE}"])
+    assert res.status == "ok", res.error
+    assert res.run.setting == "unified" and len(res.run.categories) == 3 and res.training.steps == 2
+    assert (run_dir / "model.pt").is_file()

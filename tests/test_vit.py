@@ -209,8 +209,8 @@ def test_patchcore_with_a_vit_backbone_runs_end_to_end(synthetic_root, tmp_path)
         "model=patchcore", "category=syn_disc", f"dataset.root={synthetic_root}", *FAST,
         f"backbone={REG}", "backbone.pretrained=false", "dataset.image_size=70",
     ])
-    assert res["status"] == "ok", res["error"]
-    assert res["backbone"] == REG and 0.0 <= res["image"]["auroc"] <= 1.0
+    assert res.status == "ok", res.error
+    assert res.run.backbone == REG and 0.0 <= res.image.auroc <= 1.0
     assert (run_dir / "model.pt").is_file()
 
 
