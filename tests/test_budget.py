@@ -20,7 +20,11 @@ SMALL = {
     "efficientad": ["model.image_size=64", "model.out_channels=8", "model.teacher_stats_images=4"],
     "unet_ae": ["model.image_size=32"],
     "ae": ["model.image_size=32"], "vae": ["model.image_size=32"], "beta_vae": ["model.image_size=32"],
+    "dinomaly": ["backbone=vit_small_patch14_reg4_dinov2", "model.layers=[2,3,4,5]", "model.groups=[[0,1],[2,3]]",
+                 "model.decoder_depth=4"],
 }
+# ViT (patch 14) models need image sides that are multiples of 14.
+IMAGE_SIZE = {"dinomaly": 56, "anomalydino": 56}
 
 
 def _fit_recording_batches(name, overrides, root, tmp_path):
@@ -37,7 +41,7 @@ def _fit_recording_batches(name, overrides, root, tmp_path):
         return step(batch)
 
     model.training_step = recording_step
-    data = MVTecAD(root=str(root), category="syn_tiles", image_size=64, val_fraction=0.2, seed=0)
+    data = MVTecAD(root=str(root), category="syn_tiles", image_size=IMAGE_SIZE.get(name, 64), val_fraction=0.2, seed=0)
     fit = trainer.fit(model, data, run_dir=tmp_path)
     return model, fit, seen
 

