@@ -33,7 +33,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
-VERSION = 1
+VERSION = 2
 MARKER = ".mvtec_like.json"
 
 # name: (train, test good, image side, grey-scale, texture, defect types). Counts and sizes are MVTec AD's;
@@ -98,10 +98,10 @@ def _render(source: Image.Image, name: str, style: Dict, r: np.random.Generator,
         im = im.transpose(Image.FLIP_LEFT_RIGHT)
     if SPEC[name][5]:  # textures have no pose: any quarter turn is still a normal image
         im = im.rotate(90 * int(r.integers(4)))
-    arr = np.asarray(im, dtype=np.float32) @ np.asarray(style["mix"], dtype=np.float32).T
-    arr = arr * r.uniform(0.92, 1.08) + np.asarray(style["offset"], dtype=np.float32) + r.normal(0, 2.0, (1, 1, 3))
-    arr = np.clip(arr, 0, 255).astype(np.uint8)
-    out = Image.fromarray(arr)
+    # one affine colour map (category mix, per-image gain and tint) in Pillow's C loop, ~5x faster than numpy
+    mix = np.asarray(style["mix"]) * r.uniform(0.92, 1.08)
+    shift = np.asarray(style["offset"]) + r.normal(0, 2.0, 3)
+    out = im.convert("RGB", tuple(np.concatenate([mix, shift[:, None]], axis=1).reshape(-1).tolist()))
     return out.convert("L") if grey else out
 
 
