@@ -108,7 +108,7 @@ class PatchCore(AnomalyModel):
             bank = torch.cat(chunks)
         else:
             idx = greedy_coreset(chunks, n_select, projection_dim=self.projection_dim,
-                                 cell_size=self.coreset_cell_size, seed=self.seed)
+                                 cell_size=self.coreset_cell_size, seed=self.seed, device=self.memory_bank.device)
             # idx is sorted: select each chunk's rows in turn (no concatenated copy of all features)
             bank, lo = [], 0
             for c in chunks:
