@@ -51,6 +51,12 @@ def aligned_features(
     return out
 
 
+def full_precision(x: torch.Tensor):
+    """Autocast off on `x`'s device. Memory models run only their backbone in mixed precision: distances,
+    covariances and PCA residuals lose too much in float16, and mixed dtypes break in-place index updates."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def set_faiss_threads() -> None:
     import faiss
 
@@ -107,6 +113,10 @@ class KnnIndex:
 
     def search(self, bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 32768):
         """(distances [Q,k] (L2, not squared), indices [Q,k]) of the k nearest bank rows of each query."""
+        with full_precision(queries):
+            return self._search(bank, queries.float(), k, chunk)
+
+    def _search(self, bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int):
         set_faiss_threads()
         key = (bank.data_ptr(), tuple(bank.shape), bank._version)
         if self._index is None or self._key != key:
@@ -268,6 +278,7 @@ __all__ = [
     "aligned_features",
     "pairwise_sq_dists",
     "seeded_channel_subset",
+    "full_precision",
     "set_faiss_threads",
     "upsample_maps",
 ]
