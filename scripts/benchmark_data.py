@@ -164,8 +164,10 @@ def _cli(args, overrides: List[str], ad_root: str) -> Dict:
              "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
              "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
              "print(rc, time.perf_counter() - t, u.ru_utime + u.ru_stime, u.ru_maxrss)")
-    cmd = [sys.executable, "-c", probe, sys.executable, "-m", "ad.train", f"dataset.root={args.root}",
-           f"trainer.num_threads={args.threads}", "trainer.progress_bar=false", *overrides]
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's flags (-m) go before the overrides
+    cmd = [sys.executable, "-c", probe, sys.executable, "-m", "ad.train", *flags, f"dataset.root={args.root}",
+           f"trainer.num_threads={args.threads}", "trainer.progress_bar=false",
+           *[o for o in overrides if not o.startswith("-")]]
     res = subprocess.run(cmd, cwd=ad_root, env=env, capture_output=True, text=True)
     rc, wall, cpu, rss = res.stdout.split()[-4:]
     if rc != "0":
