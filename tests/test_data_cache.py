@@ -161,7 +161,7 @@ def test_bad_cache_settings_are_one_line_config_errors(synthetic_root):
         _data(synthetic_root, cache="sometimes")
     with pytest.raises(ConfigError, match="dataset.cache_dir"):
         _data(synthetic_root, cache="disk", cache_dir=None)
-    with pytest.raises(ConfigError, match="dataset.decode_threads"):
+    with pytest.raises(ConfigError, match="dataset.decode_threads=-1"):
         resolve_decode_threads(-1)
     assert resolve_decode_threads(3) == 3 and resolve_decode_threads("auto") >= 1
 

@@ -329,15 +329,12 @@ def _executor(threads: int) -> ThreadPoolExecutor:
 def resolve_decode_threads(value: "int | str | None") -> int:
     """`auto`: one thread on CPU (the other cores run the model), up to 8 when a GPU runs the model."""
     if value in (None, "auto"):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(8, cpus - 1)) if torch.cuda.is_available() else 1
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"dataset.decode_threads={value!r} is not a number; set it to auto or 0 or more") from None
-    if n < 0:
-        raise ConfigError(f"dataset.decode_threads={n} is negative; set it to auto or 0 or more")
-    return n
+        from ad.config import available_cpus
+
+        return max(1, min(8, available_cpus() - 1)) if torch.cuda.is_available() else 1
+    from ad.engine.trainer import _non_negative_int  # the trainer's one-line checks of counts
+
+    return _non_negative_int("dataset.decode_threads", value)
 
 
 class Prefetcher:
