@@ -235,9 +235,57 @@ def scale(args) -> Dict:
     return out
 
 
+def decodes(args) -> Dict:
+    """How many PNG decodes a sequence of in-process runs (`ad.train.run`, as the basic launcher runs a sweep)
+    performs, before vs after, and their CPU cost: load-independent counts. `--models` (default: the four
+    memory models), `--set` extra overrides (e.g. a random-init backbone to keep the compute small)."""
+    import ad.data._base as base
+    from omegaconf import open_dict
+
+    from ad.config import compose
+    from ad.train import run
+
+    calls = {"n": 0}
+    real = base.decode_sample
+
+    def counting(sample, transform):
+        calls["n"] += 1
+        return real(sample, transform)
+
+    base.decode_sample = counting
+    models = args.models.split(",") if args.models != "stfpm,fastflow" else list(MEMORY_MODELS)
+    out: Dict[str, object] = {"models": models}
+    for variant in ("before", "after"):
+        clear_memory_cache()
+        calls["n"] = 0
+        with tempfile.TemporaryDirectory() as root, _Timer() as t:
+            for m in models:
+                overrides = [f"model={m}", f"category={args.category}", f"dataset.root={args.root}",
+                             f"dataset.image_size={args.size}", f"trainer.num_threads={args.threads}",
+                             "trainer.progress_bar=false", *_flags(variant), *args.set]
+                cfg = compose(overrides, output_dir=f"{root}/{m}")
+                choices = dict(cfg.hydra.runtime.choices)
+                with open_dict(cfg):
+                    cfg.paths.root_dir = root
+                    del cfg["hydra"]
+                res = run(cfg, Path(root) / m, choices, overrides)
+                assert res["status"] == "ok", res["error"]
+        out[variant] = {"decodes": calls["n"], "cpu_s": round(t.cpu, 1), "wall_s": round(t.wall, 1), "load": load()}
+        print(variant, out[variant], flush=True)
+    base.decode_sample = real
+    data = _data(args, **BEFORE)
+    n = sum(len(data.samples(s)) for s in ("train", "val", "test"))
+    one = _decode_all(args)
+    out["images"] = n
+    out["decode_cpu_ms_per_image"] = round(1000 * one.cpu / n, 1)
+    out["decodes_saved"] = out["before"]["decodes"] - out["after"]["decodes"]  # type: ignore[index]
+    out["decode_cpu_saved_s"] = round(out["decodes_saved"] * one.cpu / n, 1)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["epoch", "sweep", "patchcore", "scale"])
+    p.add_argument("mode", choices=["epoch", "sweep", "patchcore", "scale", "decodes"])
     shared = Path(os.environ.get("AD_SHARED_DATA", REPO.parent / "shared" / "data"))
     p.add_argument("--root", default=str(shared / "mvtec_ad"))
     p.add_argument("--category", default="bottle")
@@ -246,6 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="stfpm,fastflow", help="epoch mode: trained models")
     p.add_argument("--epochs", type=int, default=3, help="epoch mode: epochs per variant")
     p.add_argument("--variants", default="before,after", help="scale mode")
+    p.add_argument("--set", nargs="*", default=[], help="decodes mode: extra overrides for every run")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

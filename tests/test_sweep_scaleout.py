@@ -113,3 +113,22 @@ def test_parallel_jobs_get_distinct_gpus(tmp_path):
         p.kill()
         p.wait()
     assert gpu_slot(str(tmp_path / "other"), 2, 3) == 2  # in this process, nothing else holds a slot
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_resolve_the_job_device(launcher, monkeypatch):
+    """The launcher options route trainer.device through the GPU assignment; on a machine without several
+    GPUs it stays `auto` (this machine), and a user's trainer.device override still wins."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher" if launcher == "joblib"
+                        else "hydra_plugins.hydra_submitit_launcher")
+    from hydra.core.hydra_config import HydraConfig
+
+    from ad.config import compose
+
+    cfg = compose([f"launcher={launcher}"])
+    assert "ad_device" in str(cfg._get_node("trainer")._get_node("device")._value())
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert cfg.trainer.device == "auto"
+    cfg = compose([f"launcher={launcher}", "trainer.device=cpu"])
+    assert cfg.trainer.device == "cpu"
+    HydraConfig.instance().cfg = None
