@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -85,6 +85,51 @@ def dataset_categories(dataset: str) -> list:
     return out
 
 
+_GPU_SLOT: Optional[Tuple[str, int, Any]] = None  # (slot dir, GPU, locked file) held for this process's life
+
+
+def gpu_slot(slot_dir: "str | Path", job_num: int, n_gpus: int) -> int:
+    """The GPU of a sweep job: the first free slot from `job_num % n_gpus` on, locked (flock) until this process
+    exits, so jobs running at once get distinct GPUs whichever launcher started them. joblib reuses worker
+    processes, and a worker keeps its slot for every job it runs. With more jobs at once than GPUs the rest
+    share: `job_num % n_gpus`."""
+    import fcntl
+
+    global _GPU_SLOT
+    if _GPU_SLOT is not None and _GPU_SLOT[0] == str(slot_dir):
+        return _GPU_SLOT[1]
+    Path(slot_dir).mkdir(parents=True, exist_ok=True)
+    for k in range(n_gpus):
+        gpu = (int(job_num) + k) % n_gpus
+        f = open(Path(slot_dir) / f"gpu{gpu}.lock", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        if _GPU_SLOT is not None:  # a new sweep in the same process: hand the old slot back
+            _GPU_SLOT[2].close()
+        _GPU_SLOT = (str(slot_dir), gpu, f)
+        return gpu
+    return int(job_num) % n_gpus
+
+
+def job_device(sweep_dir: str, job_num: Any, n_gpus: Optional[int] = None) -> str:
+    """`trainer.device` for a job of a local parallel sweep: `cuda:<k>` on its own GPU when this machine has
+    several, else `auto`. (SLURM gives each job its own CUDA_VISIBLE_DEVICES: one visible GPU, `auto`.)"""
+    if n_gpus is None:
+        import torch
+
+        n_gpus = torch.cuda.device_count()
+    if n_gpus <= 1:
+        return "auto"
+    gpu = gpu_slot(Path(sweep_dir) / ".gpu_slots", int(job_num), n_gpus)
+    import torch
+
+    torch.cuda.set_device(gpu)  # so code that says device="cuda" and the memory statistics use it too
+    return f"cuda:{gpu}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("ad_params"):
         OmegaConf.register_new_resolver("ad_params", _params_suffix)
@@ -93,6 +138,9 @@ def register_resolvers() -> None:
     # ${ad_threads:<n_jobs>[,<cpus>]}: CPU threads per job for launchers running jobs in parallel
     if not OmegaConf.has_resolver("ad_threads"):
         OmegaConf.register_new_resolver("ad_threads", threads_per_job)
+    # ${ad_device:<sweep dir>,<job num>}: each parallel job of a sweep on its own GPU
+    if not OmegaConf.has_resolver("ad_device"):
+        OmegaConf.register_new_resolver("ad_device", job_device)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config", output_dir: str | None = None) -> DictConfig:

@@ -68,7 +68,8 @@ def test_every_category_pins_its_dataset(name):
     assert data.category == name
 
 
-LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher"}
+LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher",
+                    "submitit_local": "hydra_plugins.hydra_submitit_launcher"}
 
 
 def _plugin_missing(group: str, name: str) -> bool:

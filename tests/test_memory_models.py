@@ -393,3 +393,52 @@ def test_ivf_search_is_close_to_exact_and_deterministic():
     assert torch.equal(idx, idx2) and torch.equal(approx, again)
     with pytest.raises(ConfigError, match="search"):
         PatchCore(backbone=LITE0, search="hnsw")
+
+
+def test_torch_brute_force_matches_faiss_flat():
+    """The GPU path of brute-force k-NN (torch GEMMs; run here on the CPU) finds faiss' neighbours."""
+    from ad.models._memory import KnnIndex, _TorchFlat
+
+    g = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(3000, 24, generator=g), torch.randn(500, 24, generator=g)
+    d_ref, i_ref = KnnIndex("flat").search(bank, queries, 3)
+    d, i = _TorchFlat(bank).search(queries, 3)
+    assert torch.equal(i, i_ref)
+    torch.testing.assert_close(d, d_ref, rtol=1e-4, atol=1e-4)
+    exact = torch.cdist(queries.double(), bank.double()).topk(3, largest=False)
+    torch.testing.assert_close(d.double(), exact.values, rtol=1e-5, atol=1e-5)
+
+
+def test_coreset_on_an_explicit_device_matches_the_default():
+    """greedy_coreset(device=...) (PatchCore passes its bank's device) picks the same rows as before on CPU."""
+    from ad.models._coreset import greedy_coreset
+
+    x = torch.randn(5000, 64, generator=torch.Generator().manual_seed(1))
+    chunks = [x[:1700], x[1700:]]
+    assert torch.equal(greedy_coreset(chunks, 300, projection_dim=16, cell_size=64),
+                       greedy_coreset(chunks, 300, projection_dim=16, cell_size=64, device="cpu"))
+
+
+@pytest.mark.parametrize("name", ["patchcore", "padim", "spade", "dfm"])
+def test_memory_models_under_autocast_score_like_fp32(name, synthetic_root):
+    """trainer.precision=amp (bfloat16 autocast here on the CPU; float16 on CUDA): only the backbone runs in
+    low precision, the search / Gaussian / PCA in float32, so the ranking of test images barely moves. Before
+    this, PatchCore's exact search failed under autocast (float32 buffers updated with bfloat16 values)."""
+    from scipy.stats import spearmanr
+
+    from ad.data.mvtec import MVTecAD
+    from ad.engine.trainer import Trainer, seed_everything
+    from ad.models import create_model
+
+    data = MVTecAD(root=str(synthetic_root), category="syn_disc", image_size=64, val_fraction=0.2, seed=0)
+    scores = {}
+    for precision in ("fp32", "amp"):
+        seed_everything(0)
+        model = create_model(name, backbone={"name": "tf_efficientnet_lite0", "pretrained": False})
+        trainer = Trainer(precision=precision, device="cpu", eval_batch_size=8, progress_bar=False)
+        assert trainer.use_amp == (precision == "amp")
+        trainer.fit(model, data)
+        pred = trainer.predict(model, data.dataloader("test", 8))
+        assert pred.scores.dtype == np.float32 and np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()
+        scores[precision] = pred.scores
+    assert spearmanr(scores["fp32"], scores["amp"]).statistic > 0.9

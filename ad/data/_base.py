@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -15,7 +16,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+
+from ad.data._cache import Decoded, DecodeCache, Prefetcher, resolve_decode_threads
 
 from ad.errors import DataError
 
@@ -160,7 +163,13 @@ class ImageTransform:
     def output_size(self) -> tuple[int, int]:
         return self.center_crop or self.image_size
 
-    def __call__(self, image: Image.Image, mask: Optional[Image.Image] = None):
+    @property
+    def key(self) -> tuple:
+        """What the output depends on besides the file: part of every decode-cache key."""
+        return ("bilinear", self.image_size, self.center_crop)
+
+    def resize(self, image: Image.Image, mask: Optional[Image.Image] = None):
+        """uint8 image [3,H,W] and uint8 mask [H,W] in {0,1} (None without a mask) at the output size."""
         h, w = self.image_size
         image = image.resize((w, h), Image.BILINEAR)
         if mask is not None:
@@ -168,12 +177,19 @@ class ImageTransform:
         if self.center_crop:
             image = _center_crop(image, self.center_crop)
             mask = _center_crop(mask, self.center_crop) if mask is not None else None
-        img = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-        if mask is None:
-            m = torch.zeros(img.shape[1:], dtype=torch.float32)
-        else:
-            m = torch.from_numpy((np.asarray(mask) > 0).astype(np.float32))
+        img = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        m = torch.from_numpy((np.asarray(mask) > 0).astype(np.uint8)) if mask is not None else None
         return img, m
+
+    @staticmethod
+    def to_float(image: torch.Tensor, mask: Optional[torch.Tensor]):
+        """float image in [0,1] (x / 255 in float32, the same rounding as dividing the decoded pixels) and mask."""
+        img = image.to(torch.float32) / 255.0
+        m = mask.to(torch.float32) if mask is not None else torch.zeros(img.shape[1:], dtype=torch.float32)
+        return img, m
+
+    def __call__(self, image: Image.Image, mask: Optional[Image.Image] = None):
+        return self.to_float(*self.resize(image, mask))
 
 
 def _pair(v) -> tuple[int, int]:
@@ -192,22 +208,40 @@ def _center_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     return im.crop((left, top, left + w, top + h))
 
 
+def decode_sample(sample: Sample, transform: ImageTransform) -> Decoded:
+    """Read and resize one sample's image (and mask): the work the decode cache saves."""
+    image = load_image(sample.path)
+    mask = load_mask(sample.mask_path, image.size) if sample.mask_path else None
+    return Decoded(*transform.resize(image, mask))
+
+
 class SampleDataset(Dataset):
     """Torch dataset over `Sample`s. Items are dicts: image [3,H,W] in [0,1], mask [H,W] in {0,1}, label,
-    path, defect_type, has_mask."""
+    path, defect_type, has_mask. Images come through `cache` (decoded once, see `ad.data._cache`) and, with
+    `decode_threads`, are decoded ahead of the loader on background threads."""
 
-    def __init__(self, samples: Sequence[Sample], transform: ImageTransform):
+    def __init__(self, samples: Sequence[Sample], transform: ImageTransform, cache: Optional[DecodeCache] = None,
+                 decode_threads: int = 0) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.cache = cache
+        self.prefetcher = Prefetcher(self._load, self._is_cached, decode_threads)
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _load(self, i: int) -> Decoded:
+        s = self.samples[i]
+        return self.cache.load(s) if self.cache is not None else decode_sample(s, self.transform)
+
+    def _is_cached(self, i: int) -> bool:
+        return self.cache is not None and self.cache.cached(self.samples[i])
+
     def __getitem__(self, i: int) -> Dict:
         s = self.samples[i]
-        image = load_image(s.path)
-        mask = load_mask(s.mask_path, image.size) if s.mask_path else None
-        img, m = self.transform(image, mask)
+        pending = self.prefetcher.take(i)
+        decoded = pending.result() if pending is not None and not pending.cancelled() else self._load(i)
+        img, m = ImageTransform.to_float(decoded.image, decoded.mask)
         return {
             "image": img,
             "mask": m,
@@ -216,6 +250,20 @@ class SampleDataset(Dataset):
             "defect_type": s.defect_type,
             "has_mask": s.mask_path is not None,
         }
+
+
+class _PrefetchSampler(Sampler):
+    """Yields the wrapped sampler's order unchanged (same generator draws) and tells the dataset's prefetcher
+    what comes next."""
+
+    def __init__(self, sampler: Sampler, dataset: SampleDataset) -> None:
+        self.sampler, self.dataset = sampler, dataset
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self):
+        return self.dataset.prefetcher.run(list(self.sampler))
 
 
 def split_validation(train: Sequence[Sample], fraction: float, seed: int) -> tuple[List[Sample], List[Sample]]:
@@ -250,6 +298,11 @@ class AnomalyDataModule:
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        cache: str = "auto",
+        cache_mb: Optional[float] = None,
+        cache_dir: Optional[str] = None,
+        decode_threads: "int | str" = "auto",
+        pin_memory: "bool | str" = "auto",
     ) -> None:
         self.root = Path(root).expanduser()
         self.category = str(category)
@@ -257,6 +310,11 @@ class AnomalyDataModule:
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         self._splits: Optional[Dict[str, List[Sample]]] = None
+        # Loading (not what the data is): decoded images are kept per file + transform, see ad.data._cache.
+        self.cache = DecodeCache(partial(decode_sample, transform=self.transform), self.transform.key,
+                                 mode=str(cache), budget_mb=cache_mb, cache_dir=cache_dir)
+        self.decode_threads = resolve_decode_threads(decode_threads)
+        self.pin_memory = torch.cuda.is_available() if pin_memory in ("auto", None) else bool(pin_memory)
 
     # --- to implement -------------------------------------------------------------------------------------
     def list_samples(self) -> List[Sample]:
@@ -307,22 +365,29 @@ class AnomalyDataModule:
         samples = self.samples(split)
         if limit is not None and limit < len(samples):
             samples = _stratified_head(samples, limit)
-        return SampleDataset(samples, self.transform)
+        return SampleDataset(samples, self.transform, self.cache, self.decode_threads)
 
     def dataloader(
         self, split: str, batch_size: int, shuffle: bool = False, num_workers: int = 0,
         limit: Optional[int] = None, generator: Optional[torch.Generator] = None, drop_last: bool = False,
     ) -> DataLoader:
-        return make_loader(self.dataset(split, limit), batch_size, shuffle, num_workers, generator, drop_last)
+        return make_loader(self.dataset(split, limit), batch_size, shuffle, num_workers, generator, drop_last,
+                           pin_memory=self.pin_memory)
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
-                generator: Optional[torch.Generator] = None, drop_last: bool = False) -> DataLoader:
-    """The one way a split becomes batches (every data module, single or unified). The last partial batch is
-    dropped only when there is more than one batch, so a tiny split still trains."""
+                generator: Optional[torch.Generator] = None, drop_last: bool = False,
+                pin_memory: bool = False) -> DataLoader:
+    """The one way a split becomes batches (every data module, single, unified or a cross-fitting fold). The
+    last partial batch is dropped only when there is more than one batch, so a tiny split still trains."""
+    # Worker processes would each fill a private copy of the memory cache and lose it at the epoch's end;
+    # with them, images still come from the disk cache. Background decode threads need no copy.
+    inner = (RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds))
+    sampler = _PrefetchSampler(inner, ds) if num_workers == 0 and hasattr(ds, "prefetcher") else inner
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator,
-        drop_last=drop_last and len(ds) > batch_size, collate_fn=collate, persistent_workers=False,
+        ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=generator,
+        drop_last=drop_last and len(ds) > batch_size, collate_fn=collate,
+        persistent_workers=False, pin_memory=pin_memory,
     )
 
 

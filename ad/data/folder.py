@@ -124,8 +124,14 @@ class Folder(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        cache: str = "auto",
+        cache_mb: Optional[float] = None,
+        cache_dir: Optional[str] = None,
+        decode_threads: "int | str" = "auto",
+        pin_memory: "bool | str" = "auto",
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed)
+        super().__init__(root, category, image_size, center_crop, val_fraction, seed,
+                         cache, cache_mb, cache_dir, decode_threads, pin_memory)
         self.normal_dir = normal_dir
         self.abnormal_dir = abnormal_dir
         self.mask_dir = mask_dir

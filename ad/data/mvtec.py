@@ -79,8 +79,14 @@ class MVTecAD(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        cache: str = "auto",
+        cache_mb: Optional[float] = None,
+        cache_dir: Optional[str] = None,
+        decode_threads: "int | str" = "auto",
+        pin_memory: "bool | str" = "auto",
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed)
+        super().__init__(root, category, image_size, center_crop, val_fraction, seed,
+                         cache, cache_mb, cache_dir, decode_threads, pin_memory)
 
     def list_samples(self) -> List[Sample]:
         return list_mvtec(self.root, self.category, self.name)

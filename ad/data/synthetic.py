@@ -493,8 +493,14 @@ class Synthetic(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        cache: str = "auto",
+        cache_mb: Optional[float] = None,
+        cache_dir: Optional[str] = None,
+        decode_threads: "int | str" = "auto",
+        pin_memory: "bool | str" = "auto",
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed)
+        super().__init__(root, category, image_size, center_crop, val_fraction, seed,
+                         cache, cache_mb, cache_dir, decode_threads, pin_memory)
         self.num_train = int(num_train)
         self.num_test_good = int(num_test_good)
         self.num_test_defect = int(num_test_defect)

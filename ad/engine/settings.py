@@ -13,7 +13,7 @@ from ad.errors import ConfigError
 # ending in "." are pure prefixes.
 NOT_PARAMS = ("hydra.", "sweep", "+sweep", "hparams_search", "+hparams_search", "launcher", "trainer.progress_bar",
               "trainer.num_threads", "trainer.num_workers", "trainer.device", "trainer.resume", "dataset.root", "dataset.cache",
-              "dataset.cache_dir", "dataset.cache_mb", "paths.", "logger.", "evaluation.save_maps",
+              "dataset.decode_threads", "dataset.pin_memory", "paths.", "logger.", "evaluation.save_maps",
               "evaluation.objective")
 # The run's identity choices: shown as their own fields, not as parameters.
 NAME_KEYS = ("model", "dataset", "category", "setting")

@@ -27,21 +27,24 @@ import torch
 
 
 def random_projection(
-    features: "torch.Tensor | Sequence[torch.Tensor]", dim: int, seed: int = 0, chunk: int = 65536
+    features: "torch.Tensor | Sequence[torch.Tensor]", dim: int, seed: int = 0, chunk: int = 65536,
+    device: "torch.device | str | None" = None,
 ) -> torch.Tensor:
     """Gaussian Johnson-Lindenstrauss projection of the rows of `features` (one tensor or a list of chunks)
-    to `dim` dimensions, written chunk by chunk into one float32 tensor (identity when already that small)."""
+    to `dim` dimensions, written chunk by chunk into one float32 tensor on `device` (default: the features'),
+    identity when already that small. The projection matrix is drawn on the CPU: the same on every device."""
     chunks = [features] if isinstance(features, torch.Tensor) else list(features)
+    device = torch.device(device) if device is not None else chunks[0].device
     n, d = sum(c.shape[0] for c in chunks), chunks[0].shape[1]
     if dim <= 0 or dim >= d:
-        return chunks[0].float() if len(chunks) == 1 else torch.cat([c.float() for c in chunks])
+        return (chunks[0].float() if len(chunks) == 1 else torch.cat([c.float() for c in chunks])).to(device)
     g = torch.Generator().manual_seed(seed)
-    proj = torch.randn(d, dim, generator=g) / math.sqrt(dim)
-    out = torch.empty(n, dim)
+    proj = (torch.randn(d, dim, generator=g) / math.sqrt(dim)).to(device)
+    out = torch.empty(n, dim, device=device)
     row = 0
     for c in chunks:
         for s in range(0, c.shape[0], chunk):
-            part = c[s : s + chunk]
+            part = c[s : s + chunk].to(device, non_blocking=True)
             out[row : row + part.shape[0]] = part.float() @ proj
             row += part.shape[0]
     return out
@@ -51,7 +54,7 @@ def _cells_t(z: torch.Tensor, rows: torch.Tensor, cells: int, chunk_elems: int =
     """Rows of `z` gathered into cells, transposed: [cells, d, m]; filled a few cells at a time so the only
     full-size allocation is the result."""
     m, d = rows.numel() // cells, z.shape[1]
-    out = torch.empty(cells, d, m)
+    out = torch.empty(cells, d, m, device=z.device)
     step = max(1, chunk_elems // (m * d))
     for c0 in range(0, cells, step):
         c1 = min(cells, c0 + step)
@@ -67,12 +70,12 @@ def _balanced_cells(sketch: torch.Tensor, levels: int, gen: torch.Generator) -> 
     """
     n_pad = sketch.shape[0]
     sq_all = (sketch * sketch).sum(1)
-    order = torch.arange(n_pad)
+    order = torch.arange(n_pad, device=sketch.device)
     for level in range(levels):
         nodes = 2 ** level
         pts = sketch.index_select(0, order).view(nodes, n_pad // nodes, -1)  # index_select: ~2x faster than []
         sq = sq_all.index_select(0, order).view(nodes, -1)
-        rows = torch.arange(nodes)
+        rows = torch.arange(nodes, device=sketch.device)
 
         def dist_to(c: torch.Tensor) -> torch.Tensor:  # squared distances up to a per-node constant
             return sq - 2 * torch.bmm(pts, c.unsqueeze(-1)).squeeze(-1)
@@ -82,7 +85,7 @@ def _balanced_cells(sketch: torch.Tensor, levels: int, gen: torch.Generator) -> 
         b = pts[rows, dist_to(a).argmax(1)]
         proj = torch.bmm(pts, (b - a).unsqueeze(-1)).squeeze(-1)
         # tiny random jitter breaks ties (duplicates) so the median split stays balanced and deterministic
-        proj += 1e-6 * proj.abs().amax(1, keepdim=True).clamp_min(1e-12) * torch.rand(proj.shape, generator=gen)
+        proj += 1e-6 * proj.abs().amax(1, keepdim=True).clamp_min(1e-12) * torch.rand(proj.shape, generator=gen).to(proj.device)
         order = order.view(nodes, -1).gather(1, proj.argsort(dim=1)).reshape(-1)
     return order
 
@@ -94,6 +97,7 @@ def greedy_coreset(
     cell_size: int = 256,
     seed: int = 0,
     sketch_dim: int = 16,
+    device: "torch.device | str | None" = None,
 ) -> torch.Tensor:
     """Indices (into the rows of `features`, one tensor or a list of chunks taken in order) of an
     approximate greedy k-center coreset of size `n_select`.
@@ -101,6 +105,9 @@ def greedy_coreset(
     `projection_dim`: JL projection width for the distance computations (paper: 128; <=0 = none).
     `cell_size` bounds the points per cell: larger = closer to the exact global greedy, slower.
     `sketch_dim` leading projected coordinates (themselves a JL projection) drive the cell partition.
+    `device`: where the projection and traversal run (default: the features'; PatchCore passes its bank's
+    device, so features collected on the CPU are reduced on the GPU). Indices are returned on the CPU; random
+    draws come from a CPU generator, so only float rounding differs between devices.
     """
     chunks = [features] if isinstance(features, torch.Tensor) else list(features)
     n = sum(c.shape[0] for c in chunks)
@@ -110,7 +117,7 @@ def greedy_coreset(
     if n_select <= 0:
         raise ValueError("n_select must be positive")
     # one big GEMM (uses all intra-op threads); handed over in a list so the traversal can free it
-    holder = [random_projection(chunks, projection_dim, seed)]
+    holder = [random_projection(chunks, projection_dim, seed, device=device)]
     del chunks
     # The traversal runs on the caller's intra-op thread budget (trainer.num_threads; sweeps split the cores
     # between jobs): on an otherwise idle 2-core machine two threads take 0.96 s where one takes 1.64 s.
@@ -121,7 +128,8 @@ def greedy_coreset(
 # soon as the cells are built, which bounds peak memory on million-patch banks; splitting it would keep it alive.
 def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sketch_dim: int) -> torch.Tensor:
     z = holder.pop()
-    gen = torch.Generator().manual_seed(seed)
+    dev = z.device
+    gen = torch.Generator().manual_seed(seed)  # CPU draws, moved: the same choices on every device
 
     levels = max(0, int(math.floor(math.log2(max(1.0, n / max(cell_size, 1))))))
     while levels > 0 and 2 ** levels > n_select:
@@ -132,14 +140,14 @@ def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sk
     # Padding rows duplicate random real points so the tree splits stay meaningful; they are never picked
     # and need no covering.
     pad_src = torch.randint(0, n, (n_pad - n,), generator=gen)
-    src = torch.cat([torch.arange(n), pad_src])
-    order = _balanced_cells(z[src, :sketch_dim].contiguous(), levels, gen) if levels else torch.arange(n_pad)
+    src = torch.cat([torch.arange(n), pad_src]).to(dev)
+    order = _balanced_cells(z[src, :sketch_dim].contiguous(), levels, gen) if levels else torch.arange(n_pad, device=dev)
     point_id = src[order].view(cells, m)  # original index of every cell slot
     valid = (order < n).view(cells, m)
     pts = _cells_t(z, point_id.reshape(-1), cells)
     del z  # from here on only the cell layout is used
     sq = (pts * pts).sum(1)
-    rows = torch.arange(cells)
+    rows = torch.arange(cells, device=dev)
 
     def offsets_to(centers: torch.Tensor) -> torch.Tensor:
         """|c|² − 2·x·c for each cell's points and its center (the squared distance minus |x|²), one fused op."""
@@ -149,7 +157,7 @@ def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sk
     # center is sq + off. Padding slots get −inf so they are never picked.
     # First pick per cell: the point farthest from the cell mean (an extreme point, like greedy's 2nd pick).
     first = (sq + offsets_to(pts.mean(2))).masked_fill_(~valid, -1.0).argmax(1)
-    picks_val = [torch.full((cells,), float("inf"))]  # every cell keeps its first center
+    picks_val = [torch.full((cells,), float("inf"), device=dev)]  # every cell keeps its first center
     picks_id = [point_id[rows, first]]
     off = offsets_to(pts[rows, :, first]).masked_fill_(~valid, float("-inf"))
     # Squared distances via the Gram trick carry round-off of order 1e-7·|x|²: anything below this counts as
@@ -171,7 +179,7 @@ def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sk
         if n_keep < 0.75 * keep.numel():  # compact finished cells away (a copy, so not at every step)
             pts, sq, off, point_id = pts[keep], sq[keep], off[keep], point_id[keep]
             vals, idx, keep = vals[keep], idx[keep], keep[keep]
-            rows = torch.arange(pts.shape[0])
+            rows = torch.arange(pts.shape[0], device=dev)
         picks_val.append(vals[keep])
         picks_id.append(point_id[rows, idx][keep])
         total += n_keep
@@ -181,7 +189,7 @@ def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sk
     all_val = torch.cat(picks_val)
     all_id = torch.cat(picks_id)
     top = all_val.topk(min(n_select, all_val.numel())).indices
-    return all_id[top].sort().values
+    return all_id[top].sort().values.cpu()
 
 
 def exact_greedy_coreset(features: torch.Tensor, n_select: int, start: int = 0) -> torch.Tensor:

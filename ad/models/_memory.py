@@ -51,6 +51,12 @@ def aligned_features(
     return out
 
 
+def full_precision(x: torch.Tensor):
+    """Autocast off on `x`'s device. Memory models run only their backbone in mixed precision: distances,
+    covariances and PCA residuals lose too much in float16, and mixed dtypes break in-place index updates."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def set_faiss_threads() -> None:
     import faiss
 
@@ -89,6 +95,8 @@ class KnnIndex:
             nlist = int(self.nlist or min(np.sqrt(m), m // 39))
             if nlist >= 2:
                 return _CellPrunedKnn(bank, nlist, self.seed)
+        if bank.is_cuda and self.kind != "ivf":  # faiss here is the CPU build: brute force stays on the GPU
+            return _TorchFlat(bank)
         data = np.ascontiguousarray(bank.detach().cpu().float().numpy())
         nlist = int(self.nlist or min(4 * np.sqrt(m), m // 39))  # faiss wants >= 39 training points per cell
         if self.kind == "ivf" and nlist >= 2 and m >= 39 * nlist:
@@ -105,11 +113,17 @@ class KnnIndex:
 
     def search(self, bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 32768):
         """(distances [Q,k] (L2, not squared), indices [Q,k]) of the k nearest bank rows of each query."""
+        with full_precision(queries):
+            return self._search(bank, queries.float(), k, chunk)
+
+    def _search(self, bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int):
         set_faiss_threads()
         key = (bank.data_ptr(), tuple(bank.shape), bank._version)
         if self._index is None or self._key != key:
             self._index, self._key = self._build(bank), key
         k = min(int(k), bank.shape[0])
+        if isinstance(self._index, _TorchFlat):
+            return self._index.search(queries, k)
         if isinstance(self._index, _CellPrunedKnn):
             # the search holds a few [chunk, cells] arrays: keep each near 8M entries however many cells
             chunk = max(256, min(chunk, (1 << 23) // self._index.centres.shape[0]))
@@ -123,6 +137,26 @@ class KnnIndex:
             idx.append(i)
         d = torch.from_numpy(np.concatenate(dists)).clamp_min_(0).sqrt_()
         return d.to(queries.device), torch.from_numpy(np.concatenate(idx)).to(queries.device)
+
+
+class _TorchFlat:
+    """Brute-force k-NN in torch on the bank's device (the GPU path of `flat`, and of `exact` for tiny banks):
+    Gram-trick GEMMs over query chunks sized to keep [chunk, M] near 2^26 entries, distances recomputed directly."""
+
+    def __init__(self, bank: torch.Tensor) -> None:
+        self.x = bank.detach().float().contiguous()
+        self.x_sq = (self.x * self.x).sum(1)
+
+    def search(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        q_all = queries.detach().float().to(self.x.device)
+        chunk = max(1, (1 << 26) // max(1, self.x.shape[0]))
+        dists, idx = [], []
+        for s in range(0, q_all.shape[0], chunk):
+            q = q_all[s : s + chunk]
+            i = torch.addmm(self.x_sq, q, self.x.T, alpha=-2).topk(k, dim=1, largest=False).indices
+            dists.append(torch.linalg.vector_norm(self.x[i] - q.unsqueeze(1), dim=-1))
+            idx.append(i)
+        return torch.cat(dists).to(queries.device), torch.cat(idx).to(queries.device)
 
 
 class _CellPrunedKnn:
@@ -244,6 +278,7 @@ __all__ = [
     "aligned_features",
     "pairwise_sq_dists",
     "seeded_channel_subset",
+    "full_precision",
     "set_faiss_threads",
     "upsample_maps",
 ]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
-from ad.models._memory import upsample_maps
+from ad.models._memory import full_precision, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
 
 
@@ -55,7 +55,7 @@ class DFM(AnomalyModel):
         f = self.feature_extractor(images)[0]
         if self.pooling_kernel_size > 1:
             f = F.avg_pool2d(f, self.pooling_kernel_size)
-        return f
+        return f.float()  # PCA residuals are small differences of large numbers: float32 from here on
 
     def on_fit_start(self, train_loader=None) -> None:
         self._collected = []
@@ -104,13 +104,14 @@ class DFM(AnomalyModel):
         if tuple(f.shape[1:]) != tuple(self.grid.tolist()):
             raise ConfigError(f"DFM was fitted on pooled features of shape {tuple(self.grid.tolist())} but got "
                               f"{tuple(f.shape[1:])}: use the training image size")
-        x = f.flatten(1) - self.mean
-        z = x @ self.components.T
-        residual = (x - z @ self.components).view_as(f)
-        err_map = (residual**2).sum(1)  # [B, h, w]
-        if self.score_type == "fre":
-            scores = err_map.flatten(1).sum(1)
-        else:
-            scores = 0.5 * (z**2 / self.variances).sum(1) + 0.5 * torch.log(self.variances).sum()
-        maps = upsample_maps(err_map, images.shape[-2:], self.sigma)
+        with full_precision(f):
+            x = f.flatten(1) - self.mean
+            z = x @ self.components.T
+            residual = (x - z @ self.components).view_as(f)
+            err_map = (residual**2).sum(1)  # [B, h, w]
+            if self.score_type == "fre":
+                scores = err_map.flatten(1).sum(1)
+            else:
+                scores = 0.5 * (z**2 / self.variances).sum(1) + 0.5 * torch.log(self.variances).sum()
+            maps = upsample_maps(err_map, images.shape[-2:], self.sigma)
         return Prediction(scores=scores, maps=maps)

@@ -17,7 +17,7 @@ import torch
 
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
-from ad.models._memory import aligned_features, seeded_channel_subset, upsample_maps
+from ad.models._memory import aligned_features, full_precision, seeded_channel_subset, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
 
 
@@ -69,6 +69,11 @@ class Padim(AnomalyModel):
         b, d, h, w = emb.shape
         # contiguous matters: torch's CPU bmm on permuted strides falls off a cliff with >1 thread (~500x)
         x = emb.reshape(b, d, h * w).permute(2, 0, 1).float().contiguous()  # [P, B, d]
+        with full_precision(x):  # sums of outer products in float16 would be useless
+            self._accumulate(x, b, d, h, w)
+        return None
+
+    def _accumulate(self, x: torch.Tensor, b: int, d: int, h: int, w: int) -> None:
         if self._shift is None:
             self._shift = x.mean(1, keepdim=True)
             self._sum = torch.zeros(h * w, d, dtype=torch.float64, device=x.device)
@@ -80,7 +85,6 @@ class Padim(AnomalyModel):
         self._sum += xc.sum(1).double()
         self._sum_outer += torch.bmm(xc.transpose(1, 2), xc).double()
         self._n += b
-        return None
 
     def on_fit_end(self, val_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
         if self._n < 1:
@@ -110,11 +114,12 @@ class Padim(AnomalyModel):
         b, d, h, w = emb.shape
         if (h, w) != tuple(self.grid.tolist()):
             raise ConfigError(f"PaDiM was fitted on a {tuple(self.grid.tolist())} feature grid but got {(h, w)}: use the training image size")
-        diff = (emb.reshape(b, d, h * w).permute(2, 0, 1) - self.mean.unsqueeze(1)).contiguous()  # [P, B, d]
-        dist = torch.empty(h * w, b, device=emb.device)
-        for s in range(0, h * w, self.chunk_positions):
-            e = slice(s, s + self.chunk_positions)
-            z = torch.bmm(diff[e], self.inv_chol[e].transpose(1, 2))  # L⁻¹(x-μ) per position
-            dist[e] = (z * z).sum(-1)
-        maps = upsample_maps(dist.sqrt().T.reshape(b, h, w), images.shape[-2:], self.sigma)
+        with full_precision(emb):  # Mahalanobis distances in float16 lose most of their digits
+            diff = (emb.float().reshape(b, d, h * w).permute(2, 0, 1) - self.mean.unsqueeze(1)).contiguous()  # [P, B, d]
+            dist = torch.empty(h * w, b, device=emb.device)
+            for s in range(0, h * w, self.chunk_positions):
+                e = slice(s, s + self.chunk_positions)
+                z = torch.bmm(diff[e], self.inv_chol[e].transpose(1, 2))  # L⁻¹(x-μ) per position
+                dist[e] = (z * z).sum(-1)
+            maps = upsample_maps(dist.sqrt().T.reshape(b, h, w), images.shape[-2:], self.sigma)
         return Prediction(scores=maps.flatten(1).amax(1), maps=maps)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._coreset import greedy_coreset
-from ad.models._memory import KnnIndex, aligned_features, upsample_maps
+from ad.models._memory import KnnIndex, aligned_features, full_precision, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
 
 
@@ -95,7 +95,7 @@ class PatchCore(AnomalyModel):
 
     def training_step(self, batch: Dict[str, Any]) -> None:
         emb = self.embed(batch["image"])
-        self._train_features.append(emb.reshape(-1, emb.shape[-1]).detach().cpu())
+        self._train_features.append(emb.reshape(-1, emb.shape[-1]).detach().float().cpu())
         return None
 
     def on_fit_end(self, val_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
@@ -108,7 +108,7 @@ class PatchCore(AnomalyModel):
             bank = torch.cat(chunks)
         else:
             idx = greedy_coreset(chunks, n_select, projection_dim=self.projection_dim,
-                                 cell_size=self.coreset_cell_size, seed=self.seed)
+                                 cell_size=self.coreset_cell_size, seed=self.seed, device=self.memory_bank.device)
             # idx is sorted: select each chunk's rows in turn (no concatenated copy of all features)
             bank, lo = [], 0
             for c in chunks:
@@ -123,13 +123,14 @@ class PatchCore(AnomalyModel):
     def predict(self, images: torch.Tensor) -> Prediction:
         if self.memory_bank.shape[0] == 0:
             raise RuntimeError("PatchCore.predict called before fitting (empty memory bank)")
-        emb = self.embed(images)
-        b, h, w, d = emb.shape
-        queries = emb.reshape(-1, d)
-        dists, nn_idx = self._index.search(self.memory_bank, queries, self.num_neighbors)
-        patch_scores = dists.mean(1).view(b, h * w)
-        scores = self._image_scores(queries.view(b, h * w, d), patch_scores, nn_idx[:, 0].view(b, h * w))
-        maps = upsample_maps(patch_scores.view(b, h, w), images.shape[-2:], self.sigma)
+        emb = self.embed(images).float()
+        with full_precision(emb):  # the backbone may run in mixed precision; the search and maps do not
+            b, h, w, d = emb.shape
+            queries = emb.reshape(-1, d)
+            dists, nn_idx = self._index.search(self.memory_bank, queries, self.num_neighbors)
+            patch_scores = dists.mean(1).view(b, h * w)
+            scores = self._image_scores(queries.view(b, h * w, d), patch_scores, nn_idx[:, 0].view(b, h * w))
+            maps = upsample_maps(patch_scores.view(b, h, w), images.shape[-2:], self.sigma)
         return Prediction(scores=scores, maps=maps)
 
     def _image_scores(self, queries: torch.Tensor, patch_scores: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:

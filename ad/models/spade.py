@@ -14,7 +14,7 @@ import torch
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._maps import gaussian_blur2d, upsample_to
-from ad.models._memory import KnnIndex, pairwise_sq_dists
+from ad.models._memory import KnnIndex, full_precision, pairwise_sq_dists
 from ad.models.base import AnomalyModel, Prediction
 
 
@@ -56,7 +56,7 @@ class Spade(AnomalyModel):
         return [getattr(self, f"gallery_{i}") for i in range(len(self.pixel_layers))]
 
     def _features(self, images: torch.Tensor):
-        feats = self.feature_extractor(images)
+        feats = [f.float() for f in self.feature_extractor(images)]  # the kNN below runs in float32
         glob = feats[self._pos[self.global_layer]].mean(dim=(2, 3))
         return glob, [feats[self._pos[layer]] for layer in self.pixel_layers]
 
@@ -83,6 +83,10 @@ class Spade(AnomalyModel):
         if self.train_global.shape[0] == 0:
             raise RuntimeError("SPADE.predict called before fitting")
         glob, maps = self._features(images)
+        with full_precision(glob):  # distances in float16 would reorder near neighbours
+            return self._score(images, glob, maps)
+
+    def _score(self, images: torch.Tensor, glob: torch.Tensor, maps) -> Prediction:
         n_train = self.train_global.shape[0]
         dists, _ = self._index.search(self.train_global, glob, min(self.image_neighbors, n_train))
         scores = dists.mean(1)
