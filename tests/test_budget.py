@@ -19,6 +19,9 @@ SMALL = {
     "draem": ["model.recon_base_width=4", "model.disc_base_width=4"],
     "efficientad": ["model.image_size=64", "model.out_channels=8", "model.teacher_stats_images=4"],
     "unet_ae": ["model.image_size=32"],
+    "uninformed_students": ["model.image_size=32", "model.width=4", "model.out_dim=8", "model.teacher_steps=2",
+                            "model.teacher_batch=4", "model.patch_sizes=[17,33]"],
+    "wae": ["model.image_size=32"], "feature_ae": ["model.latent_dim=8"],
     "ae": ["model.image_size=32"], "vae": ["model.image_size=32"], "beta_vae": ["model.image_size=32"],
 }
 

@@ -16,6 +16,7 @@ offline distillation of their teacher from a pretrained backbone.
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ad.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: layer plans per patch size: ("c", kernel, width multiplier) or ("p",) for a 2×2 max pool;
 #: each plan turns a p×p input into a 1×1 output.
@@ -141,7 +144,7 @@ def compactness_loss(desc: torch.Tensor) -> torch.Tensor:
 def distill_teacher(
     teacher: PatchNet, extractor: nn.Module, bank: ImageBank, steps: int, batch_size: int = 64, lr: float = 2e-4,
     weight_decay: float = 1e-5, compactness: float = 1.0, texture_fraction: float = 0.25, input_size: Optional[int] = None,
-    stats_batches: int = 4,
+    stats_batches: int = 4, log_every: int = 100,
 ) -> List[float]:
     """Train `teacher` in place to regress standardised backbone descriptors of p×p patches through a linear
     decoder (discarded afterwards, as in the paper). Returns the loss per step."""
@@ -169,6 +172,8 @@ def distill_teacher(
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if log_every and len(losses) % log_every == 0:
+            log.info("teacher p=%d step %d/%d: loss %.4f", p, len(losses), steps, np.mean(losses[-log_every:]))
     teacher.eval()
     return losses
 

@@ -19,7 +19,8 @@ from the `backbone` group's network (default EfficientNet-Lite0, pip-shipped wei
 `teacher_batch` p×p patches from up to `teacher_images` training images (a uniform reservoir sample, so a
 unified multi-category loader is covered evenly) plus a `teacher_texture_fraction` share of procedural textures,
 and regresses the backbone's globally pooled stage-`descriptor_layer` features of the patch (resized to
-≥ 32 px) for `teacher_steps` Adam steps (lr 2e-4, wd 1e-5, paper) with the KD + compactness losses. Nothing
+≥ 32 px) with Adam (lr 2e-4, wd 1e-5, paper) and the KD + compactness losses, for `teacher_steps` steps or
+`teacher_steps_per_step` × the students' step budget if that is fewer (so short runs stay short). Nothing
 is read from `backbones/`; the distilled teachers are part of the state dict, so `model.pt` rebuilds the
 model without distilling again, and a resumed run continues with the teachers it checkpointed.
 
@@ -39,6 +40,7 @@ Deviations, and why:
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -64,7 +66,8 @@ class UninformedStudents(AnomalyModel):
         self, backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0", patch_sizes: Sequence[int] = (17, 33, 65),
         num_students: int = 3, image_size: int = 128, width: int = 32, out_dim: int = 64, descriptor_layer: int = 4,
         teacher_steps: int = 1000, teacher_batch: int = 32, teacher_images: int = 512, teacher_lr: float = 2e-4,
-        teacher_compactness: float = 1.0, teacher_texture_fraction: float = 0.25, lr: float = 1e-4,
+        teacher_compactness: float = 1.0, teacher_texture_fraction: float = 0.25,
+        teacher_steps_per_step: Optional[float] = 5.0, lr: float = 1e-4,
         weight_decay: float = 1e-5, seed: int = 0,
     ) -> None:
         super().__init__()
@@ -79,6 +82,8 @@ class UninformedStudents(AnomalyModel):
         self.teacher_steps, self.teacher_batch, self.teacher_images = int(teacher_steps), int(teacher_batch), int(teacher_images)
         self.teacher_lr, self.teacher_compactness = float(teacher_lr), float(teacher_compactness)
         self.teacher_texture_fraction = float(teacher_texture_fraction)
+        self.teacher_steps_per_step = float(teacher_steps_per_step) if teacher_steps_per_step else None
+        self._teacher_steps_run = self.teacher_steps  # set from the budget in configure_optimizers
         self.lr, self.weight_decay, self.seed = float(lr), float(weight_decay), int(seed)
         with torch.random.fork_rng(devices=[]):  # seeded init of the teachers without touching the global RNG
             torch.manual_seed(self.seed)
@@ -99,6 +104,10 @@ class UninformedStudents(AnomalyModel):
         return self
 
     def configure_optimizers(self, budget: Budget) -> OptimizerSpec:
+        # The teachers' distillation follows the run's size: a smoke run of 2 steps distils 10 steps, not 1000.
+        total = budget.total_steps
+        if self.teacher_steps_per_step and total:
+            self._teacher_steps_run = min(self.teacher_steps, max(1, math.ceil(self.teacher_steps_per_step * total)))
         return OptimizerSpec(torch.optim.Adam(self.students.parameters(), lr=self.lr, weight_decay=self.weight_decay))
 
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
@@ -122,11 +131,11 @@ class UninformedStudents(AnomalyModel):
             bank.add_textures(max(8, len(bank.items) // 4), (self.image_size, self.image_size))
         extractor = FeatureExtractor(self.backbone_config, (self.descriptor_layer,), frozen=True).to(device)
         log.info("uninformed_students: distilling %d teachers from %s (%s), %d steps each", len(self.teachers),
-                 self.backbone_name, extractor.weights_source, self.teacher_steps)
+                 self.backbone_name, extractor.weights_source, self._teacher_steps_run)
         for p, teacher in zip(self.patch_sizes, self.teachers):
             with torch.enable_grad():
                 teacher.requires_grad_(True)
-                losses = distill_teacher(teacher, extractor, bank, self.teacher_steps, self.teacher_batch, self.teacher_lr,
+                losses = distill_teacher(teacher, extractor, bank, self._teacher_steps_run, self.teacher_batch, self.teacher_lr,
                                          compactness=self.teacher_compactness, texture_fraction=self.teacher_texture_fraction)
                 teacher.requires_grad_(False)
             if losses:
