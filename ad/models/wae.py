@@ -15,9 +15,9 @@ two prior samples), σ_z² = 2 and λ = 100 (CelebA), Adam lr 3e-4 with β1 = 0.
 
 Deviations, and why:
 - The reconstruction cost is the family's per-pixel mean error (`mse`/`ssim`), so λ is re-expressed on that
-  scale: the paper's CelebA cost is 0.05·‖x − y‖² summed over 64·64·3 values, i.e. 614 × the mean squared
-  error, so λ = 100 there is λ ≈ 0.163 against the mean (`lambda_mmd` default) — the same balance at any
-  image size.
+  scale: the authors' CelebA cost (their code, 'l2sq') is 0.05·‖x − y‖² summed over 64·64·3 values, i.e.
+  614 × the mean squared error, so λ = 100 there is λ ≈ 0.163 against the mean (`lambda_mmd` default) — the
+  same balance at any image size.
 - `kernel_scales` multiplies C; the default (1,) is the paper's text. The authors' code sums the kernel over
   C × (0.1, 0.2, 0.5, 1, 2, 5, 10), available as `kernel_scales: [0.1, 0.2, 0.5, 1, 2, 5, 10]`.
 - 55 epochs of batch 100 is ~110 optimisation steps on a 200-image MVTec category (CelebA: 200k images), so
