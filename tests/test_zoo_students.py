@@ -313,3 +313,13 @@ def test_teacher_distillation_budget_follows_the_run():
     m = create_model("uninformed_students", backbone=dict(LITE0, pretrained=False), teacher_steps_per_step=None)
     m.configure_optimizers(Budget(max_epochs=1, max_steps=2, batch_size=4, steps_per_epoch=2))
     assert m._teacher_steps_run == 1000
+
+
+def test_teacher_statistics_are_over_all_training_images(fitted):
+    model, _ = fitted("uninformed_students")
+    train = textures(16, torch.Generator().manual_seed(0))  # the images `_fit` trained on
+    for k, teacher in enumerate(model.teachers):
+        with torch.no_grad():
+            t = teacher.dense(train).double().numpy()
+        np.testing.assert_allclose(model.t_mean[k].flatten().double().numpy(), t.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(model.t_std[k].flatten().double().numpy(), t.std(axis=(0, 2, 3)), rtol=1e-4)

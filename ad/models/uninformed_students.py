@@ -118,15 +118,16 @@ class UninformedStudents(AnomalyModel):
 
     # --- teacher --------------------------------------------------------------------------------------------
     def on_fit_start(self, train_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
+        """Distil the teachers, then their descriptor statistics. Iterates `train_loader` twice (the trainer's
+        loader is re-iterable); only the reservoir sample of images is held in memory."""
         if bool(self.teacher_ready):
             return  # a loaded, already fitted model
         device = self.t_mean.device
-        images = list(iterate_images(train_loader, device))
-        if not images:
-            raise ConfigError("uninformed_students needs the training images in on_fit_start to distil its teachers")
         bank = ImageBank(self.teacher_images, np.random.default_rng(int(torch.randint(0, 2**62, (1,)))))
-        for x in images:
+        for x in iterate_images(train_loader, device):
             bank.add(self._prep(x))
+        if not bank.items:
+            raise ConfigError("uninformed_students needs the training images in on_fit_start to distil its teachers")
         if self.teacher_texture_fraction > 0:  # textures as large as the images: patches of every size fit
             bank.add_textures(max(8, len(bank.items) // 4), (self.image_size, self.image_size))
         extractor = FeatureExtractor(self.backbone_config, (self.descriptor_layer,), frozen=True).to(device)
@@ -140,20 +141,24 @@ class UninformedStudents(AnomalyModel):
                 teacher.requires_grad_(False)
             if losses:
                 log.info("teacher p=%d: distillation loss %.4f -> %.4f", p, np.mean(losses[:20]), np.mean(losses[-20:]))
-        self._teacher_statistics(images)
+        self._teacher_statistics(iterate_images(train_loader, device))
         self.teacher_ready.fill_(True)
 
     @torch.no_grad()
-    def _teacher_statistics(self, images: List[torch.Tensor]) -> None:
+    def _teacher_statistics(self, images: Iterable[torch.Tensor]) -> None:
         """Per-dimension mean / std of each teacher's descriptors over all training images (paper)."""
-        for k, teacher in enumerate(self.teachers):
-            s = sq = n = 0.0
-            for x in images:
-                t = teacher.dense(self._prep(x)).double()
-                s, sq, n = s + t.sum((0, 2, 3)), sq + t.pow(2).sum((0, 2, 3)), n + t.shape[0] * t.shape[2] * t.shape[3]
-            mean = s / n
-            self.t_mean[k] = mean.view(-1, 1, 1).float()
-            self.t_std[k] = (sq / n - mean**2).clamp_min(1e-12).sqrt().view(-1, 1, 1).float()
+        k = len(self.teachers)
+        s, sq, n = [0.0] * k, [0.0] * k, [0] * k
+        for x in images:
+            x = self._prep(x)
+            for i, teacher in enumerate(self.teachers):
+                t = teacher.dense(x).double()
+                s[i], sq[i] = s[i] + t.sum((0, 2, 3)), sq[i] + t.pow(2).sum((0, 2, 3))
+                n[i] += t.shape[0] * t.shape[2] * t.shape[3]
+        for i in range(k):
+            mean = s[i] / n[i]
+            self.t_mean[i] = mean.view(-1, 1, 1).float()
+            self.t_std[i] = (sq[i] / n[i] - mean**2).clamp_min(1e-12).sqrt().view(-1, 1, 1).float()
 
     # --- students ----------------------------------------------------------------------------------------------
     def _outputs(self, images: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
