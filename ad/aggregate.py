@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -30,23 +31,27 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
+from ad.engine.records import from_dict
+
 DEFAULT_METRICS = ("image.auroc", "pixel.auroc", "pixel.aupro")
 REFERENCE_FILE = Path(__file__).with_name("reference_results.yaml")
 HEATMAP_METRIC = "image.auroc"
 
 # Leaves of results.json that are fractions in [0, 1]: shown in percent with one decimal, like the papers.
-_FRACTION_LEAVES = {"auroc", "ap", "aupro", "f1_max", "accuracy", "precision", "recall", "iou"}
-_LEAF_LABELS = {"auroc": "AUROC", "ap": "AP", "aupro": "AUPRO", "f1_max": "F1-max", "ms_per_image": "ms/image",
+_FRACTION_LEAVES = {"auroc", "ap", "aupro", "f1_max", "f1", "mad", "accuracy", "precision", "recall", "iou"}
+_LEAF_LABELS = {"mad": "mAD", "auroc": "AUROC", "ap": "AP", "aupro": "AUPRO", "f1_max": "F1-max", "ms_per_image": "ms/image",
                 "peak_rss_mb": "peak RSS MB", "fit_s": "fit s", "predict_s": "predict s"}
 # Categories per benchmark: a paper's dataset mean is only shown beside a mean over all of them.
-DATASET_CATEGORIES = {"mvtec": 15, "visa": 12, "btad": 3}
+def dataset_size(dataset: str) -> int:
+    """How many categories a dataset has (its `conf/category/*.yaml` options; -1 when unknown)."""
+    from ad.config import dataset_categories
+
+    return len(dataset_categories(dataset)) or -1
 # Datasets in the order papers list them; others follow alphabetically.
 _DATASET_ORDER = ["mvtec", "visa", "btad", "synthetic", "folder"]
 # Never used as automatic column groups: row keys, replicates, and knobs that do not change results.
-_AUTO_GROUP_EXCLUDE = {"dataset", "category", "seed", "launcher", "sweep", "hparams_search", "trainer",
-                       "logger", "paths", "trainer.num_threads", "trainer.num_workers", "trainer.progress_bar",
-                       "trainer.device", "trainer.resume", "logger.enabled"}
-_AUTO_GROUP_EXCLUDE_PREFIXES = ("hydra.", "paths.", "logger.")
+# A job's row (dataset, category) and its seed (averaged over) are never columns.
+_AUTO_GROUP_EXCLUDE = {"dataset", "category", "seed", "trainer", "logger", "paths"}
 
 MISSING_NOTE = "no results.json (crashed, killed or still running)"
 
@@ -105,36 +110,37 @@ class Job:
     overrides: Dict[str, Any] = field(default_factory=dict)
     config: Optional[dict] = None
     choices: Dict[str, Any] = field(default_factory=dict)
+    record: Any = None  # the job's RunRecord (ad.engine.records), read through load_record
+    category: Optional[str] = None  # for one category row of a unified run
 
     # Where each well-known field is found, most authoritative first (results.json is what the job did).
     def get(self, key: str) -> Optional[str]:
-        res = self.results or {}
+        run = self.record.run if self.record is not None else None
         cfg = self.config or {}
         if key == "model":
-            cands = [res.get("model"), self.choices.get("model"), self.overrides.get("model")]
+            cands = [run and run.model, self.choices.get("model"), self.overrides.get("model")]
         elif key == "dataset":
-            cands = [res.get("dataset"), self.choices.get("dataset"), self.overrides.get("dataset")]
+            cands = [run and run.dataset, self.choices.get("dataset"), self.overrides.get("dataset")]
         elif key == "category":
-            cands = [res.get("category"), _dotted(cfg, "dataset.category"), self.overrides.get("category")]
+            cands = [self.category, run and run.category, _dotted(cfg, "dataset.category"), self.overrides.get("category")]
         elif key == "backbone":
-            cands = [res.get("backbone"), self.choices.get("backbone"), _dotted(cfg, "backbone.name")]
+            cands = [run and run.backbone, self.choices.get("backbone"), _dotted(cfg, "backbone.name")]
         elif key == "seed":
-            cands = [res.get("seed"), cfg.get("seed"), self.overrides.get("seed")]
+            cands = [run and run.seed, cfg.get("seed"), self.overrides.get("seed")]
+        elif key == "setting":
+            cands = [run and run.setting, _dotted(cfg, "setting.name"), "single"]
         else:
-            cands = [self.overrides.get(key), _dotted(cfg, key), self.choices.get(key), _dotted(res, key)]
+            cands = [self.overrides.get(key), _dotted(cfg, key), self.choices.get(key), _dotted(self.results or {}, key)]
         for c in cands:
             if c is not None:
                 return format_value(c)
         return None
 
     def metric(self, name: str) -> Optional[float]:
-        if self.status != "ok" or not self.results:
+        if self.status != "ok" or self.record is None:
             return None
-        v = _dotted(self.results, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return None
-        v = float(v)
-        return v if math.isfinite(v) else None
+        v = self.record.metric(name, self.category)
+        return v if v is not None and math.isfinite(v) else None
 
     @property
     def row(self) -> Tuple[str, str]:
@@ -160,6 +166,14 @@ def find_job_dirs(root: Path) -> List[Path]:
     return found
 
 
+def load_jobs(path: Path) -> List[Job]:
+    """The rows one job dir contributes: one, or one per category of a unified run."""
+    job = load_job(path)
+    if job.record is None or job.record.categories is None:
+        return [job]
+    return [dataclasses.replace(job, category=c) for c in job.record.categories]
+
+
 def load_job(path: Path) -> Job:
     hydra_dir = path / ".hydra"
     overrides: Dict[str, Any] = {}
@@ -181,15 +195,14 @@ def load_job(path: Path) -> Job:
         try:
             with open(res_path, encoding="utf-8") as f:
                 results = json.load(f)
-            if not isinstance(results, dict):
-                raise ValueError("not a JSON object")
+            record = from_dict(results)
         except (OSError, ValueError) as e:
-            job.error = f"unreadable results.json ({e})"
+            job.error = f"unreadable results.json ({' '.join(str(e).split())}); re-run the job or delete its dir"
             return job
-        job.results = results
-        status = str(results.get("status", "ok"))
+        job.results, job.record = results, record
+        status = record.status
         job.status = "ok" if status == "ok" else "failed"
-        job.error = None if job.status == "ok" else (results.get("error") or f"status: {status}")
+        job.error = None if job.status == "ok" else (record.error or f"status: {status}")
         job.error = job.error if job.error is None else " ".join(str(job.error).split())
     return job
 
@@ -207,7 +220,7 @@ def collect_jobs(dirs: Sequence[Path]) -> List[Job]:
             rp = p.resolve()
             if rp not in seen:
                 seen.add(rp)
-                jobs.append(load_job(p))
+                jobs.extend(load_jobs(p))
     if not jobs:
         raise AggregateError(
             f"no job directories (with .hydra/ or results.json) under {', '.join(map(str, dirs))}; run a sweep first: "
@@ -247,7 +260,11 @@ def _std(xs: Sequence[float]) -> Optional[float]:
 
 
 def _auto_excluded(key: str) -> bool:
-    return key in _AUTO_GROUP_EXCLUDE or key.startswith(_AUTO_GROUP_EXCLUDE_PREFIXES)
+    """Keys that never become a column: a job's row identity, and where/how it ran (`NOT_PARAMS`, the same
+    list the run names and sweep directory names use)."""
+    from ad.engine.settings import is_param
+
+    return key in _AUTO_GROUP_EXCLUDE or not is_param(key) and key != "setting"
 
 
 def varying_keys(jobs: Sequence[Job]) -> List[str]:
@@ -257,7 +274,7 @@ def varying_keys(jobs: Sequence[Job]) -> List[str]:
     method variant, so it does not become a column.
     """
     ok = [j for j in jobs if j.status == "ok"]
-    keys = sorted({k for j in ok for k in j.overrides} | {"model"})
+    keys = sorted({k for j in ok for k in j.overrides} | {"model", "setting"})
     out = []
     for key in keys:
         per_row: Dict[Tuple[str, str], set] = {}
@@ -395,7 +412,7 @@ class Table:
         if have and all(v is not None for v in vals):
             return _mean([v for v in vals if v is not None]), False
         # a paper's own mean compares only with a mean over the same, complete category set
-        if dataset is not None and len(have) == DATASET_CATEGORIES.get(dataset, -1):
+        if dataset is not None and len(have) == dataset_size(dataset):
             pm = ref.published_mean(dataset, metric)
             if pm is not None:
                 return pm, True
