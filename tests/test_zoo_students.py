@@ -323,3 +323,25 @@ def test_teacher_statistics_are_over_all_training_images(fitted):
             t = teacher.dense(train).double().numpy()
         np.testing.assert_allclose(model.t_mean[k].flatten().double().numpy(), t.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(model.t_std[k].flatten().double().numpy(), t.std(axis=(0, 2, 3)), rtol=1e-4)
+
+
+UNIFIED_SMALL = {
+    "uninformed_students": ["model.image_size=32", "model.width=4", "model.out_dim=8", "model.patch_sizes=[17,33]",
+                            "model.teacher_batch=4"],
+    "feature_ae": ["model.latent_dim=8"],
+    "wae": ["model.image_size=32"],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_unified_setting_end_to_end(name, synthetic_root, tmp_path):
+    """One model on the union of the three synthetic categories, through the real run pipeline, with the
+    backbone's offline weights and nothing in backbones/."""
+    from tests.test_run import FAST, run_in_process
+
+    res, run_dir = run_in_process(tmp_path, ["setting=unified", "dataset=synthetic", f"model={name}",
+                                             f"dataset.root={synthetic_root}", *FAST, *UNIFIED_SMALL[name]])
+    assert res.status == "ok", res.error
+    assert sorted(res.categories) == ["syn_disc", "syn_tiles", "syn_weave"]
+    assert all(np.isfinite(res.categories[c].image.auroc) for c in res.categories)
+    assert (run_dir / "model.pt").is_file()
