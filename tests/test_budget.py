@@ -20,6 +20,7 @@ SMALL = {
     "efficientad": ["model.image_size=64", "model.out_channels=8", "model.teacher_stats_images=4"],
     "unet_ae": ["model.image_size=32"],
     "ae": ["model.image_size=32"], "vae": ["model.image_size=32"], "beta_vae": ["model.image_size=32"],
+    "differnet": ["model.subnet_hidden=64", "model.test_transforms=2"],
 }
 
 

@@ -273,6 +273,7 @@ def trained(request, images):
     spec = model.configure_optimizers(Budget(None, steps, 8, 2))
     g = torch.Generator().manual_seed(1)
     losses = []
+    model.on_fit_start([{"image": images["train"][:8]}, {"image": images["train"][8:]}])
     model.train()
     for _ in range(steps):
         loss = model.training_step({"image": images["train"][torch.randperm(len(images["train"]), generator=g)[:8]]})
