@@ -57,11 +57,10 @@ SCHEDULES: Dict[str, Dict[str, Any]] = {
                     "model": {"image_size": 128, "teacher_weights": "backbones/pdn_s.pth"}},
     "draem": {"max_steps": 400, "batch_size": 4, "model": {"image_size": 128, "recon_base_width": 16, "disc_base_width": 16}},
     # Flow/discriminator models on frozen features (paper budgets: 160-200 epochs). DifferNet: each image is seen
-    # under 4 rotations at 3 scales, narrower coupling subnets than the paper's 2048, and 4 instead of 64 test
-    # rotations (each costs a forward and a backward pass).
+    # under 4 rotations at 3 scales, and 4 instead of 64 test rotations (each costs a forward and a backward pass).
     "simplenet": {"max_steps": 100, "batch_size": 8},
     "cflow": {"max_steps": 100, "batch_size": 8},
-    "differnet": {"max_steps": 40, "batch_size": 4, "model": {"subnet_hidden": 512, "test_transforms": 4}},
+    "differnet": {"max_steps": 40, "batch_size": 4, "model": {"test_transforms": 4}},
 }
 
 
