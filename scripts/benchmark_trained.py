@@ -61,6 +61,11 @@ SCHEDULES: Dict[str, Dict[str, Any]] = {
     "uninformed_students": {"max_steps": 60, "batch_size": 4, "model": {"teacher_steps": 100}},
     "feature_ae": {"max_steps": 200, "batch_size": 4},
     "wae": {"max_steps": 300, "batch_size": 8, "model": {"image_size": 128}},
+    # Flow/discriminator models on frozen features (paper budgets: 160-200 epochs). DifferNet: each image is seen
+    # under 4 rotations at 3 scales, and 4 instead of 64 test rotations (each costs a forward and a backward pass).
+    "simplenet": {"max_steps": 100, "batch_size": 8},
+    "cflow": {"max_steps": 100, "batch_size": 8},
+    "differnet": {"max_steps": 40, "batch_size": 4, "model": {"test_transforms": 4}},
 }
 
 

@@ -25,6 +25,7 @@ SMALL = {
     "ae": ["model.image_size=32"], "vae": ["model.image_size=32"], "beta_vae": ["model.image_size=32"],
     "dinomaly": ["backbone=vit_small_patch14_reg4_dinov2", "model.layers=[2,3,4,5]", "model.groups=[[0,1],[2,3]]",
                  "model.decoder_depth=4"],
+    "differnet": ["model.subnet_hidden=64", "model.test_transforms=2"],
 }
 # ViT (patch 14) models need image sides that are multiples of 14.
 IMAGE_SIZE = {"dinomaly": 56, "anomalydino": 56}
