@@ -313,12 +313,17 @@ class AnomalyDataModule:
         self, split: str, batch_size: int, shuffle: bool = False, num_workers: int = 0,
         limit: Optional[int] = None, generator: Optional[torch.Generator] = None, drop_last: bool = False,
     ) -> DataLoader:
-        ds = self.dataset(split, limit)
-        return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator,
-            drop_last=drop_last and len(ds) > batch_size, collate_fn=collate,
-            persistent_workers=False,
-        )
+        return make_loader(self.dataset(split, limit), batch_size, shuffle, num_workers, generator, drop_last)
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
+                generator: Optional[torch.Generator] = None, drop_last: bool = False) -> DataLoader:
+    """The one way a split becomes batches (every data module, single or unified). The last partial batch is
+    dropped only when there is more than one batch, so a tiny split still trains."""
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator,
+        drop_last=drop_last and len(ds) > batch_size, collate_fn=collate, persistent_workers=False,
+    )
 
 
 def _stratified_head(samples: List[Sample], limit: int) -> List[Sample]:
@@ -333,7 +338,7 @@ def _stratified_head(samples: List[Sample], limit: int) -> List[Sample]:
 
 
 def collate(items: List[Dict]) -> Dict:
-    return {
+    batch = {
         "image": torch.stack([it["image"] for it in items]),
         "mask": torch.stack([it["mask"] for it in items]),
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
@@ -341,3 +346,6 @@ def collate(items: List[Dict]) -> Dict:
         "defect_type": [it["defect_type"] for it in items],
         "has_mask": torch.tensor([it["has_mask"] for it in items], dtype=torch.bool),
     }
+    if "category" in items[0]:  # unified (multi-category) data: for evaluation only, never shown to the model
+        batch["category"] = [it["category"] for it in items]
+    return batch

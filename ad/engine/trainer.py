@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ad.errors import ConfigError
+from ad.engine.scoring import PredictionSet, score_loader
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec
 
 log = logging.getLogger(__name__)
@@ -101,20 +102,6 @@ class FitResult:
     history: List[EpochRecord] = field(default_factory=list)
     budget: Optional[Budget] = None
     fit_s: float = 0.0
-
-
-@dataclass
-class PredictionSet:
-    """Model outputs over a split, on CPU, in dataset order."""
-
-    scores: np.ndarray  # [N]
-    maps: np.ndarray  # [N,H,W] float32
-    labels: np.ndarray  # [N]
-    masks: np.ndarray  # [N,H,W] uint8
-    has_mask: np.ndarray  # [N] bool
-    paths: List[str]
-    defect_types: List[str]
-    seconds: float = 0.0
 
 
 class Trainer:
@@ -361,58 +348,9 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, path)  # an interruption never leaves a half-written checkpoint
 
-    @torch.no_grad()
     def predict(self, model: AnomalyModel, loader, desc: str = "predicting") -> PredictionSet:
-        model.to(self.device).eval()
-        t0 = time.perf_counter()
-        scores, maps, labels, masks, has_mask, paths, defects = [], [], [], [], [], [], []
-        for batch in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
-            images = batch["image"].to(self.device)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                out = model.predict(images)
-            if out.maps.shape[-2:] != images.shape[-2:]:
-                raise RuntimeError(f"{type(model).__name__}.predict returned maps of size {tuple(out.maps.shape[-2:])}, expected {tuple(images.shape[-2:])}")
-            scores.append(out.scores.float().cpu().numpy().reshape(-1))
-            maps.append(out.maps.float().cpu().numpy())
-            labels.append(batch["label"].numpy())
-            masks.append(batch["mask"].numpy().astype(np.uint8))
-            # A normal image's mask is known to be empty even when no mask file exists for it.
-            has_mask.append(batch["has_mask"].numpy() | (batch["label"].numpy() == 0))
-            paths += batch["path"]
-            defects += batch["defect_type"]
-        return PredictionSet(
-            scores=np.concatenate(scores), maps=np.concatenate(maps), labels=np.concatenate(labels),
-            masks=np.concatenate(masks), has_mask=np.concatenate(has_mask), paths=paths, defect_types=defects,
-            seconds=time.perf_counter() - t0,
-        )
-
-
-def _positive_int(key: str, value: Any, optional: bool = False) -> Optional[int]:
-    """A budget or size setting as a positive int, or a one-line ConfigError naming the key."""
-    if value is None and optional:
-        return None
-    try:
-        n = int(value)
-        if n != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=<positive integer>"
-                          + (" or null (the model's default)" if optional else "")) from None
-    if n <= 0:
-        what = "trains nothing" if "max_" in key else "is not a size"
-        raise ConfigError(f"{key}={n} {what}; set {key}=<positive integer>"
-                          + (" or null (the model's default)" if optional else ""))
-    return n
-
-
-def _non_negative_int(key: str, value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=0 or more") from None
-    if n < 0:
-        raise ConfigError(f"{key}={n} is negative; set {key}=0 or more")
-    return n
+        """Score every batch of `loader` through the one prediction path (`ad.engine.scoring`)."""
+        return score_loader(model, loader, self.device, self.use_amp, self.progress, desc)
 
 
 def _get_rng_state() -> Dict[str, Any]:
