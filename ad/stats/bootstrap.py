@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 from ad.metrics._checks import MetricError
 from ad.metrics._curve import RankCounts, trapezoid_to
@@ -93,13 +93,36 @@ def _image_values(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.array([rc.auroc(), rc.average_precision(), rc.f1_max()["f1"]])
 
 
+def _image_curves(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """[B, 3] AUROC / AP / F1-max from per-replicate counts [B, V] of positives / negatives per distinct score
+    (ascending). Same definitions as `RankCounts`: ties count half in AUROC; AP sums precision where recall
+    moves; F1 is maximal at a positive value, and a bin without positives never beats the one above it."""
+    n_pos, n_neg = pos.sum(1, keepdims=True), neg.sum(1, keepdims=True)
+    below = np.cumsum(neg, axis=1) - neg
+    auroc = np.sum(pos * (below + 0.5 * neg), axis=1) / (n_pos[:, 0] * n_neg[:, 0])
+    tp = np.cumsum(pos[:, ::-1], axis=1)  # descending thresholds: samples >= each value
+    fp = np.cumsum(neg[:, ::-1], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+    ap = np.sum(pos[:, ::-1] * precision, axis=1) / n_pos[:, 0]
+    f1 = np.max(2.0 * tp / (tp + fp + n_pos), axis=1)
+    return np.stack([auroc, ap, f1], axis=1)
+
+
 def image_replicates(labels, scores, resamples: np.ndarray) -> Dict[str, np.ndarray]:
-    """{metric: [B] values} of image AUROC / AP / F1-max on each resampled test set."""
+    """{metric: [B] values} of image AUROC / AP / F1-max on each resampled test set (vectorised over B)."""
     y = _labels(labels)
     s = np.asarray(scores, dtype=np.float64)
     if s.shape != y.shape or not np.isfinite(s).all():
         raise MetricError(f"bootstrap: scores must be {y.shape} finite numbers, got shape {s.shape}")
-    vals = np.stack([_image_values(y[idx], s[idx]) for idx in resamples])
+    _, code = np.unique(s, return_inverse=True)
+    # [V, N] sparse indicator of each image's distinct-score bin: bin counts = indicator @ weights.T
+    to_bins = sparse.csr_matrix((np.ones(y.size), (code, np.arange(y.size))), shape=(int(code.max()) + 1, y.size))
+    out = []
+    for i in range(0, resamples.shape[0], _CHUNK):
+        w = resample_weights(resamples[i:i + _CHUNK], y.size)
+        out.append(_image_curves(np.asarray(to_bins @ (w * y).T).T, np.asarray(to_bins @ (w * ~y).T).T))
+    vals = np.concatenate(out)
     return {m: vals[:, k] for k, m in enumerate(IMAGE_METRICS)}
 
 
@@ -196,9 +219,8 @@ def to_float16(maps: np.ndarray) -> np.ndarray:
 def resample_weights(resamples: np.ndarray, n_images: int) -> np.ndarray:
     """[B, N] draw counts of each image in each replicate."""
     b = resamples.shape[0]
-    w = np.zeros((b, n_images))
-    np.add.at(w, (np.repeat(np.arange(b), resamples.shape[1]), resamples.reshape(-1)), 1.0)
-    return w
+    flat = (np.arange(b)[:, None] * n_images + resamples).reshape(-1)
+    return np.bincount(flat, minlength=b * n_images).reshape(b, n_images).astype(np.float64)
 
 
 def pixel_replicates(hist: PixelHistograms, resamples: np.ndarray, max_fpr: float = 0.3) -> Dict[str, np.ndarray]:
