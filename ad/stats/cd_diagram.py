@@ -22,7 +22,8 @@ def cliques(ranks: Dict[str, float], cd: float) -> List[List[str]]:
     return out
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
+    """A matplotlib Figure on the Agg canvas, without pyplot: no global backend state, headless, thread-safe."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -39,7 +40,7 @@ def plot_cd_diagram(result: FriedmanResult, path: "str | Path", title: str = "")
     groups = cliques(ranks, result.cd)
     half = (k + 1) // 2
     height = 1.6 + 0.28 * max(half, k - half) + 0.18 * len(groups)
-    fig = _figure(8.0, height)
+    fig = figure(8.0, height)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_xlim(-0.45, 1.45)
     ax.set_ylim(height, 0)
