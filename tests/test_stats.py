@@ -254,3 +254,13 @@ def test_cd_cliques_and_png(tmp_path):
     x = np.array([[0.9, 0.8, 0.5, 0.4], [0.95, 0.7, 0.6, 0.65], [0.92, 0.91, 0.5, 0.6]])
     p = plot_cd_diagram(friedman(x, list("abcd")), tmp_path / "cd.png", title="synthetic")
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_float16_codes_equal_unique_ranks_with_signed_zeros_and_subnormals():
+    from ad.stats.bootstrap import float16_codes
+
+    rng = np.random.default_rng(0)
+    a = np.r_[rng.standard_normal(5000) * 100, [0.0, -0.0, 1e-7, -1e-7, 65504, -65504]].astype(np.float16)
+    codes, n = float16_codes(a)
+    values, inverse = np.unique(a, return_inverse=True)  # np.unique treats -0 == +0
+    assert n == values.size and np.array_equal(codes, inverse.reshape(-1))

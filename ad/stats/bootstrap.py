@@ -154,11 +154,10 @@ class PixelHistograms:
         a = np.asarray(maps)
         if m.ndim != 3 or m.shape != a.shape:
             raise MetricError(f"bootstrap: masks {m.shape} and maps {a.shape} must both be [N,H,W]")
-        a = to_float16(a)
-        values, codes = np.unique(a.reshape(-1), return_inverse=True)
+        codes, n_values = float16_codes(to_float16(a))
         codes = codes.reshape(a.shape[0], -1)
         flat_m = m.reshape(a.shape[0], -1)
-        is_pos = np.zeros(values.size, bool)
+        is_pos = np.zeros(n_values, bool)
         is_pos[codes[flat_m]] = True
         if not is_pos.any():
             raise MetricError("bootstrap: no defect pixel in the masks, pixel metrics are undefined")
@@ -199,6 +198,16 @@ class PixelHistograms:
             yv = np.concatenate([[0.0], pr[b], [1.0]])
             aupro[b] = trapezoid_to(x, yv, max_fpr) / max_fpr
         return np.stack([auroc, aupro], axis=1)
+
+
+def float16_codes(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """(rank of each value among the distinct values of `a`, number of distinct values) for float16 input,
+    without sorting: the bit patterns are mapped to order-preserving 16-bit keys and ranked with a table."""
+    bits = (a.reshape(-1) + np.float16(0)).view(np.uint16)  # + 0 turns -0 into +0, so equal values share a key
+    key = np.where(bits & 0x8000, ~bits, bits | 0x8000).astype(np.uint16)
+    present = np.bincount(key, minlength=1 << 16) > 0
+    rank = np.cumsum(present) - 1
+    return rank[key], int(present.sum())
 
 
 def to_float16(maps: np.ndarray) -> np.ndarray:
