@@ -63,9 +63,33 @@ def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
     return max(cores // n, 1)
 
 
+def job_params_suffix(task_overrides: Any) -> str:
+    """Sweep job directory suffix from a job's overrides: only hyper-parameters (`ad.engine.settings.is_param`),
+    sorted like Hydra's override_dirname, as "_k=v,k2=v2" (or "")."""
+    from ad.engine.settings import is_param
+
+    items = sorted(str(o).lstrip("+~") for o in (task_overrides or []))
+    return _params_suffix(",".join(o for o in items if is_param(o.partition("=")[0])))
+
+
+def dataset_categories(dataset: str) -> list:
+    """The categories of a dataset: the `conf/category/*.yaml` options that select it (derived, no list)."""
+    import yaml
+
+    out = []
+    for p in sorted(Path(CONFIG_DIR, "category").glob("*.yaml")):
+        data = yaml.safe_load(p.read_text()) or {}
+        for entry in data.get("defaults") or []:
+            if isinstance(entry, dict) and entry.get("override /dataset") == dataset:
+                out.append(str((data.get("dataset") or {}).get("category", p.stem)))
+    return out
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("ad_params"):
         OmegaConf.register_new_resolver("ad_params", _params_suffix)
+    if not OmegaConf.has_resolver("ad_job_params"):
+        OmegaConf.register_new_resolver("ad_job_params", job_params_suffix)
     # ${ad_threads:<n_jobs>[,<cpus>]}: CPU threads per job for launchers running jobs in parallel
     if not OmegaConf.has_resolver("ad_threads"):
         OmegaConf.register_new_resolver("ad_threads", threads_per_job)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,9 +40,13 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
     path = Path(run_dir) / "model.pt"
     if not Path(run_dir).is_dir():
         raise ConfigError(f"run_dir {run_dir} does not exist; pass the output directory of an ad.train run")
+    _require_ok_run(Path(run_dir))
     if not path.is_file():
         raise ConfigError(f"{path} not found: the run did not finish (see its results.json / train.log) or run_dir is wrong")
-    meta = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or corrupt: RuntimeError / EOFError / UnpicklingError
+        raise ConfigError(f"{path} is unreadable ({exc.__class__.__name__}); re-run the training into this dir") from None
     cfg = dict(meta["model_config"])
     if isinstance(cfg.get("backbone"), dict):
         # The fitted weights are in the state dict: don't require the pretrained files on this machine.
@@ -72,54 +76,93 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
                       f"{str(first).splitlines()[0]}") from None
 
 
+def _require_ok_run(run_dir: Path) -> None:
+    """Only a finished, successful run may score images: a failed re-run must not lend its dir's old model."""
+    from ad.engine.records import RecordError, load_record
+
+    res = run_dir / "results.json"
+    if not res.is_file():
+        raise ConfigError(f"{res} not found: {run_dir} is not a finished ad.train run")
+    try:
+        record = load_record(res)
+    except RecordError as exc:
+        raise ConfigError(str(exc)) from None
+    if record.status != "ok":
+        raise ConfigError(f"run {run_dir} has status {record.status!r} ({record.error}); predict only with a run "
+                          "whose results.json says ok")
+
+
 def predict_paths(model, meta: Dict[str, Any], paths: List[Path], batch_size: int, device) -> Dict[str, np.ndarray]:
+    """Score image files exactly as the run scored its test set: same transform, same prediction path
+    (`ad.engine.scoring.predict_batch`, same precision), same calibration (`decide`)."""
     from ad.data import ImageTransform, load_image
-    from ad import metrics
+    from ad.engine.scoring import decide, predict_batch
 
     transform = ImageTransform(meta["data"]["image_size"] or 256, meta["data"].get("center_crop"))
+    use_amp = meta.get("precision") == "amp" and torch.device(device).type == "cuda"
+    model.to(device).eval()
     scores, maps, images = [], [], []
-    with torch.no_grad():
-        for i in range(0, len(paths), batch_size):
-            batch = torch.stack([transform(load_image(p))[0] for p in paths[i:i + batch_size]])
-            out = model.predict(batch.to(device))
-            scores.append(out.scores.float().cpu().numpy())
-            maps.append(out.maps.float().cpu().numpy())
-            images.append(batch.numpy())
+    for i in range(0, len(paths), batch_size):
+        batch = torch.stack([transform(load_image(p))[0] for p in paths[i:i + batch_size]])
+        s, m = predict_batch(model, batch, torch.device(device), use_amp)
+        scores.append(s)
+        maps.append(m)
+        images.append(batch.numpy())
     scores_ = np.concatenate(scores)
-    return {
-        "scores": scores_,
-        "normalized": metrics.normalize(scores_, meta["normalization"]) if meta.get("normalization") else np.full(len(scores_), np.nan),
-        "maps": np.concatenate(maps),
-        "images": np.concatenate(images),
-    }
+    normalized, anomalous = decide(scores_, meta["image_threshold"], meta.get("normalization"))
+    return {"scores": scores_, "normalized": normalized, "is_anomalous": anomalous,
+            "maps": np.concatenate(maps), "images": np.concatenate(images)}
 
 
-def display_map(amap: np.ndarray, pixel_normalization) -> np.ndarray:
-    """Map for an overlay: on the validation scale (pixel threshold -> 0.5) when calibrated, else its own range."""
-    from ad import metrics
-
-    if pixel_normalization:
-        return metrics.normalize(amap, pixel_normalization, clip=True)
-    return (amap - amap.min()) / max(float(amap.max() - amap.min()), 1e-12)
-
-
-def gather_inputs(inp: Path) -> List[Path]:
+def gather_inputs(inp: Path, exclude: Optional[Path] = None) -> List[Path]:
+    """Image files to score; `exclude` (the output folder) is skipped, so outputs inside the input folder are
+    never scored as inputs on a second call."""
     from ad.data import IMAGE_EXTENSIONS
 
     if inp.is_file():
         return [inp]
     if inp.is_dir():
-        files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        skip = exclude.resolve() if exclude is not None else None
+        files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                       and (skip is None or skip not in p.resolve().parents))
         if not files:
             raise ConfigError(f"input folder {inp} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return files
     raise ConfigError(f"input {inp} does not exist; pass an image file or a folder of images")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from ad.engine.outputs import write_predictions_csv
+def _positive(key: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not a whole number; use e.g. {key}=16") from None
+    if n <= 0:
+        raise ConfigError(f"{key}={n} must be positive; use e.g. {key}=16")
+    return n
+
+
+def _flag(key: str, value: str) -> bool:
+    v = value.lower()
+    if v not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ConfigError(f"{key}={value!r} is not a boolean; use {key}=true or {key}=false")
+    return v in ("1", "true", "yes", "on")
+
+
+def _device(value: str) -> torch.device:
     from ad.engine.trainer import resolve_device
-    from ad.engine.visualize import overlay
+
+    try:
+        device = resolve_device(value)
+    except RuntimeError:
+        raise ConfigError(f"device={value!r} is not a device; use device=auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={value} but no CUDA GPU is available here; use device=cpu or device=auto")
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ad.engine.outputs import write_csv
+    from ad.engine.visualize import display_map, overlay
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -127,25 +170,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         args = parse_args(argv)
-        device = resolve_device(args.get("device", "auto"))
-        model, meta = load_run(args["run_dir"], device)
-        paths = gather_inputs(Path(args["input"]))
+        batch_size = _positive("batch_size", args.get("batch_size", "16"))
+        write_overlays = _flag("overlays", args.get("overlays", "true"))
+        device = _device(args.get("device", "auto"))
         out = Path(args.get("out") or Path(args["run_dir"]) / "predict")
+        model, meta = load_run(args["run_dir"], device)
+        paths = gather_inputs(Path(args["input"]), exclude=out)
         out.mkdir(parents=True, exist_ok=True)
-        res = predict_paths(model, meta, paths, int(args.get("batch_size", 16)), device)
+        res = predict_paths(model, meta, paths, batch_size, device)
         threshold = meta["image_threshold"]
         rows = []
-        write_overlays = args.get("overlays", "true").lower() in ("1", "true", "yes")
         for i, p in enumerate(paths):
             row = {"path": str(p), "score": float(res["scores"][i]), "normalized_score": float(res["normalized"][i]),
-                   "is_anomalous": bool(res["scores"][i] >= threshold)}
+                   "is_anomalous": bool(res["is_anomalous"][i])}
             if write_overlays:
                 name = f"{i:05d}_{p.stem}.png"
                 Image.fromarray(overlay(res["images"][i], display_map(res["maps"][i], meta.get("pixel_normalization")))).save(out / name)
                 row["overlay"] = name
             rows.append(row)
         cols = ["path", "score", "normalized_score", "is_anomalous"] + (["overlay"] if write_overlays else [])
-        write_predictions_csv(out / "predictions.csv", rows, cols)
+        write_csv(out / "predictions.csv", rows, cols)
         n_bad = sum(r["is_anomalous"] for r in rows)
         print(f"{len(rows)} images scored, {n_bad} anomalous (threshold {threshold:.6g}); wrote {out / 'predictions.csv'}")
         return 0

@@ -192,7 +192,7 @@ def test_unified_runs_give_category_rows_and_a_setting_column(tmp_path):
     res = agg.aggregate([root], out=tmp_path / "o", metrics=["image.auroc"], plots=False, bootstrap=100)
     table = res["table"]
     assert table.group == ["model", "setting"]
-    assert [c.label for c in table.columns] == ["mid single", "mid unified"]
+    assert [c.label for c in table.columns] == ["mid setting=single", "mid setting=unified"]
     uni = table.columns[1]
     assert table.cell(("synthetic", "syn_a"), uni, "image.auroc").mean == pytest.approx(0.91)
     assert table.cell(("synthetic", "syn_b"), uni, "image.auroc").mean == pytest.approx(0.83)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ad.metrics as M
-from ad.engine.maps_store import MAPS_FILE, load_test_maps, save_test_maps
+from ad.engine.maps_store import MAPS_FILE, MapsWriter, load_test_maps, save_test_maps
 from ad.errors import DataError
 
 
@@ -62,3 +62,22 @@ def test_bad_input_and_corrupt_file(tmp_path):
     (tmp_path / MAPS_FILE).write_bytes(b"not a zip")
     with pytest.raises(DataError, match="unreadable saved maps"):
         load_test_maps(tmp_path)
+
+
+def test_writer_streams_one_group_per_category_and_cleans_up(tmp_path):
+    w = MapsWriter(tmp_path)
+    cases = {c: _case(seed=i) for i, c in enumerate(("syn_a", "syn_b"))}
+    for c, (paths, labels, maps, masks) in cases.items():
+        w.add(c, [p.replace("/x/", f"/{c}/") for p in paths], labels, maps, masks if c == "syn_a" else None,
+              labels == 1)
+    assert not (tmp_path / MAPS_FILE).exists()  # visible only once complete
+    w.close()
+    a, b = load_test_maps(tmp_path, "syn_a"), load_test_maps(tmp_path, "syn_b")
+    assert a.paths[0].startswith("/data/syn_a/") and b.paths[0].startswith("/data/syn_b/")
+    np.testing.assert_allclose(b.raw(), cases["syn_b"][2], rtol=1e-3, atol=1e-3)
+    assert a.masks is not None and b.masks is None
+    assert load_test_maps(tmp_path, "syn_c") is None
+    failed = MapsWriter(tmp_path / "failed")
+    failed.add("syn_a", *cases["syn_a"][:3])
+    failed.abort()  # a failed run leaves neither the file nor its temporary
+    assert list((tmp_path / "failed").iterdir()) == []

@@ -42,15 +42,17 @@ def memory_run(synthetic_root, tmp_path_factory):
     return res, run_dir
 
 
-def test_results_json_has_the_documented_keys(memory_run):
+def test_results_json_follows_the_schema(memory_run):
+    from ad.engine.records import SCHEMA_VERSION, validate
+
     res, run_dir = memory_run
-    assert res["status"] == "ok", res["error"]
+    assert res.status == "ok", res.error
     saved = json.loads((run_dir / "results.json").read_text())
-    for key in ("status", "error", "model", "dataset", "category", "backbone", "seed", "counts", "image", "pixel",
-                "per_defect", "timing", "memory"):
-        assert key in saved, key
-    assert saved["model"] == "padim" and saved["dataset"] == "synthetic" and saved["category"] == "syn_disc"
-    assert saved["backbone"] == "tf_efficientnet_lite0"
+    validate(saved)  # every key known, every value of its declared type
+    assert saved["schema_version"] == SCHEMA_VERSION
+    run = saved["run"]
+    assert run["model"] == "padim" and run["dataset"] == "synthetic" and run["category"] == "syn_disc"
+    assert run["backbone"] == "tf_efficientnet_lite0" and run["setting"] == "single" and run["categories"] == ["syn_disc"]
     c = saved["counts"]
     assert c["train"] + c["val"] == 12 and c["val"] == 3
     assert c["test"] == 4 + 2 * len(saved["per_defect"]) and c["test_anomalous"] == c["test"] - 4
@@ -58,8 +60,40 @@ def test_results_json_has_the_documented_keys(memory_run):
         assert saved["image"][k] is not None
     for k in ("auroc", "aupro", "ap", "f1_max"):
         assert 0.0 <= saved["pixel"][k] <= 1.0
+    # mAD is the mean of its seven metrics
+    seven = [saved["image"][k] for k in ("auroc", "ap", "f1_max")] + [saved["pixel"][k] for k in ("auroc", "ap", "f1_max", "aupro")]
+    assert saved["mad"] == pytest.approx(sum(seven) / 7)
     assert set(saved["timing"]) >= {"fit_s", "predict_s", "ms_per_image"}
     assert saved["memory"]["peak_rss_mb"] > 0
+    # nothing consumes the objective in a plain run: skipped, and said so
+    assert saved["validation"]["objective"] is None and "evaluation.objective" in saved["validation"]["objective_skipped"]
+
+
+def test_a_mutated_results_json_fails_validation(memory_run):
+    from ad.engine.records import RecordError, validate
+
+    _, run_dir = memory_run
+    saved = json.loads((run_dir / "results.json").read_text())
+    for mutate in (lambda d: d["image"].update(auroc="high"), lambda d: d.update(extra=1),
+                   lambda d: d["run"].update(seed=1.5), lambda d: d.update(schema_version=1)):
+        bad = json.loads(json.dumps(saved))
+        mutate(bad)
+        with pytest.raises(RecordError):
+            validate(bad)
+
+
+def test_history_csv_has_one_row_per_epoch(synthetic_root, tmp_path):
+    res, run_dir = run_in_process(tmp_path, ["model=stfpm", "category=syn_tiles", f"dataset.root={synthetic_root}",
+                                             "backbone.pretrained=false", *FAST, "trainer.max_steps=null",
+                                             "trainer.max_epochs=3", "trainer.batch_size=4"])
+    assert res.status == "ok", res.error
+    with open(run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "step", "train_loss", "val_loss", "lr", "seconds"]
+    # 12 train normals, 25 % held out -> 9 -> 2 steps of 4 per epoch
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert all(float(r["val_loss"]) > 0 and float(r["lr"]) == pytest.approx(0.4) for r in rows)
+    assert res.training.epochs == 3 and res.training.batch_size == 4
 
 
 def test_predictions_csv_matches_metrics(memory_run):
@@ -68,12 +102,12 @@ def test_predictions_csv_matches_metrics(memory_run):
     res, run_dir = memory_run
     with open(run_dir / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "defect_type", "label", "score", "normalized_score", "is_anomalous"]
-    assert len(rows) == res["counts"]["test"]
+    assert list(rows[0]) == ["path", "category", "defect_type", "label", "score", "normalized_score", "is_anomalous"]
+    assert len(rows) == res.counts.test and {r["category"] for r in rows} == {"syn_disc"}
     labels = [int(r["label"]) for r in rows]
     scores = [float(r["score"]) for r in rows]
-    assert roc_auc_score(labels, scores) == pytest.approx(res["image"]["auroc"], abs=1e-6)
-    thr = res["thresholds"]["image"]
+    assert roc_auc_score(labels, scores) == pytest.approx(res.image.auroc, abs=1e-6)
+    thr = res.thresholds.image
     assert all((float(r["score"]) >= thr) == bool(int(r["is_anomalous"])) for r in rows)
     # normalisation maps the validation threshold to 0.5
     for r in rows:
@@ -101,7 +135,7 @@ def test_trained_model_logs_losses(synthetic_root, tmp_path):
     res, run_dir = run_in_process(tmp_path, ["model=stfpm", "category=syn_tiles", f"dataset.root={synthetic_root}",
                                              "backbone.pretrained=false", *FAST, "trainer.max_steps=4",
                                              "trainer.max_epochs=2", "trainer.log_every_n_steps=1"])
-    assert res["status"] == "ok", res["error"]
+    assert res.status == "ok", res.error
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     assert {"train/loss_step", "train/lr", "train/loss_epoch", "val/loss"} <= set(acc.Tags()["scalars"])
@@ -112,9 +146,9 @@ def test_same_seed_gives_identical_metrics(synthetic_root, tmp_path):
     args = ["model=padim", "category=syn_tiles", f"dataset.root={synthetic_root}", "backbone.pretrained=false", *FAST]
     a, _ = run_in_process(tmp_path, args, "a")
     b, _ = run_in_process(tmp_path, args, "b")
-    assert a["status"] == b["status"] == "ok"
+    assert a.status == b.status == "ok"
     for section in ("image", "pixel", "per_defect", "thresholds"):
-        assert a[section] == b[section], section
+        assert getattr(a, section) == getattr(b, section), section
 
 
 def test_predict_reproduces_test_scores(memory_run, tmp_path):
@@ -142,7 +176,7 @@ def test_predict_errors_are_one_line(tmp_path, capsys):
 
     assert predict_main([f"run_dir={tmp_path}", f"input={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "model.pt" in err and len(err.splitlines()) == 1
+    assert "results.json" in err and len(err.splitlines()) == 1
 
 
 def test_bad_root_records_failure(tmp_path):
@@ -179,8 +213,15 @@ def test_component_error_is_reported_unwrapped(synthetic_root, tmp_path):
     # EfficientAD without its teacher file raises an ADError inside hydra's instantiate
     res, _ = run_in_process(tmp_path, ["model=efficientad", f"model.teacher_weights={tmp_path / 'no_pdn.pth'}",
                                        f"dataset.root={synthetic_root}", *FAST])
-    assert res["status"] == "failed"
-    assert "InstantiationException" not in res["error"] and "no_pdn.pth" in res["error"]
+    assert res.status == "failed"
+    assert "InstantiationException" not in res.error and "no_pdn.pth" in res.error
+
+
+def _ok_results(run_dir):
+    from ad.engine.outputs import write_json
+    from ad.engine.records import RunRecord
+
+    write_json(run_dir / "results.json", RunRecord(status="ok").to_dict())
 
 
 def test_load_run_rebuilds_efficientad_without_its_teacher_file(tmp_path):
@@ -198,6 +239,7 @@ def test_load_run_rebuilds_efficientad_without_its_teacher_file(tmp_path):
     cfg = {"_target_": "ad.models.efficientad.EfficientAD", "teacher_weights": str(tmp_path / "gone" / "pdn_s.pth"),
            "image_size": 64, "out_channels": 384}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "efficientad"})
+    _ok_results(tmp_path)
     loaded, meta = load_run(tmp_path)
     x = torch.rand(2, 3, 64, 64)
     assert torch.allclose(loaded.predict(x).scores, model.predict(x).scores)
@@ -224,6 +266,7 @@ def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path):
     cfg = {"_target_": "ad.models.padim.Padim", "layers": [1, 2], "n_features": 20,
            "backbone": {"_target_": "ad.backbones.BackboneConfig", "name": "resnet18", "pretrained": False}}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "padim"})
+    _ok_results(tmp_path)
     loaded, _ = load_run(tmp_path)
     assert loaded.feature_extractor.folded_batchnorms == 0
     assert torch.allclose(loaded.predict(x[:2]).scores, model.predict(x[:2]).scores)

@@ -134,10 +134,10 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
     results = {}
     for p in sorted((multirun / "good").glob("*/results.json")):
         r = json.loads(p.read_text())
-        results[(r["model"], r["category"])] = (p.parent, r)
+        results[(r["run"]["model"], r["run"]["category"])] = (p.parent, r)
     assert set(results) == {(m, c) for m in ("patchcore", "padim") for c in ("syn_disc", "syn_tiles")}
     for (model, cat), (job, r) in results.items():
-        assert r["status"] == "ok" and r["error"] is None and r["dataset"] == "synthetic", (model, cat, r["error"])
+        assert r["status"] == "ok" and r["error"] is None and r["run"]["dataset"] == "synthetic", (model, cat, r["error"])
         assert 0.0 <= r["image"]["auroc"] <= 1.0 and 0.0 <= r["pixel"]["aupro"] <= 1.0
     # `tensorboard --logdir <sweep dir>`: one run per job, named by its directory, each with an HPARAMS entry
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer

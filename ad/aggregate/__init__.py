@@ -38,7 +38,7 @@ from ad.aggregate.jobs import (
 from ad.aggregate.latex import latex_escape, render_latex
 from ad.aggregate.markdown import render_markdown
 from ad.aggregate.plots import HEATMAP_METRIC, plot_bars, plot_cd_diagrams, plot_heatmap
-from ad.aggregate.references import DATASET_CATEGORIES, REFERENCE_FILE, Reference, load_references
+from ad.aggregate.references import REFERENCE_FILE, Reference, dataset_size, load_references
 from ad.aggregate.table import (
     DEFAULT_METRICS,
     Cell,

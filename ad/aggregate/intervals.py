@@ -100,7 +100,7 @@ class RunCache:
             for m, v in reps.items():  # one pass gives all three image metrics
                 self._reps[(job.path, row[1], f"image.{m}")] = v
             return reps[name]
-        hist = self.pixel_histograms(job, data)
+        hist = self.pixel_histograms(job, row[1], data)
         if hist is None:
             return None
         reps = pixel_replicates(hist, idx, self.max_fpr)
@@ -108,8 +108,8 @@ class RunCache:
             self._reps[(job.path, row[1], f"pixel.{m}")] = v
         return reps[name]
 
-    def pixel_histograms(self, job: Job, data: RunData) -> Optional[PixelHistograms]:
-        saved = load_test_maps(job.path)
+    def pixel_histograms(self, job: Job, category: str, data: RunData) -> Optional[PixelHistograms]:
+        saved = load_test_maps(job.path, category if job.unified else None)
         if saved is None or saved.masks is None:
             return None
         where = saved.index()

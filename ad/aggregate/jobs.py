@@ -69,7 +69,7 @@ def read_record(path: Path) -> Tuple[Optional[RunRecord], Optional[dict], Option
         record = from_dict(data)
     except (OSError, ValueError) as e:  # json.JSONDecodeError and RecordError are ValueErrors
         kind = "results.json does not follow the schema" if isinstance(e, RecordError) else "unreadable results.json"
-        return None, None, f"{kind} ({e})"
+        return None, None, f"{kind} ({' '.join(str(e).split())}); re-run the job or delete its dir"
     return record, record.to_dict(), None
 
 
@@ -102,7 +102,7 @@ class Job:
         elif key == "seed":
             cands = [cfg.get("seed"), self.overrides.get("seed")]
         elif key == "setting":
-            cands = [self.overrides.get("setting"), cfg.get("setting"), "single"]
+            cands = [_dotted(cfg, "setting.name"), "single"]
         else:
             cands = [self.overrides.get(key), _dotted(cfg, key), self.choices.get(key), _dotted(self.results, key)]
         for c in cands:

@@ -1,6 +1,7 @@
 """Published numbers (`ad/reference_results.yaml`) shown next to a model's own runs."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -8,8 +9,15 @@ from typing import Dict, List, Optional, Sequence
 from ad.aggregate.jobs import AggregateError, _load_yaml
 
 REFERENCE_FILE = Path(__file__).resolve().parent.parent / "reference_results.yaml"
-# Categories per benchmark: a paper's dataset mean is only shown beside a mean over all of them.
-DATASET_CATEGORIES = {"mvtec": 15, "visa": 12, "btad": 3}
+
+
+@functools.lru_cache(maxsize=None)  # reads conf/category/*.yaml; asked once per mean row and reference
+def dataset_size(dataset: str) -> int:
+    """How many categories a dataset has (its `conf/category/*.yaml` options; -1 when unknown): a paper's
+    dataset mean is only shown beside a mean over all of them."""
+    from ad.config import dataset_categories
+
+    return len(dataset_categories(dataset)) or -1
 
 
 @dataclass

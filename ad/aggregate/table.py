@@ -9,20 +9,17 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ad.aggregate.jobs import Job
-from ad.aggregate.references import DATASET_CATEGORIES, Reference
+from ad.aggregate.references import Reference, dataset_size
 
 DEFAULT_METRICS = ("image.auroc", "pixel.auroc", "pixel.aupro")
 # Leaves of results.json that are fractions in [0, 1]: shown in percent with one decimal, like the papers.
-_FRACTION_LEAVES = {"auroc", "ap", "aupro", "f1_max", "accuracy", "precision", "recall", "iou", "mad"}
+_FRACTION_LEAVES = {"auroc", "ap", "aupro", "f1_max", "f1", "mad", "accuracy", "precision", "recall", "iou"}
 _LEAF_LABELS = {"auroc": "AUROC", "ap": "AP", "aupro": "AUPRO", "f1_max": "F1-max", "ms_per_image": "ms/image",
                 "peak_rss_mb": "peak RSS MB", "fit_s": "fit s", "predict_s": "predict s", "mad": "mAD"}
 # Datasets in the order papers list them; others follow alphabetically.
 _DATASET_ORDER = ["mvtec", "visa", "btad", "synthetic", "folder"]
-# Never used as automatic column groups: row keys, replicates, and knobs that do not change results.
-_AUTO_GROUP_EXCLUDE = {"dataset", "category", "seed", "launcher", "sweep", "hparams_search", "trainer",
-                       "logger", "paths", "trainer.num_threads", "trainer.num_workers", "trainer.progress_bar",
-                       "trainer.device", "trainer.resume", "logger.enabled", "evaluation.save_maps"}
-_AUTO_GROUP_EXCLUDE_PREFIXES = ("hydra.", "paths.", "logger.")
+# A job's row (dataset, category) and its seed (averaged over) are never columns.
+_AUTO_GROUP_EXCLUDE = {"dataset", "category", "seed", "trainer", "logger", "paths"}
 Row = Tuple[str, str]
 
 
@@ -54,7 +51,11 @@ def _std(xs: Sequence[float]) -> Optional[float]:
 
 
 def _auto_excluded(key: str) -> bool:
-    return key in _AUTO_GROUP_EXCLUDE or key.startswith(_AUTO_GROUP_EXCLUDE_PREFIXES)
+    """Keys that never become a column: a job's row identity, and where/how it ran (`NOT_PARAMS`, the same
+    list the run names and sweep directory names use)."""
+    from ad.engine.settings import is_param
+
+    return key in _AUTO_GROUP_EXCLUDE or not is_param(key) and key != "setting"
 
 
 def varying_keys(jobs: Sequence[Job]) -> List[str]:
@@ -64,7 +65,7 @@ def varying_keys(jobs: Sequence[Job]) -> List[str]:
     method variant, so it does not become a column.
     """
     ok = [j for j in jobs if j.status == "ok"]
-    keys = sorted({k for j in ok for k in j.overrides} | {"model"})
+    keys = sorted({k for j in ok for k in j.overrides} | {"model", "setting"})
     out = []
     for key in keys:
         per_row: Dict[Row, set] = {}
@@ -95,7 +96,7 @@ def column_label(group: Sequence[str], values: Sequence[Optional[str]]) -> str:
     parts = []
     for key, value in zip(group, values):
         v = "?" if value is None else value
-        parts.append(v if key in ("model", "backbone", "setting") else f"{_short_key(key, group)}={v}")
+        parts.append(v if key in ("model", "backbone") else f"{_short_key(key, group)}={v}")
     return " ".join(parts)
 
 
@@ -210,7 +211,7 @@ class Table:
         if have and all(v is not None for v in vals):
             return _mean([v for v in vals if v is not None]), False
         # a paper's own mean compares only with a mean over the same, complete category set
-        if dataset is not None and len(have) == DATASET_CATEGORIES.get(dataset, -1):
+        if dataset is not None and len(have) == dataset_size(dataset):
             pm = ref.published_mean(dataset, metric)
             if pm is not None:
                 return pm, True

@@ -1,33 +1,35 @@
 """`test_maps.npz`: a run's test anomaly maps, kept next to predictions.csv so that pixel metrics, their
 bootstrap CIs and the report's heatmaps can be recomputed later without re-running the model.
 
-Layout (numpy `savez_compressed`, one row per test image in predictions.csv order):
+A zip of .npy members (readable with `np.load`), one group per evaluated category (a unified run has several)
+in predictions.csv order; group i of ``categories`` holds:
 
-* ``paths`` [N] str: the image paths, exactly as in predictions.csv (the join key);
-* ``labels`` [N] uint8;
-* ``maps`` [N,H,W] float16: the raw maps divided by ``scale`` (a power of two that brings them into [-1, 1]:
-  float16 keeps ~3 significant digits and cannot overflow; dividing by a power of two loses nothing more);
-* ``masks`` [N,H*W/8] uint8: the ground-truth masks as packed bits, ``has_mask`` [N] bool;
-* ``scale``, ``factor`` (maps were block-averaged by this integer factor when a side exceeded ``max_side``),
-  ``shape`` (H, W) and ``version``.
+* ``i.paths`` [N] str: the image paths, exactly as in predictions.csv (the join key);
+* ``i.labels`` [N] uint8;
+* ``i.maps`` [N,H,W] float16: the raw maps divided by ``i.scale`` (a power of two that brings them into
+  [-1, 1]: float16 keeps ~3 significant digits and cannot overflow; a power of two loses nothing more);
+* ``i.masks`` [N, ceil(H*W/8)] uint8: the ground-truth masks as packed bits, ``i.has_mask`` [N] bool;
+* ``i.factor`` (maps were block-averaged by this integer factor when a side exceeded ``max_side``), ``i.shape``.
 
-Evaluation resolution is kept up to ``max_side`` (default 256, the default image size), so the size is bounded
-by N * 256 * 256 * 2 bytes before compression (~8 MB for 60 images; the README gives measured sizes).
+Groups are written as their category is scored (`MapsWriter.add`), so memory stays bounded by one category.
+Evaluation resolution is kept up to ``max_side`` (default 256, the default image size): at most
+N * 256 * 256 * 2 bytes per category before compression (README gives measured sizes).
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from ad.errors import DataError
 
 MAPS_FILE = "test_maps.npz"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass
@@ -39,6 +41,8 @@ class TestMaps:
     has_mask: np.ndarray  # [N] bool
     scale: float
     factor: int
+
+    __test__ = False  # not a pytest test class despite its name
 
     def raw(self, i: Optional[int] = None) -> np.ndarray:
         """Maps (all, or image i) as float32 on the model's scale."""
@@ -60,9 +64,7 @@ def _scale(maps: np.ndarray) -> float:
     return float(2.0 ** np.ceil(np.log2(peak))) if peak > 0 else 1.0
 
 
-def save_test_maps(run_dir: "str | Path", paths: Sequence[str], labels, maps, masks=None, has_mask=None,
-                   max_side: int = 256) -> Path:
-    """Write `run_dir/test_maps.npz` atomically; maps [N,H,W] float, masks [N,H,W] in {0,1} or None."""
+def _group(paths: Sequence[str], labels, maps, masks, has_mask, max_side: int) -> dict:
     maps = np.asarray(maps, dtype=np.float32)
     n = len(paths)
     if maps.ndim != 3 or maps.shape[0] != n:
@@ -85,26 +87,75 @@ def save_test_maps(run_dir: "str | Path", paths: Sequence[str], labels, maps, ma
     else:
         packed = np.zeros((n, 0), np.uint8)
         has[:] = False
-    data = {"version": np.int64(VERSION), "paths": np.asarray([str(p) for p in paths]),
-            "labels": np.asarray(labels, dtype=np.uint8).reshape(n), "maps": (maps / scale).astype(np.float16),
-            "masks": packed, "has_mask": has, "scale": np.float64(scale), "factor": np.int64(factor),
-            "shape": np.asarray(maps.shape[1:], np.int64)}
-    path = Path(run_dir) / MAPS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{MAPS_FILE}.", suffix=".tmp")
+    return {"paths": np.asarray([str(p) for p in paths]), "labels": np.asarray(labels, dtype=np.uint8).reshape(n),
+            "maps": (maps / scale).astype(np.float16), "masks": packed, "has_mask": has,
+            "scale": np.float64(scale), "factor": np.int64(factor), "shape": np.asarray(maps.shape[1:], np.int64)}
+
+
+class MapsWriter:
+    """Streams one group per category into `run_dir/test_maps.npz`, made visible atomically by `close`."""
+
+    def __init__(self, run_dir: "str | Path", max_side: int = 256) -> None:
+        self.path = Path(run_dir) / MAPS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_side = int(max_side)
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{MAPS_FILE}.", suffix=".tmp")
+        os.close(fd)
+        self._zip: Optional[zipfile.ZipFile] = zipfile.ZipFile(self._tmp, "w", zipfile.ZIP_DEFLATED)
+        self.categories: List[str] = []
+
+    def _put(self, name: str, arr: np.ndarray) -> None:
+        assert self._zip is not None
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+    def add(self, category: str, paths: Sequence[str], labels, maps, masks=None, has_mask=None) -> None:
+        group = _group(paths, labels, maps, masks, has_mask, self.max_side)
+        i = len(self.categories)
+        for key, arr in group.items():
+            self._put(f"{i}.{key}", arr)
+        self.categories.append(str(category))
+
+    def close(self) -> Path:
+        assert self._zip is not None, "MapsWriter closed twice"
+        self._put("categories", np.asarray(self.categories, dtype=str))
+        self._put("version", np.int64(VERSION))
+        self._zip.close()
+        self._zip = None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop a partly written file (a failed run); a no-op after `close`."""
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+            Path(self._tmp).unlink(missing_ok=True)
+
+
+def save_test_maps(run_dir: "str | Path", paths: Sequence[str], labels, maps, masks=None, has_mask=None,
+                   max_side: int = 256, category: str = "") -> Path:
+    """Write a one-category `run_dir/test_maps.npz`; maps [N,H,W] float, masks [N,H,W] in {0,1} or None."""
+    writer = MapsWriter(run_dir, max_side)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        writer.add(category, paths, labels, maps, masks, has_mask)
+        return writer.close()
+    finally:
+        writer.abort()
 
 
-def load_test_maps(run_dir: "str | Path") -> Optional[TestMaps]:
-    """The saved maps of a run, or None when the run saved none (evaluation.save_maps=false, older runs)."""
+def _read_group(z, i: int) -> TestMaps:
+    h, w = (int(v) for v in z[f"{i}.shape"])
+    has = z[f"{i}.has_mask"].astype(bool)
+    packed = z[f"{i}.masks"]
+    masks = np.unpackbits(packed, axis=1, count=h * w).reshape(-1, h, w).astype(bool) if packed.shape[1] and has.any() else None
+    return TestMaps(paths=[str(p) for p in z[f"{i}.paths"]], labels=z[f"{i}.labels"].astype(int), maps=z[f"{i}.maps"],
+                    masks=masks, has_mask=has, scale=float(z[f"{i}.scale"]), factor=int(z[f"{i}.factor"]))
+
+
+def load_test_maps(run_dir: "str | Path", category: Optional[str] = None) -> Optional[TestMaps]:
+    """The saved maps of one category of a run (the only one, or `category` of a unified run), or None when
+    the run saved none (evaluation.save_maps=false, older runs) or none for that category."""
     path = Path(run_dir)
     path = path if path.suffix == ".npz" else path / MAPS_FILE
     if not path.is_file():
@@ -113,13 +164,9 @@ def load_test_maps(run_dir: "str | Path") -> Optional[TestMaps]:
         with np.load(path, allow_pickle=False) as z:
             if int(z["version"]) != VERSION:
                 raise DataError(f"{path}: version {int(z['version'])}, this code reads {VERSION}")
-            h, w = (int(v) for v in z["shape"])
-            maps = z["maps"]
-            has = z["has_mask"].astype(bool)
-            masks = None
-            if z["masks"].shape[1] and has.any():
-                masks = np.unpackbits(z["masks"], axis=1, count=h * w).reshape(-1, h, w).astype(bool)
-            return TestMaps(paths=[str(p) for p in z["paths"]], labels=z["labels"].astype(int), maps=maps,
-                            masks=masks, has_mask=has, scale=float(z["scale"]), factor=int(z["factor"]))
-    except (OSError, KeyError, ValueError) as exc:
+            cats = [str(c) for c in z["categories"]]
+            if category is None or len(cats) == 1:
+                return _read_group(z, 0) if cats else None
+            return _read_group(z, cats.index(category)) if category in cats else None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: unreadable saved maps ({exc}); delete it or re-run the job") from None

@@ -15,17 +15,35 @@ import torch
 MODEL_FILE_VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
+def _file_mode() -> int:
+    """0644 under the usual umask: mkstemp's private 0600 would hide results from colleagues and web servers."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: "str | Path", write, binary: bool = False) -> None:
+    """Write `path` via a temporary file in the same folder and an atomic rename: readers see the old file or
+    the new one, never half of it, and a failure (disk full, interruption) leaves no temporary behind."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
+        os.fchmod(fd, _file_mode())
+        if binary:
+            os.close(fd)
+            write(tmp)
+        else:
+            with os.fdopen(fd, "w", newline="") as f:
+                write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_atomic_write = atomic_write
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -50,7 +68,7 @@ def write_json(path: "str | Path", data: Mapping[str, Any]) -> None:
     _atomic_write(Path(path), lambda f: json.dump(to_jsonable(data), f, indent=2, allow_nan=False))
 
 
-def write_predictions_csv(path: "str | Path", rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+def write_csv(path: "str | Path", rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     def write(f):
         w = csv.DictWriter(f, fieldnames=list(columns))
         w.writeheader()
@@ -58,6 +76,9 @@ def write_predictions_csv(path: "str | Path", rows: Sequence[Mapping[str, Any]],
             w.writerow({c: _fmt(r.get(c)) for c in columns})
 
     _atomic_write(Path(path), write)
+
+
+write_predictions_csv = write_csv
 
 
 def _fmt(v: Any) -> Any:
@@ -77,15 +98,7 @@ def save_model_file(path: "str | Path", model: torch.nn.Module, model_config: Ma
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **meta,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(state, tmp), binary=True)
 
 
 def peak_rss_mb() -> float:

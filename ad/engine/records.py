@@ -319,10 +319,25 @@ _V1_RUN_KEYS = ("model", "dataset", "category", "backbone", "seed", "params", "r
 def _upgrade_v1(old: Dict[str, Any]) -> Dict[str, Any]:
     """Files written before `schema_version` existed: identity keys at top level, looser sections."""
     def pick(section: Any, cls: Any) -> Any:
+        """The keys of an old section that fit the current dataclass; a value of another type is dropped
+        (left at its default) rather than making the whole file unreadable."""
         if not isinstance(section, dict):
             return None
-        names = {f.name for f in dataclasses.fields(cls)}
-        return {k: v for k, v in section.items() if k in names}
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for k, v in section.items():
+            if k in hints:
+                try:
+                    _from(hints[k], v, k)
+                except (RecordError, TypeError):
+                    continue
+                out[k] = v
+        return out
+
+    def number(v: Any) -> Optional[float]:
+        if isinstance(v, dict):  # some early files nested the value: {"scratch": {"image_auroc": 0.9}}
+            v = v.get("auroc", v.get("image_auroc"))
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
     run = {k: old.get(k) for k in _V1_RUN_KEYS if old.get(k) is not None}
     run["params"] = {str(k): str(v) for k, v in (run.get("params") or {}).items()}
@@ -345,7 +360,8 @@ def _upgrade_v1(old: Dict[str, Any]) -> Dict[str, Any]:
         "counts": pick(old.get("counts"), Counts),
         "image": image,
         "pixel": pixel,
-        "per_defect": old.get("per_defect") if isinstance(old.get("per_defect"), dict) else None,
+        "per_defect": ({str(k): number(v) for k, v in old["per_defect"].items()}
+                       if isinstance(old.get("per_defect"), dict) else None),
         "thresholds": pick(old.get("thresholds"), Thresholds),
         "validation": validation,
         "training": pick(old.get("training"), Training),

@@ -2,12 +2,13 @@
 sweep's exit code non-zero when any job failed. Jobs themselves never abort the sweep."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List
 
 from hydra.experimental.callback import Callback
+
+from ad.engine.records import RecordError, load_record
 
 log = logging.getLogger("ad.sweep")
 
@@ -25,11 +26,11 @@ def collect_job_status(sweep_dir: "str | Path") -> List[Dict[str, Any]]:
             jobs.append({"job": job.name, "status": "missing", "error": "no results.json (the job crashed or is still running)"})
             continue
         try:
-            data = json.loads(res.read_text())
-        except json.JSONDecodeError as exc:
+            record = load_record(res)
+        except RecordError as exc:
             jobs.append({"job": job.name, "status": "missing", "error": f"unreadable results.json: {exc}"})
             continue
-        jobs.append({"job": job.name, "status": data.get("status", "missing"), "error": data.get("error")})
+        jobs.append({"job": job.name, "status": record.status, "error": record.error})
     return jobs
 
 

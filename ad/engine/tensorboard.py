@@ -1,6 +1,7 @@
 """TensorBoard logging of one run: losses, final metrics, hparams, score histograms, PR curve, overlays."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -13,14 +14,19 @@ from ad.engine.visualize import overlay
 log = logging.getLogger(__name__)
 
 
-def flatten_metrics(results: Mapping[str, Any]) -> Dict[str, float]:
-    """{"image": {"auroc": .9}} -> {"image/auroc": .9}, numbers only (None/null metrics are skipped)."""
+def flatten_metrics(record: Any) -> Dict[str, float]:
+    """{"image/auroc": .9, "pixel/aupro": .8, "mad": .85, ...} from a RunRecord or CategoryRecord: finite
+    numbers only (a null metric is left out, never plotted as 0)."""
     out: Dict[str, float] = {}
     for section in ("image", "pixel", "validation"):
-        values = results.get(section) or {}
-        for k, v in values.items():
+        values = getattr(record, section, None)
+        if values is None:
+            continue
+        for k, v in dataclasses.asdict(values).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
                 out[f"{section}/{k}"] = float(v)
+    if getattr(record, "mad", None) is not None:
+        out["mad"] = float(record.mad)
     return out
 
 
@@ -44,33 +50,46 @@ class TensorBoardLogger:
         if self.writer is not None:
             self.writer.add_text(tag, text)
 
-    def final(self, results: Mapping[str, Any], hparams: Mapping[str, Any], test, normalized_scores: np.ndarray,
-              images: Optional[List[Dict[str, Any]]] = None, pixel_range: tuple[float, float] = (0.0, 1.0)) -> None:
-        """Everything logged once the run is evaluated. `test` is the test PredictionSet."""
+    def log_test(self, prefix: str, record: Any, test: Any, normalized_scores: np.ndarray,
+                 images: Optional[List[Dict[str, Any]]] = None, pixel_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        """One category's test results (`prefix` "" for a single-class run, "<category>/" for unified):
+        final metrics, score histograms, PR curve, best/worst overlays. `test` is its PredictionSet."""
         if self.writer is None:
             return
-        metrics = flatten_metrics(results)
-        for tag, v in metrics.items():
-            self.writer.add_scalar(f"test/{tag}" if not tag.startswith("validation") else tag, v, 0)
+        for tag, v in flatten_metrics(record).items():
+            self.writer.add_scalar(f"test/{prefix}{tag}", v, 0)
+        labels = test.labels.astype(bool)
+        if self.log_histograms:
+            if (~labels).any():
+                self.writer.add_histogram(f"test/{prefix}scores_normal", test.scores[~labels], 0)
+            if labels.any():
+                self.writer.add_histogram(f"test/{prefix}scores_anomalous", test.scores[labels], 0)
+        if self.log_pr_curve and labels.any() and (~labels).any():
+            self.writer.add_pr_curve(f"test/{prefix}pr_curve", torch.from_numpy(labels),
+                                     torch.from_numpy(np.clip(np.nan_to_num(normalized_scores), 0, 1)), 0)
+        if self.log_images and images:
+            lo, hi = pixel_range
+            tiles = [overlay(it["image"], it["map"], it.get("mask"), lo, hi) for it in images]
+            grid = np.stack(tiles).transpose(0, 3, 1, 2)  # NCHW uint8
+            self.writer.add_images(f"test/{prefix}overlays_best_and_worst", grid, 0, dataformats="NCHW")
+            self.writer.add_text(f"test/{prefix}overlays_legend", "  \n".join(f"{i}: {it['caption']}" for i, it in enumerate(images)))
+        self.writer.flush()
+
+    def log_final(self, record: Any, hparams: Mapping[str, Any]) -> None:
+        """The run's summary metrics (for unified runs: the means over categories) and the HPARAMS entry."""
+        if self.writer is None:
+            return
+        metrics = flatten_metrics(record)
+        if record.categories is not None:  # unified: the per-category values went in via log_test
+            for tag, v in metrics.items():
+                self.writer.add_scalar(f"test/mean/{tag}" if not tag.startswith("validation") else tag, v, 0)
+        elif "validation/objective" in metrics:
+            self.writer.add_scalar("validation/objective", metrics["validation/objective"], 0)
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
         hp_metrics = {f"hparam/{k}": v for k, v in metrics.items()}
         if hp_metrics:
             # run_name="." keeps the hparams in this run's directory instead of a timestamped sub-run.
             self.writer.add_hparams(hp, hp_metrics, run_name=".")
-        labels = test.labels.astype(bool)
-        if self.log_histograms:
-            if (~labels).any():
-                self.writer.add_histogram("test/scores_normal", test.scores[~labels], 0)
-            if labels.any():
-                self.writer.add_histogram("test/scores_anomalous", test.scores[labels], 0)
-        if self.log_pr_curve and labels.any() and (~labels).any():
-            self.writer.add_pr_curve("test/pr_curve", torch.from_numpy(labels), torch.from_numpy(np.clip(normalized_scores, 0, 1)), 0)
-        if self.log_images and images:
-            lo, hi = pixel_range
-            tiles = [overlay(it["image"], it["map"], it.get("mask"), lo, hi) for it in images]
-            grid = np.stack(tiles).transpose(0, 3, 1, 2)  # NCHW uint8
-            self.writer.add_images("test/overlays_best_and_worst", grid, 0, dataformats="NCHW")
-            self.writer.add_text("test/overlays_legend", "  \n".join(f"{i}: {it['caption']}" for i, it in enumerate(images)))
         self.writer.flush()
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ad.errors import ConfigError
+from ad.engine.outputs import atomic_write
 from ad.engine.scoring import PredictionSet, score_loader
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec
 
@@ -104,6 +105,21 @@ class FitResult:
     fit_s: float = 0.0
 
 
+@dataclass
+class _FitState:
+    """What one `fit` of a trained model carries from step to step (and into its checkpoints)."""
+
+    model: AnomalyModel
+    spec: OptimizerSpec
+    scaler: Any
+    stopper: EarlyStopping
+    result: FitResult
+    ckpt_dir: Optional[Path]
+    identity: Optional[Dict[str, Any]]
+    logger: Any
+    step: int = 0
+
+
 class Trainer:
     def __init__(
         self,
@@ -136,7 +152,12 @@ class Trainer:
         self.eval_batch_size = _positive_int("trainer.eval_batch_size", eval_batch_size)
         self.num_workers = _non_negative_int("trainer.num_workers", num_workers)
         self.gradient_clip_val = gradient_clip_val
-        self.device = resolve_device(device)
+        try:
+            self.device = resolve_device(device)
+        except RuntimeError:
+            raise ConfigError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:<n>") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
         self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -177,135 +198,162 @@ class Trainer:
         steps_per_epoch = n_train // batch_size if n_train > batch_size else int(n_train > 0)
         return Budget(max_epochs=max_epochs, max_steps=max_steps, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
 
-    def fit(self, model: AnomalyModel, data, run_dir: "str | Path | None" = None, logger: Any = None) -> FitResult:
+    def fit(self, model: AnomalyModel, data, run_dir: "str | Path | None" = None, logger: Any = None,
+            identity: Optional[Dict[str, Any]] = None) -> FitResult:
         """Fit `model` on the train normals of `data`; validation normals drive early stopping and
-        `on_fit_end`. With `run_dir`, trained models checkpoint to `<run_dir>/checkpoints/` and resume."""
+        `on_fit_end`. With `run_dir`, trained models checkpoint to `<run_dir>/checkpoints/` and resume —
+        only a checkpoint whose `identity` (the experiment's configuration, see `ad.engine.settings`) equals
+        this run's; any other is refused with a one-line error rather than reused under a wrong label."""
         t0 = time.perf_counter()
         model.to(self.device)
         budget = self.budget(model, len(data.dataset("train", self.limit_train)))
         # The model lays out its LR schedule (drops at 95 %, milestones) over the budget it is told.
         spec: Optional[OptimizerSpec] = model.configure_optimizers(budget)
-        trains = spec is not None
-        if trains:
-            max_epochs = budget.max_epochs if budget.max_epochs is not None else 10**9  # the step budget decides
-            max_steps = budget.max_steps
-        else:  # statistics passes: epochs only
-            max_epochs = self.max_epochs if self.max_epochs is not None else int(model.default_max_epochs)
-            max_steps = None
-            budget = Budget(max_epochs=max_epochs, max_steps=None, batch_size=budget.batch_size, steps_per_epoch=budget.steps_per_epoch)
-        batch_size = budget.batch_size
-        ckpt_dir = Path(run_dir) / "checkpoints" if (run_dir is not None and trains) else None
+        if spec is None:  # statistics passes (memory models): epochs only, no checkpoints
+            return self._collect(model, data, budget, t0)
+        ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
         stopper = EarlyStopping(**{k: v for k, v in self.early_stopping_cfg.items() if k in ("enabled", "patience", "min_delta")})  # noqa: E501
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and trains)
-        result = FitResult(budget=budget)
-        start_epoch, step = 0, 0
-        restore_best = bool(self.early_stopping_cfg.get("restore_best", True))
-
-        resuming = ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file()
-        if not resuming:
+        run = _FitState(model, spec, torch.amp.GradScaler("cuda", enabled=self.use_amp), stopper,
+                        FitResult(budget=budget), ckpt_dir, identity, logger)
+        max_epochs = budget.max_epochs if budget.max_epochs is not None else 10**9  # else the step budget decides
+        start_epoch = 0
+        if ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file():
+            start_epoch, finished = self._resume(run, ckpt_dir / "last.ckpt")
+            max_epochs = start_epoch if finished else max_epochs  # finished: straight to on_fit_end
+        else:
             model.on_fit_start(data.dataloader("train", self.eval_batch_size, limit=self.limit_train,
                                                num_workers=self.num_workers))
-        if resuming:
-            state = torch.load(ckpt_dir / "last.ckpt", map_location=self.device, weights_only=False)
-            model.load_state_dict(state["model"])
-            spec.optimizer.load_state_dict(state["optimizer"])
-            if spec.scheduler is not None and state.get("scheduler") is not None:
-                spec.scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            stopper.load_state_dict(state["early_stopping"])
-            _set_rng_state(state["rng"])
-            start_epoch, step = state["epoch"] + 1, state["step"]
-            result.train_losses, result.val_losses = state["train_losses"], state["val_losses"]
-            result.history = [EpochRecord(**h) for h in state.get("history", [])]
-            result.resumed_from_epoch = state["epoch"]
-            log.info("resumed from %s (epoch %d, step %d)", ckpt_dir / "last.ckpt", state["epoch"], step)
-            if state.get("finished"):
-                max_epochs = start_epoch  # nothing left to train; go straight to on_fit_end
-
-        epochs_done = start_epoch
+        run.result.epochs = start_epoch
         for epoch in range(start_epoch, max_epochs):
-            if max_steps is not None and step >= max_steps:
+            if budget.max_steps is not None and run.step >= budget.max_steps:
                 break
-            # Data order depends only on (seed, epoch): a resumed run sees the same batches.
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             t_epoch = time.perf_counter()
-            loader = data.dataloader(
-                "train", batch_size, shuffle=model.shuffle_train, num_workers=self.num_workers,
-                limit=self.limit_train, generator=gen, drop_last=trains,
-            )
-            model.train()
-            losses: List[float] = []
-            bar = tqdm(loader, desc=f"epoch {epoch}" if trains else "collecting features", disable=not self.progress,
-                       leave=False, total=len(loader))
-            for batch in bar:
-                batch = self._to_device(batch)
-                if not trains:
-                    with torch.no_grad():
-                        model.training_step(batch)
-                    continue
-                with torch.autocast(self.device.type, enabled=self.use_amp):
-                    loss = model.training_step(batch)
-                spec.optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if self.gradient_clip_val:
-                    scaler.unscale_(spec.optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(self.gradient_clip_val))
-                scaler.step(spec.optimizer)
-                scaler.update()
-                if spec.scheduler is not None and spec.scheduler_interval == "step":
-                    spec.scheduler.step()
-                step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training loss became {value} at step {step}; lower the learning rate or enable trainer.gradient_clip_val")
-                losses.append(value)
-                bar.set_postfix(loss=f"{value:.4f}")
-                if logger is not None and step % self.log_every_n_steps == 0:
-                    logger.scalar("train/loss_step", value, step)
-                    logger.scalar("train/lr", spec.optimizer.param_groups[0]["lr"], step)
-                self._call("on_train_step_end", self, model, step, value)
-                if max_steps is not None and step >= max_steps:
-                    break
-            if not trains:
-                continue
-            if spec.scheduler is not None and spec.scheduler_interval == "epoch":
-                spec.scheduler.step()
-            epochs_done = epoch + 1
-            train_loss = float(np.mean(losses)) if losses else float("nan")
-            val_loss = self.validation_loss(model, data)
-            result.train_losses.append(train_loss)
-            result.history.append(EpochRecord(epoch=epoch, step=step, train_loss=train_loss, val_loss=val_loss,
-                                              lr=float(spec.optimizer.param_groups[0]["lr"]),
-                                              seconds=time.perf_counter() - t_epoch))
-            stop = False
-            if val_loss is not None:
-                result.val_losses.append(val_loss)
-                improved, stop = stopper.update(val_loss)
-                if improved and ckpt_dir is not None:
-                    self._save(ckpt_dir / "best.ckpt", model, spec, scaler, stopper, epoch, step, result)
-            if logger is not None:
-                logger.scalar("train/loss_epoch", train_loss, epoch)
-                if val_loss is not None:
-                    logger.scalar("val/loss", val_loss, epoch)
-                logger.scalar("train/lr_epoch", spec.optimizer.param_groups[0]["lr"], epoch)
-            log.info("epoch %d: train loss %.5f%s", epoch, train_loss, f", val loss {val_loss:.5f}" if val_loss is not None else "")
-            self._call("on_epoch_end", self, model, epoch, train_loss, val_loss)
-            done = stop or (max_steps is not None and step >= max_steps) or epoch + 1 >= max_epochs
-            if ckpt_dir is not None and (done or (epoch + 1) % self.checkpoint_every_n_epochs == 0):
-                self._save(ckpt_dir / "last.ckpt", model, spec, scaler, stopper, epoch, step, result, finished=done)
-            if stop:
-                result.stopped_early = True
-                log.info("early stopping at epoch %d: val loss has not improved for %d epochs", epoch, stopper.patience)
+            losses = self._train_epoch(run, data, epoch)
+            run.result.epochs = epoch + 1
+            if self._end_epoch(run, data, epoch, losses, time.perf_counter() - t_epoch, max_epochs):
                 break
+        return self._finish(run, data, t0)
 
-        result.epochs = epochs_done if trains else max(0, max_epochs)
-        result.steps = step
-        result.best_val_loss = stopper.best if math.isfinite(stopper.best) else None
-        if trains and restore_best and ckpt_dir is not None and (ckpt_dir / "best.ckpt").is_file():
-            # The last epochs after the best one only overfit or drift: score with the best weights.
-            model.load_state_dict(torch.load(ckpt_dir / "best.ckpt", map_location=self.device, weights_only=False)["model"])
+    def _collect(self, model: AnomalyModel, data, budget: Budget, t0: float) -> FitResult:
+        """Memory/statistics models: `max_epochs` passes of `training_step` under no_grad, then `on_fit_end`."""
+        epochs = self.max_epochs if self.max_epochs is not None else int(model.default_max_epochs)
+        budget = Budget(max_epochs=epochs, max_steps=None, batch_size=budget.batch_size, steps_per_epoch=budget.steps_per_epoch)
+        model.on_fit_start(data.dataloader("train", self.eval_batch_size, limit=self.limit_train, num_workers=self.num_workers))
+        model.train()
+        for epoch in range(epochs):
+            loader = data.dataloader("train", budget.batch_size, shuffle=model.shuffle_train, num_workers=self.num_workers,
+                                     limit=self.limit_train, generator=self._epoch_generator(epoch))
+            with torch.no_grad():
+                for batch in tqdm(loader, desc="collecting features", disable=not self.progress, leave=False):
+                    model.training_step(self._to_device(batch))
         model.eval()
         model.on_fit_end(self.val_loader(data))
+        return FitResult(epochs=epochs, budget=budget, fit_s=time.perf_counter() - t0)
+
+    def _epoch_generator(self, epoch: int) -> torch.Generator:
+        # Data order depends only on (seed, epoch): a resumed run sees the same batches.
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+
+    def _resume(self, run: "_FitState", path: Path) -> tuple[int, bool]:
+        """Restore everything an uninterrupted run would have at the end of the checkpointed epoch."""
+        state = _load_checkpoint(path, self.device)
+        check_identity(path, state.get("identity"), run.identity)
+        run.model.load_state_dict(state["model"])
+        run.spec.optimizer.load_state_dict(state["optimizer"])
+        if run.spec.scheduler is not None and state.get("scheduler") is not None:
+            run.spec.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.stopper.load_state_dict(state["early_stopping"])
+        _set_rng_state(state["rng"])
+        run.step = state["step"]
+        run.result.train_losses, run.result.val_losses = state["train_losses"], state["val_losses"]
+        run.result.history = [EpochRecord(**h) for h in state.get("history", [])]
+        run.result.resumed_from_epoch = state["epoch"]
+        log.info("resumed from %s (epoch %d, step %d)", path, state["epoch"], run.step)
+        return state["epoch"] + 1, bool(state.get("finished"))
+
+    def _train_epoch(self, run: "_FitState", data, epoch: int) -> List[float]:
+        budget, spec = run.result.budget, run.spec
+        loader = data.dataloader("train", budget.batch_size, shuffle=run.model.shuffle_train, num_workers=self.num_workers,
+                                 limit=self.limit_train, generator=self._epoch_generator(epoch), drop_last=True)
+        run.model.train()
+        losses: List[float] = []
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not self.progress, leave=False, total=len(loader))
+        for batch in bar:
+            value = self._optimisation_step(run, self._to_device(batch))
+            losses.append(value)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if run.logger is not None and run.step % self.log_every_n_steps == 0:
+                run.logger.scalar("train/loss_step", value, run.step)
+                run.logger.scalar("train/lr", spec.optimizer.param_groups[0]["lr"], run.step)
+            self._call("on_train_step_end", self, run.model, run.step, value)
+            if budget.max_steps is not None and run.step >= budget.max_steps:
+                break
+        if spec.scheduler is not None and spec.scheduler_interval == "epoch":
+            spec.scheduler.step()
+        return losses
+
+    def _optimisation_step(self, run: "_FitState", batch: Dict[str, Any]) -> float:
+        spec = run.spec
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            loss = run.model.training_step(batch)
+        spec.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if self.gradient_clip_val:
+            run.scaler.unscale_(spec.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), float(self.gradient_clip_val))
+        run.scaler.step(spec.optimizer)
+        run.scaler.update()
+        if spec.scheduler is not None and spec.scheduler_interval == "step":
+            spec.scheduler.step()
+        run.step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {run.step}; lower the learning rate or "
+                                     "enable trainer.gradient_clip_val")
+        return value
+
+    def _end_epoch(self, run: "_FitState", data, epoch: int, losses: List[float], seconds: float,
+                   max_epochs: int) -> bool:
+        """Validation loss, history, logging, early stopping and checkpoints; True when training should stop."""
+        result, lr = run.result, float(run.spec.optimizer.param_groups[0]["lr"])
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        val_loss = self.validation_loss(run.model, data)
+        result.train_losses.append(train_loss)
+        result.history.append(EpochRecord(epoch=epoch, step=run.step, train_loss=train_loss, val_loss=val_loss, lr=lr,
+                                          seconds=seconds + 0.0))
+        stop = False
+        if val_loss is not None:
+            result.val_losses.append(val_loss)
+            improved, stop = run.stopper.update(val_loss)
+            if improved and run.ckpt_dir is not None:
+                self._save(run.ckpt_dir / "best.ckpt", run, epoch)
+        if run.logger is not None:
+            run.logger.scalar("train/loss_epoch", train_loss, epoch)
+            if val_loss is not None:
+                run.logger.scalar("val/loss", val_loss, epoch)
+            run.logger.scalar("train/lr_epoch", lr, epoch)
+        log.info("epoch %d: train loss %.5f%s", epoch, train_loss, f", val loss {val_loss:.5f}" if val_loss is not None else "")
+        self._call("on_epoch_end", self, run.model, epoch, train_loss, val_loss)
+        max_steps = result.budget.max_steps
+        done = stop or (max_steps is not None and run.step >= max_steps) or epoch + 1 >= max_epochs
+        if run.ckpt_dir is not None and (done or (epoch + 1) % self.checkpoint_every_n_epochs == 0):
+            self._save(run.ckpt_dir / "last.ckpt", run, epoch, finished=done)
+        if stop:
+            result.stopped_early = True
+            log.info("early stopping at epoch %d: val loss has not improved for %d epochs", epoch, run.stopper.patience)
+        return stop
+
+    def _finish(self, run: "_FitState", data, t0: float) -> FitResult:
+        result = run.result
+        result.steps = run.step
+        result.best_val_loss = run.stopper.best if math.isfinite(run.stopper.best) else None
+        restore_best = bool(self.early_stopping_cfg.get("restore_best", True))
+        if restore_best and run.ckpt_dir is not None and (run.ckpt_dir / "best.ckpt").is_file():
+            # The last epochs after the best one only overfit or drift: score with the best weights.
+            run.model.load_state_dict(_load_checkpoint(run.ckpt_dir / "best.ckpt", self.device)["model"])
+        run.model.eval()
+        run.model.on_fit_end(self.val_loader(data))
         result.fit_s = time.perf_counter() - t0
         return result
 
@@ -327,30 +375,79 @@ class Trainer:
             return None
         return float(np.average(losses, weights=weights))
 
-    def _save(self, path: Path, model, spec, scaler, stopper, epoch, step, result, finished: bool = False) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _save(self, path: Path, run: "_FitState", epoch: int, finished: bool = False) -> None:
         state = {
             "version": CHECKPOINT_VERSION,
-            "model": model.state_dict(),
-            "optimizer": spec.optimizer.state_dict(),
-            "scheduler": spec.scheduler.state_dict() if spec.scheduler is not None else None,
-            "scaler": scaler.state_dict(),
-            "early_stopping": stopper.state_dict(),
+            "identity": run.identity,
+            "model": run.model.state_dict(),
+            "optimizer": run.spec.optimizer.state_dict(),
+            "scheduler": run.spec.scheduler.state_dict() if run.spec.scheduler is not None else None,
+            "scaler": run.scaler.state_dict(),
+            "early_stopping": run.stopper.state_dict(),
             "rng": _get_rng_state(),
             "epoch": epoch,
-            "step": step,
+            "step": run.step,
             "finished": finished,
-            "train_losses": list(result.train_losses),
-            "val_losses": list(result.val_losses),
-            "history": [dataclasses.asdict(h) for h in result.history],
+            "train_losses": list(run.result.train_losses),
+            "val_losses": list(run.result.val_losses),
+            "history": [dataclasses.asdict(h) for h in run.result.history],
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # an interruption never leaves a half-written checkpoint
+        # An interruption or a full disk never leaves a half-written checkpoint or a stray temporary.
+        atomic_write(path, lambda tmp: torch.save(state, tmp), binary=True)
 
     def predict(self, model: AnomalyModel, loader, desc: str = "predicting") -> PredictionSet:
         """Score every batch of `loader` through the one prediction path (`ad.engine.scoring`)."""
         return score_loader(model, loader, self.device, self.use_amp, self.progress, desc)
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # truncated / corrupt file: torch raises RuntimeError, EOFError, UnpicklingError...
+        raise ConfigError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to train from "
+                          "scratch or set trainer.resume=false") from None
+
+
+def check_identity(path: Path, saved: Optional[Dict[str, Any]], current: Optional[Dict[str, Any]]) -> None:
+    """Refuse to resume a checkpoint of another experiment. Budgets count too: LR schedules are laid out over
+    the budget, so continuing a finished 2-epoch run to 4 epochs would not equal a 4-epoch run."""
+    if saved == current:
+        return
+    if saved is None or current is None:
+        what = "was written without an experiment identity" if saved is None else "cannot be matched to this run"
+        raise ConfigError(f"checkpoint {path} {what}; delete {path.parent} or set trainer.resume=false to train from scratch")
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+    raise ConfigError(f"checkpoint {path} belongs to a different experiment ({diff}); use another run dir, delete "
+                      f"{path.parent}, or set trainer.resume=false to train from scratch")
+
+
+def _positive_int(key: str, value: Any, optional: bool = False) -> Optional[int]:
+    """A budget or size setting as a positive int, or a one-line ConfigError naming the key."""
+    if value is None and optional:
+        return None
+    try:
+        n = int(value)
+        if isinstance(value, bool) or n != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=<positive integer>"
+                          + (" or null (the model's default)" if optional else "")) from None
+    if n <= 0:
+        what = "trains nothing" if "max_" in key else "is not a size"
+        raise ConfigError(f"{key}={n} {what}; set {key}=<positive integer>"
+                          + (" or null (the model's default)" if optional else ""))
+    return n
+
+
+def _non_negative_int(key: str, value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=0 or more") from None
+    if n < 0:
+        raise ConfigError(f"{key}={n} is negative; set {key}=0 or more")
+    return n
 
 
 def _get_rng_state() -> Dict[str, Any]:

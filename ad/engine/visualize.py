@@ -28,3 +28,12 @@ def contour(mask: np.ndarray) -> np.ndarray:
     inner = m[1:-1, 1:-1]
     eroded = inner & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
     return inner & ~eroded
+
+
+def display_map(amap: np.ndarray, pixel_normalization) -> np.ndarray:
+    """Map for an overlay: on the validation scale (pixel threshold -> 0.5) when calibrated, else its own range."""
+    from ad import metrics
+
+    if pixel_normalization:
+        return metrics.normalize(amap, pixel_normalization, clip=True)
+    return (amap - amap.min()) / max(float(amap.max() - amap.min()), 1e-12)

@@ -79,31 +79,7 @@ def evaluate(
     n_anom = int(np.count_nonzero(y))
     counts: Dict[str, Any] = {"images": int(y.size), "anomalous_images": n_anom}
 
-    # ---- image level: one RankCounts shared by AUROC / AP / F1-max
-    image: Dict[str, Any] = dict.fromkeys(
-        ("auroc", "ap", "f1_max", "f1_max_threshold", "threshold", "precision", "recall", "f1")
-    )
-
-    def _image_curve() -> Dict[str, Any]:
-        check_finite(s, "image scores")
-        require_both_classes(y, "image metrics")
-        rc = RankCounts(s, y)
-        best = rc.f1_max()
-        return {"auroc": rc.auroc(), "ap": rc.average_precision(), "f1_max": best["f1"],
-                "f1_max_threshold": best["threshold"]}
-
-    image.update(_guard(notes, "image", _image_curve) or {})
-    if image_threshold is None:
-        notes.append("image: no image_threshold given, so precision/recall/f1 are null (fit one on validation normals)")
-    else:
-        image["threshold"] = image_threshold
-
-        def _image_at() -> Dict[str, Any]:
-            check_finite(s, "image scores")
-            c = confusion_at(y, s, image_threshold, "image metrics at threshold")
-            return {key: c[key] for key in ("precision", "recall", "f1")}
-
-        image.update(_guard(notes, "image", _image_at) or {})
+    image = _image_section(y, s, image_threshold, notes)
 
     # ---- per defect type
     per_defect = None
@@ -119,34 +95,7 @@ def evaluate(
     elif maps is None:
         raise MetricError("evaluate: masks were given without maps; pass the models' anomaly maps too")
     else:
-        m = as_maps(masks, "evaluate: masks", binary=True)
-        a = as_maps(maps, "evaluate: maps", binary=False)
-        if m.shape != a.shape or m.shape[0] != y.size:
-            raise MetricError(
-                f"evaluate: masks {tuple(m.shape)} and maps {tuple(a.shape)} must both be [{y.size},H,W]; "
-                "resize the maps to the mask resolution"
-            )
-        annotated = m.reshape(m.shape[0], -1).any(axis=1)
-        normal_with_defect = int(np.count_nonzero(annotated & ~y))
-        if normal_with_defect:
-            raise MetricError(
-                f"evaluate: {normal_with_defect} images labelled normal have defect pixels in their masks; "
-                "labels and masks disagree, fix the dataset listing"
-            )
-        keep = np.ones_like(y)
-        if has_mask is not None:
-            keep = as_binary(has_mask, "evaluate: has_mask")
-            if keep.shape != y.shape:
-                raise MetricError(f"evaluate: has_mask must have shape {y.shape}, got {keep.shape}")
-            if not keep.all():
-                notes.append(f"pixel: {int((~keep).sum())} images without a pixel annotation are excluded")
-                m, a = m[keep], a[keep]
-        empty = int(np.count_nonzero(y & keep & ~annotated))
-        if empty:
-            notes.append(
-                f"pixel: {empty} anomalous images have empty masks; their pixels count as defect-free "
-                "(as in the official MVTec AD evaluation)"
-            )
+        m, a = _pixel_inputs(y, masks, maps, has_mask, notes)
         if m.shape[0] == 0:
             notes.append("pixel: no image has a pixel annotation, pixel metrics are null")
         else:
@@ -162,6 +111,68 @@ def evaluate(
         "test_set_diagnostics": list(TEST_SET_DIAGNOSTICS),
         "notes": list(dict.fromkeys(notes)),  # one reason can null several metrics: say it once
     }
+
+
+def _image_section(y: np.ndarray, s: np.ndarray, image_threshold: Optional[float], notes: List[str]) -> Dict[str, Any]:
+    """Image metrics: one RankCounts shared by AUROC / AP / F1-max, then decisions at the given threshold."""
+    image: Dict[str, Any] = dict.fromkeys(
+        ("auroc", "ap", "f1_max", "f1_max_threshold", "threshold", "precision", "recall", "f1")
+    )
+
+    def _image_curve() -> Dict[str, Any]:
+        check_finite(s, "image scores")
+        require_both_classes(y, "image metrics")
+        rc = RankCounts(s, y)
+        best = rc.f1_max()
+        return {"auroc": rc.auroc(), "ap": rc.average_precision(), "f1_max": best["f1"],
+                "f1_max_threshold": best["threshold"]}
+
+    image.update(_guard(notes, "image", _image_curve) or {})
+    if image_threshold is None:
+        notes.append("image: no image_threshold given, so precision/recall/f1 are null (fit one on validation normals)")
+        return image
+    image["threshold"] = image_threshold
+
+    def _image_at() -> Dict[str, Any]:
+        check_finite(s, "image scores")
+        c = confusion_at(y, s, image_threshold, "image metrics at threshold")
+        return {key: c[key] for key in ("precision", "recall", "f1")}
+
+    image.update(_guard(notes, "image", _image_at) or {})
+    return image
+
+
+def _pixel_inputs(y: np.ndarray, masks: Any, maps: Any, has_mask: Any, notes: List[str]) -> tuple:
+    """Checked masks/maps of the images that have a pixel annotation."""
+    m = as_maps(masks, "evaluate: masks", binary=True)
+    a = as_maps(maps, "evaluate: maps", binary=False)
+    if m.shape != a.shape or m.shape[0] != y.size:
+        raise MetricError(
+            f"evaluate: masks {tuple(m.shape)} and maps {tuple(a.shape)} must both be [{y.size},H,W]; "
+            "resize the maps to the mask resolution"
+        )
+    annotated = m.reshape(m.shape[0], -1).any(axis=1)
+    normal_with_defect = int(np.count_nonzero(annotated & ~y))
+    if normal_with_defect:
+        raise MetricError(
+            f"evaluate: {normal_with_defect} images labelled normal have defect pixels in their masks; "
+            "labels and masks disagree, fix the dataset listing"
+        )
+    keep = np.ones_like(y)
+    if has_mask is not None:
+        keep = as_binary(has_mask, "evaluate: has_mask")
+        if keep.shape != y.shape:
+            raise MetricError(f"evaluate: has_mask must have shape {y.shape}, got {keep.shape}")
+        if not keep.all():
+            notes.append(f"pixel: {int((~keep).sum())} images without a pixel annotation are excluded")
+            m, a = m[keep], a[keep]
+    empty = int(np.count_nonzero(y & keep & ~annotated))
+    if empty:
+        notes.append(
+            f"pixel: {empty} anomalous images have empty masks; their pixels count as defect-free "
+            "(as in the official MVTec AD evaluation)"
+        )
+    return m, a
 
 
 def _pixel_section(

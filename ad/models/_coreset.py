@@ -117,6 +117,8 @@ def greedy_coreset(
     return _traverse(holder, n, n_select, cell_size, seed, sketch_dim)
 
 
+# One function on purpose (~60 lines): the sketch `z` is popped from `holder` so its only reference dies as
+# soon as the cells are built, which bounds peak memory on million-patch banks; splitting it would keep it alive.
 def _traverse(holder: list, n: int, n_select: int, cell_size: int, seed: int, sketch_dim: int) -> torch.Tensor:
     z = holder.pop()
     gen = torch.Generator().manual_seed(seed)

@@ -64,7 +64,8 @@ def model_runs(table: Table, cache: RunCache, row: Tuple[str, str]) -> List[Mode
         if data is None:
             continue
         th = job.record.thresholds if job.record is not None else None
-        run = ModelRun(col, job, data, load_test_maps(job.path), getattr(th, "image", None), getattr(th, "pixel", None))
+        maps = load_test_maps(job.path, cat if job.unified else None)
+        run = ModelRun(col, job, data, maps, getattr(th, "image", None), getattr(th, "pixel", None))
         order = np.argsort(np.argsort(data.scores, kind="stable"), kind="stable")
         run.rank = {p: float(r) / max(1, len(order) - 1) for p, r in zip(data.paths, order)}
         out.append(run)

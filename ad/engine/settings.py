@@ -1,0 +1,148 @@
+"""Typed settings and identity of a run, built by the entry point from its config (the engine never sees a
+DictConfig), and the one list of overrides that are not hyper-parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from ad.errors import ConfigError
+
+# Overrides that say where or how a job runs, not what it is: left out of run names, hparams, the sweep job
+# directory names (conf/hydra/default.yaml builds them with the ${ad_job_params:} resolver, which reads this)
+# and the aggregator's column grouping. An entry matches the key itself and every key below it; entries
+# ending in "." are pure prefixes.
+NOT_PARAMS = ("hydra.", "sweep", "+sweep", "hparams_search", "+hparams_search", "launcher", "trainer.progress_bar",
+              "trainer.num_threads", "trainer.num_workers", "trainer.device", "trainer.resume", "dataset.root", "dataset.cache",
+              "dataset.cache_dir", "dataset.cache_mb", "paths.", "logger.", "evaluation.save_maps", "evaluation.save_maps_max_side",
+              "evaluation.objective")
+# The run's identity choices: shown as their own fields, not as parameters.
+NAME_KEYS = ("model", "dataset", "category", "setting")
+
+
+def is_param(key: str) -> bool:
+    """True for an override that changes *what* is run (a hyper-parameter), False for where/how it runs."""
+    key = key.lstrip("+~")
+    if key in NAME_KEYS:
+        return False
+    return not any(key == k or (k.endswith(".") and key.startswith(k)) or key.startswith(k + ".")
+                   for k in NOT_PARAMS)
+
+
+def swept_params(overrides: Sequence[str]) -> Dict[str, str]:
+    """Command-line overrides other than the identity choices and the where/how keys."""
+    out = {}
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if is_param(key):
+            out[key] = value
+    return out
+
+
+def run_name(model: Optional[str], dataset: Optional[str], category: Optional[str], params: Dict[str, str],
+             setting: str = "single") -> str:
+    name = f"{model}/{dataset}/{category}" + (" [unified]" if setting == "unified" else "")
+    return name + (" " + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
+
+
+THRESHOLD_METHODS = ("mean_std", "quantile")
+OBJECTIVE_MODES = ("auto", "always", "never")
+
+
+@dataclass
+class EvalSettings:
+    """`evaluation:` in conf/config.yaml, checked once before any work starts."""
+
+    threshold: str = "mean_std"
+    k: float = 3.0
+    quantile: float = 0.99
+    pixel_pool: str = "max"
+    pixel_metrics: bool = True
+    aupro_max_fpr: float = 0.3
+    objective: str = "auto"  # auto: only when a hyper-parameter search consumes it | always | never
+    objective_max_images: int = 64
+    save_maps: bool = True  # test_maps.npz beside predictions.csv (ad.engine.maps_store)
+    save_maps_max_side: int = 256  # larger maps are block-averaged before saving
+    min_val_images: int = 2  # fewer held-out normals than this: thresholds come from cross-fitting
+
+    def __post_init__(self) -> None:
+        if self.threshold not in THRESHOLD_METHODS:
+            raise ConfigError(f"evaluation.threshold={self.threshold!r} is not one of {', '.join(THRESHOLD_METHODS)}")
+        for key in ("k", "quantile", "aupro_max_fpr"):
+            try:
+                setattr(self, key, float(getattr(self, key)))
+            except (TypeError, ValueError):
+                raise ConfigError(f"evaluation.{key}={getattr(self, key)!r} is not a number") from None
+        if self.k < 0:
+            raise ConfigError(f"evaluation.k={self.k} is negative; the threshold is mean + k·std, use k >= 0 (default 3)")
+        if not 0.0 < self.quantile < 1.0:
+            raise ConfigError(f"evaluation.quantile={self.quantile} must be in (0, 1), e.g. 0.99")
+        if self.pixel_pool not in ("max", "all"):
+            raise ConfigError(f"evaluation.pixel_pool={self.pixel_pool!r} must be max or all")
+        if not 0.0 < self.aupro_max_fpr <= 1.0:
+            raise ConfigError(f"evaluation.aupro_max_fpr={self.aupro_max_fpr} must be in (0, 1], e.g. 0.3")
+        if self.objective not in OBJECTIVE_MODES:
+            raise ConfigError(f"evaluation.objective={self.objective!r} must be one of {', '.join(OBJECTIVE_MODES)}")
+        for key in ("objective_max_images", "min_val_images", "save_maps_max_side"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"evaluation.{key}={value!r} must be a positive integer")
+
+
+@dataclass
+class RunSpec:
+    """Everything the engine needs to know about a run besides its components."""
+
+    model: Optional[str]
+    dataset: Optional[str]
+    category: Optional[str]
+    seed: int
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    setting: str = "single"
+    params: Dict[str, str] = field(default_factory=dict)
+    tag: Optional[str] = None
+    objective_consumer: Optional[str] = None  # what consumes the objective (e.g. "hparams_search"), if anything
+    model_config: Dict[str, Any] = field(default_factory=dict)  # to rebuild the model from model.pt
+    data_config: Dict[str, Any] = field(default_factory=dict)  # image_size / center_crop for ad.predict
+    config: Dict[str, Any] = field(default_factory=dict)  # the resolved config, stored in model.pt
+    identity: Dict[str, Any] = field(default_factory=dict)  # what a checkpoint must match to be resumed
+
+    @property
+    def name(self) -> str:
+        return run_name(self.model, self.dataset, self.category, self.params, self.setting)
+
+    @property
+    def wants_objective(self) -> Optional[str]:
+        """Why the validation objective is computed, or None when it is skipped."""
+        if self.evaluation.objective == "always":
+            return "evaluation.objective=always"
+        if self.evaluation.objective == "auto" and self.objective_consumer:
+            return self.objective_consumer
+        return None
+
+
+def categories_of(names: List[str]) -> str:
+    """The label of a set of categories in run names and tables."""
+    return names[0] if len(names) == 1 else "+".join(names)
+
+
+# Keys that do not change what a checkpoint holds: evaluation settings act after training, and these trainer
+# keys change only logging, scoring batches or test subsets.
+_NOT_IDENTITY = ("evaluation.", "tag", "trainer.eval_batch_size", "trainer.limit_test", "trainer.num_visualizations",
+                 "trainer.log_every_n_steps", "trainer.checkpoint_every_n_epochs", "trainer.callbacks")
+
+
+def identity_of(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The experiment a checkpoint belongs to: the resolved config flattened to dotted keys, minus where/how it
+    runs (`NOT_PARAMS`) and the keys that act only after training."""
+    flat: Dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node if isinstance(node, (int, float, str, bool, type(None))) else repr(node)
+
+    walk({k: v for k, v in config.items() if k != "hydra"}, "")
+    return {k: v for k, v in sorted(flat.items())
+            if is_param(k) and not any(k == p or k.startswith(p if p.endswith(".") else p + ".") for p in _NOT_IDENTITY)}
