@@ -13,7 +13,7 @@ from ad.aggregate.cli import DEFAULT_BOOTSTRAP, _check_metrics, build, find_base
 from ad.aggregate.intervals import RunCache
 from ad.aggregate.jobs import AggregateError, collect_jobs
 from ad.aggregate.plots import plot_cd_diagrams, plot_heatmap
-from ad.aggregate.ranking import ranking_section
+from ad.aggregate.ranking import rankings
 from ad.aggregate.table import DEFAULT_METRICS, Table, build_table
 from ad.report import html
 from ad.report.figures import score_histograms
@@ -77,10 +77,9 @@ def build_report(dirs: Sequence[Path], out: Path, metrics: Sequence[str] = DEFAU
     sections = [("summary", "Summary", ""), ("results", "Results", html.results_table(table) + _legend(table))]
     heat = plot_heatmap(table, assets)
     cds = plot_cd_diagrams(table, assets, cd_metric)
-    ranks_md = ranking_section(table, cd_metric)
     plots = "".join(f"<img src='{ASSETS}/{p.name}' alt='{p.stem}'>" for p in ([heat] if heat else []) + list(cds.values()))
     sections.append(("rankings", "Rankings and critical differences",
-                     plots + (f"<pre class=note>{html.escape(ranks_md)}</pre>" if ranks_md else "")))
+                     plots + html.rankings(rankings(table, cd_metric), cd_metric)))
     for row in table.rows:
         sid = _slug(f"cat_{row[0]}_{row[1]}")
         sections.append((sid, f"{row[0]} / {row[1]}", _category_section(table, cache, row, assets, max_images, thumb)))

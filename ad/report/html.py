@@ -91,6 +91,27 @@ def summary(table: Table, metric: str, best: Dict[str, str]) -> str:
     return "<ul>" + "".join(items) + "</ul>"
 
 
+def rankings(ranks: Dict[str, Dict], metric: str) -> str:
+    """Friedman / Nemenyi ranks and the Wilcoxon-Holm pairs per dataset (from `ad.aggregate.ranking`)."""
+    if not ranks:
+        return "<p class=muted>Rankings need at least 2 columns on 2 categories with values.</p>"
+    out = [f"<p class=note>{escape(metric)} across categories. Friedman test: average rank (1 = best); two "
+           "methods whose ranks differ by less than the Nemenyi critical difference (CD) are not significantly "
+           "different (the red bars of the diagram join them). Wilcoxon signed-rank per pair, Holm-corrected. "
+           "With few categories these tests have little power.</p>"]
+    for ds, r in ranks.items():
+        f = r["friedman"]
+        head = f"<h3>{escape(ds)} ({len(r['categories'])} categories)</h3>"
+        if f is not None:
+            ranked = ", ".join(f"{escape(m)} {v:.2f}" for m, v in sorted(f.ranks.items(), key=lambda kv: kv[1]))
+            head += f"<p>Friedman χ² = {f.chi2:.2f}, p = {f.p:.3g}; CD = {f.cd:.2f}; ranks: {ranked}</p>"
+        rows = "".join(f"<tr><td>{escape(p['a'])}</td><td>{escape(p['b'])}</td><td>{100 * p['mean_diff']:+.2f}</td>"
+                       f"<td>{p['p']:.3g}</td><td>{p['p_holm']:.3g}</td></tr>" for p in r["pairs"])
+        out.append(head + "<table><tr><th>a</th><th>b</th><th>mean a − b (points)</th><th>p</th><th>p (Holm)</th>"
+                   f"</tr>{rows}</table>")
+    return "".join(out)
+
+
 def failed_jobs(problems: Sequence[Job]) -> str:
     if not problems:
         return "<p>None.</p>"
