@@ -15,6 +15,7 @@ from ad import aggregate as agg
 from ad.engine.maps_store import save_test_maps
 from ad.stats import bootstrap_image, bootstrap_pixel, delong_test
 from tests._fake_sweep import fake_results, make_job, unified_results, write_predictions
+from tests.test_aggregate import md_table as _md
 
 N_NORM, N_ANOM = 60, 40
 SEP = {"strong": 1.6, "mid": 0.9, "weak": 0.4}  # class separation of each fake model's scores
@@ -129,18 +130,6 @@ def test_baseline_marks_and_delong_p(sweep, tmp_path):
     assert "significantly better / worse than the baseline `weak`" in res["markdown"]
     with pytest.raises(agg.AggregateError, match="--baseline 'nope' matches no column; choose one of"):
         agg.aggregate([sweep], out=tmp_path / "o", plots=False, baseline="nope")
-
-
-def _md(md: str):
-    lines = md.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith("| dataset | category |"))
-    header = [c.strip() for c in lines[start].strip("|").split(" | ")]
-    rows = []
-    for l in lines[start + 2:]:
-        if not l.startswith("|"):
-            break
-        rows.append([c.strip() for c in l.strip().strip("|").split(" | ")])
-    return header, rows
 
 
 def test_seed_cells_get_the_interval_of_their_mean(tmp_path):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ad.engine.maps_store import save_test_maps
+from ad.engine.maps_store import MapsWriter, save_test_maps
 from ad.metrics import image_auroc
 from ad.report import build_report
-from tests._fake_sweep import fake_results, make_job, write_predictions
+from tests._fake_sweep import fake_results, make_job, unified_results, write_predictions
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {"good": 2.0, "fair": 0.8, "poor": 0.2}
@@ -60,10 +60,38 @@ def sweep(tmp_path_factory) -> Path:
             save_test_maps(job, paths, labels, amaps, masks if has_masks else None,
                            labels == 1 if has_masks else None)
             i += 1
+    _unified_job(root, sw)
     make_job(sw, "9_poor_syn_c", ["model=poor", "category=syn_c"],
              fake_results("poor", "synthetic", "syn_c", 0, None, status="failed", error="DataError: no such category"),
              model="poor", dataset="synthetic", category="syn_c")
     return sw
+
+
+def _unified_job(root: Path, sw: Path) -> None:
+    """A unified run of "good" over both categories: one predictions.csv (category column), one maps file."""
+    aurocs, rows = {}, []
+    writer = None
+    job = make_job(sw, "8_good_unified", ["model=good", "setting=unified"], None, model="good",
+                   dataset="synthetic", category="all")
+    writer = MapsWriter(job)
+    for cat, has_masks in CATS.items():
+        paths, labels = _images(root, cat)
+        scores = np.random.default_rng(7).standard_normal(labels.size) + 1.5 * labels
+        aurocs[cat] = image_auroc(labels, scores)
+        rows += [[p, cat, "x", l, s, s, int(s >= 0.5)] for p, l, s in zip(paths, labels, scores)]
+        masks = np.zeros((labels.size, SIZE, SIZE), np.uint8)
+        masks[labels == 1, 8:16, 8:16] = 1
+        writer.add(cat, paths, labels, np.random.default_rng(3).random(masks.shape) + masks,
+                   masks if has_masks else None, labels == 1 if has_masks else None)
+    writer.close()
+    import csv
+    import json
+
+    with open(job / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "category", "defect_type", "label", "score", "normalized_score", "is_anomalous"])
+        w.writerows(rows)
+    (job / "results.json").write_text(json.dumps(unified_results("good", "synthetic", aurocs)))
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +117,8 @@ def test_sections_tables_and_failures(report):
         assert f"id='{sid}'" in text
     assert "<table id=results>" in text and "<span class=ci>[" in text  # intervals in the table
     assert "DataError: no such category" in text
-    assert report["best"]["synthetic"] == "good"
-    assert "baseline: good" in text
+    assert report["best"]["synthetic"] in ("good setting=single", "good setting=unified")
+    assert "setting=unified" in text
 
 
 def _gallery(text: str, cat: str) -> str:
@@ -104,7 +132,7 @@ def test_gallery_shows_every_model_for_the_same_images_in_order(report, sweep):
         rows = g.split("<table class=gallery>", 1)[1].split("</table>", 1)[0].split("<tr")[2:]
         assert len(rows) == 10
         for r in rows:
-            assert r.count("alt='heatmap'") == len(MODELS)  # each model's map for this same image
+            assert r.count("alt='heatmap'") == len(MODELS) + 1  # each model's map (and the unified run's)
             assert ("alt='mask'" in r) == has_masks
         if not has_masks:
             assert "no mask" in g
@@ -125,6 +153,7 @@ def test_gallery_order_matches_an_independent_ranking(sweep):
     table = build(jobs, ["image.auroc"], bootstrap=0, cache=cache)
     items = select_images(model_runs(table, cache, ("synthetic", "syn_a")), 100)
     preds = {j.get("model"): read_predictions(j.path) for j in jobs if j.get("category") == "syn_a"}
+    preds["unified"] = read_predictions(next(j.path for j in jobs if j.unified), "syn_a")
     paths = preds["good"].paths
     expect = []
     for k, p in enumerate(paths):
