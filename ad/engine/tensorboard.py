@@ -71,6 +71,8 @@ class TensorBoardLogger:
         if self.log_images and images:
             lo, hi = pixel_range
             tiles = [captioned(overlay(it["image"], it["map"], it.get("mask"), lo, hi), _caption(it)) for it in images]
+            tall = max(x.shape[0] for x in tiles)  # captions wrap to different heights: pad with black
+            tiles = [np.pad(x, ((0, tall - x.shape[0]), (0, 0), (0, 0))) for x in tiles]
             grid = np.stack(tiles).transpose(0, 3, 1, 2)  # NCHW uint8
             self.writer.add_images(f"test/{prefix}overlays_best_and_worst", grid, 0, dataformats="NCHW")
             self.writer.add_text(f"test/{prefix}overlays_legend", "  \n".join(f"{i}: {it['caption']}" for i, it in enumerate(images)))
