@@ -131,8 +131,20 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     return record.validation.objective if record.validation else None
 
 
+def register_plugins() -> None:
+    """Make our launcher known to Hydra (when the joblib launcher it extends is installed)."""
+    try:
+        from hydra.core.plugins import Plugins
+
+        from hydra_plugins.ad_launchers.robust_joblib import RobustJoblibLauncher
+    except ImportError:  # hydra-joblib-launcher not installed: launcher=joblib says so itself
+        return
+    Plugins.instance().register(RobustJoblibLauncher)
+
+
 def main() -> None:
     register_resolvers()
+    register_plugins()
     try:
         _hydra_main()
     except KeyboardInterrupt:

@@ -173,3 +173,18 @@ def assert_resume_matches_uninterrupted(fit, tmp_path: Path, size: int) -> None:
         assert torch.equal(ref_state[k], new_state[k]), k
     preds = trainer.predict(reference, data.dataloader("test", 8))
     assert preds.maps.shape == (len(data.samples("test")), size, size) and np.isfinite(preds.scores).all()
+
+
+class KillOnSeed:
+    """Trainer callback that SIGKILLs its own process at the first step of the job with seed `kill` — what the
+    kernel's out-of-memory killer does to a sweep worker."""
+
+    def __init__(self, seed: int, kill: int) -> None:
+        self.seed, self.kill = int(seed), int(kill)
+
+    def on_train_step_end(self, trainer, model, step, value) -> None:
+        import os
+        import signal
+
+        if self.seed == self.kill:
+            os.kill(os.getpid(), signal.SIGKILL)

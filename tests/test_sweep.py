@@ -193,3 +193,24 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
     for name in ("bars_patchcore.png", "bars_padim.png", "heatmap_image_auroc.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     assert "\\begin{tabular}" in (out / "results.tex").read_text()
+
+
+def test_a_killed_worker_does_not_abort_the_sweep(tmp_path):
+    """One job's worker is SIGKILLed (as by the OOM killer): its siblings finish, it is recorded as failed with
+    the reason, the summary lists it and the sweep exits non-zero."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               AD_ROOT=str(tmp_path), CI="1")
+    sweep = tmp_path / "multirun" / "kill"
+    out = _run(["-m", "model=ae", "model.image_size=32", "seed=0,1,2", "launcher=joblib", "hydra.launcher.n_jobs=2",
+                "trainer=smoke", "dataset.num_train=8", "dataset.num_test_good=2", "dataset.num_test_defect=1",
+                "dataset.generated_size=64", "dataset.val_fraction=0.25", "trainer.limit_test=null",
+                "+trainer.callbacks=[{_target_:tests.fakes.KillOnSeed,seed:${seed},kill:1}]",
+                f"hydra.sweep.dir={sweep}"], env)
+    assert out.returncode != 0
+    status = {}
+    for p in sweep.glob("*/results.json"):
+        r = json.loads(p.read_text())
+        status[r["run"]["seed"] if r["run"]["seed"] is not None else p.parent.name] = (r["status"], r["error"])
+    assert status[0][0] == "ok" and status[2][0] == "ok", status
+    assert status[1][0] == "failed" and "worker process died" in status[1][1], status
+    assert "2/3 jobs ok" in out.stdout and "worker process died" in out.stdout

@@ -206,6 +206,7 @@ def record_failure(info: RunInfo, exc: BaseException, run_dir: Path) -> RunRecor
         record.status, record.error = "failed", str(busy)
         return record
     with recorded(record, run_dir, lock):
+        artefacts.clear_previous(run_dir)  # never leave an earlier run's model beside this failure
         raise exc
     return record
 
