@@ -27,7 +27,7 @@ def fake_results(model: str, dataset: str, category: str, seed: int, image_auroc
         "counts": {"train": 10, "val": 2, "test": 8, "test_anomalous": 4},
         "image": {"auroc": image_auroc, "ap": 0.9, "f1_max": 0.85, "threshold": 1.23} if ok else None,
         "pixel": pixel,
-        "per_defect": {"scratch": {"image_auroc": image_auroc}} if ok else None,
+        "per_defect": {"scratch": image_auroc} if ok else None,  # {type: AUROC}, as the runner writes
         "timing": {"fit_s": 1.5, "predict_s": 0.5, "ms_per_image": 12.0} if ok else None,
         "memory": {"peak_rss_mb": 812.0},
     }
@@ -52,3 +52,34 @@ def make_job(sweep: Path, name: str, overrides: Sequence[str], results: Optional
     if results is not None:
         (job / "results.json").write_text(json.dumps(results, indent=1))
     return job
+
+
+def write_predictions(job: Path, paths: Sequence[str], labels, scores, category: Optional[str] = None,
+                      threshold: float = 0.5) -> None:
+    """predictions.csv in the runner's column layout (a `category` column when `category` is given)."""
+    import csv
+
+    cols = ["path"] + (["category"] if category is not None else []) + [
+        "defect_type", "label", "score", "normalized_score", "is_anomalous"]
+    with open(job / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for p, l, s in zip(paths, labels, scores):
+            row = {"path": p, "defect_type": "good" if l == 0 else "scratch", "label": int(l), "score": f"{s:.8g}",
+                   "normalized_score": f"{s:.8g}", "is_anomalous": int(s >= threshold)}
+            if category is not None:
+                row["category"] = category
+            w.writerow(row)
+
+
+def unified_results(model: str, dataset: str, per_category: dict, seed: int = 0) -> dict:
+    """A schema-v2 results.json of a unified run: {category: image AUROC}."""
+    from ad.engine.records import CategoryRecord, Counts, ImageMetrics, RunInfo, RunRecord
+
+    cats = {c: CategoryRecord(counts=Counts(test=8, test_anomalous=4), image=ImageMetrics(auroc=v))
+            for c, v in per_category.items()}
+    mean = sum(per_category.values()) / len(per_category)
+    rec = RunRecord(status="ok", run=RunInfo(model=model, dataset=dataset, category="all", seed=seed,
+                                             setting="unified", categories=list(per_category)),
+                    image=ImageMetrics(auroc=mean), categories=cats)
+    return rec.to_dict()

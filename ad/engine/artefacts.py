@@ -35,6 +35,15 @@ def write_predictions(run_dir: Path, rows: Sequence[Dict[str, Any]]) -> None:
     write_predictions_csv(run_dir / "predictions.csv", rows, PREDICTION_COLUMNS)
 
 
+def maps_writer(run_dir: Path, evaluation: Any) -> Any:
+    """The test_maps.npz writer (`ad.engine.maps_store`), or None when evaluation.save_maps=false."""
+    if not evaluation.save_maps:
+        return None
+    from ad.engine.maps_store import MapsWriter
+
+    return MapsWriter(run_dir, evaluation.save_maps_max_side)
+
+
 def write_history(run_dir: Path, history: Sequence[Any]) -> None:
     """Per-epoch training log (CSV beside TensorBoard); header only for models without epochs of training."""
     write_csv(run_dir / "history.csv", [dataclasses.asdict(h) for h in history], HISTORY_COLUMNS)

@@ -62,6 +62,7 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
         record.run.categories = list(parts.categories)
         record.counts = count_images(parts)
         logger = parts.logger_factory(run_dir / "tb")
+        maps = artefacts.maps_writer(run_dir, spec.evaluation)
         try:
             fit = parts.trainer.fit(parts.model, parts.data, run_dir=run_dir, logger=logger, identity=spec.identity)
             record.training = training_record(fit)
@@ -69,9 +70,11 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
             cal = calibrate(val, spec.evaluation, list(parts.categories), source)
             record.thresholds = cal.thresholds_record(spec.evaluation)
             record.notes += cal.notes + list(getattr(parts.model, "notes", []))
-            rows, test_s = score_and_evaluate(parts, cal, spec, record, logger, run_dir)
+            rows, test_s = score_and_evaluate(parts, cal, spec, record, logger, run_dir, maps)
             record.validation = validation_record(parts, spec, val, fit)
             artefacts.write_predictions(run_dir, rows)
+            if maps is not None:
+                maps.close()
             artefacts.write_history(run_dir, fit.history)
             artefacts.save_model(run_dir, parts.model, spec, cal, parts.trainer.use_amp)
             record.timing = Timing(fit_s=fit.fit_s, predict_s=test_s, ms_per_image=1000.0 * test_s / max(1, len(rows)),
@@ -80,6 +83,8 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
             logger.log_final(record, hparams(record))
         finally:
             logger.close()
+            if maps is not None:
+                maps.abort()  # a no-op once closed; drops a partial file when the run failed
         record.status = "ok"
     return record
 
@@ -143,7 +148,7 @@ def _concat(sets: List[PredictionSet]) -> PredictionSet:
 
 
 def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, record: RunRecord, logger: Any,
-                       run_dir: Path) -> tuple[List[Dict[str, Any]], float]:
+                       run_dir: Path, maps: Any = None) -> tuple[List[Dict[str, Any]], float]:
     """Score and evaluate one category at a time, so memory is bounded by the largest category, not the
     dataset (maps are dropped once evaluated). Returns the predictions.csv rows and the scoring time."""
     t = parts.trainer
@@ -159,6 +164,8 @@ def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, recor
         rec.counts = Counts(train=len(module.dataset("train", t.limit_train)), val=len(module.dataset("val", t.limit_val)),
                             test=rec.counts.test, test_anomalous=rec.counts.test_anomalous)
         per_category[name] = rec
+        if maps is not None:  # test_maps.npz: this category's maps, before they are dropped
+            maps.add(name, test.paths, test.labels, test.maps, test.masks, test.has_mask)
         cat_rows = artefacts.prediction_rows(test, cal, name)
         rows += cat_rows
         normalized = np.array([r["normalized_score"] for r in cat_rows])
@@ -214,7 +221,9 @@ def visualizations(dataset: Any, test: PredictionSet, cal: Calibration, n: int) 
 
     picks = pick_visualizations(test.labels, test.scores, n)
     return [{"image": dataset[i]["image"].numpy(), "map": display_map(test.maps[i], cal.pixel_normalization),
-             "mask": test.masks[i] if test.has_mask[i] else None, "caption": f"{Path(test.paths[i]).name} {cap}"}
+             "mask": test.masks[i] if test.has_mask[i] else None, "caption": f"{Path(test.paths[i]).name} {cap}",
+             "name": Path(test.paths[i]).name, "score": float(test.scores[i]), "label": int(test.labels[i]),
+             "decision": bool(test.scores[i] >= cal.image_threshold)}
             for i, cap in picks]
 
 

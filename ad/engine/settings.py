@@ -13,7 +13,8 @@ from ad.errors import ConfigError
 # ending in "." are pure prefixes.
 NOT_PARAMS = ("hydra.", "sweep", "+sweep", "hparams_search", "+hparams_search", "launcher", "trainer.progress_bar",
               "trainer.num_threads", "trainer.num_workers", "trainer.device", "trainer.resume", "dataset.root", "dataset.cache",
-              "dataset.decode_threads", "dataset.pin_memory", "paths.", "logger.", "evaluation.save_maps",
+              "dataset.decode_threads", "dataset.pin_memory", "dataset.cache_dir", "dataset.cache_mb", "paths.",
+              "logger.", "evaluation.save_maps", "evaluation.save_maps_max_side",
               "evaluation.objective")
 # The run's identity choices: shown as their own fields, not as parameters.
 NAME_KEYS = ("model", "dataset", "category", "setting")
@@ -60,7 +61,8 @@ class EvalSettings:
     aupro_max_fpr: float = 0.3
     objective: str = "auto"  # auto: only when a hyper-parameter search consumes it | always | never
     objective_max_images: int = 64
-    save_maps: bool = True
+    save_maps: bool = True  # test_maps.npz beside predictions.csv (ad.engine.maps_store)
+    save_maps_max_side: int = 256  # larger maps are block-averaged before saving
     min_val_images: int = 2  # fewer held-out normals than this: thresholds come from cross-fitting
     cross_fit_folds: int = 4  # folds of the training normals for cross-fitted thresholds (few-shot)
 
@@ -82,7 +84,7 @@ class EvalSettings:
             raise ConfigError(f"evaluation.aupro_max_fpr={self.aupro_max_fpr} must be in (0, 1], e.g. 0.3")
         if self.objective not in OBJECTIVE_MODES:
             raise ConfigError(f"evaluation.objective={self.objective!r} must be one of {', '.join(OBJECTIVE_MODES)}")
-        for key in ("objective_max_images", "min_val_images", "cross_fit_folds"):
+        for key in ("objective_max_images", "min_val_images", "cross_fit_folds", "save_maps_max_side"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"evaluation.{key}={value!r} must be a positive integer")

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 import torch
 
-from ad.engine.visualize import overlay
+from ad.engine.visualize import captioned, overlay
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ class TensorBoardLogger:
         final metrics, score histograms, PR curve, best/worst overlays. `test` is its PredictionSet."""
         if self.writer is None:
             return
-        for tag, v in flatten_metrics(record).items():
-            self.writer.add_scalar(f"test/{prefix}{tag}", v, 0)
+        if prefix:  # a unified run's categories; a single run's final metrics are the HPARAMS metrics (log_final)
+            for tag, v in flatten_metrics(record).items():
+                self.writer.add_scalar(f"test/{prefix}{tag}", v, 0)
         labels = test.labels.astype(bool)
         if self.log_histograms:
             if (~labels).any():
@@ -69,7 +70,9 @@ class TensorBoardLogger:
                                      torch.from_numpy(np.clip(np.nan_to_num(normalized_scores), 0, 1)), 0)
         if self.log_images and images:
             lo, hi = pixel_range
-            tiles = [overlay(it["image"], it["map"], it.get("mask"), lo, hi) for it in images]
+            tiles = [captioned(overlay(it["image"], it["map"], it.get("mask"), lo, hi), _caption(it)) for it in images]
+            tall = max(x.shape[0] for x in tiles)  # captions wrap to different heights: pad with black
+            tiles = [np.pad(x, ((0, tall - x.shape[0]), (0, 0), (0, 0))) for x in tiles]
             grid = np.stack(tiles).transpose(0, 3, 1, 2)  # NCHW uint8
             self.writer.add_images(f"test/{prefix}overlays_best_and_worst", grid, 0, dataformats="NCHW")
             self.writer.add_text(f"test/{prefix}overlays_legend", "  \n".join(f"{i}: {it['caption']}" for i, it in enumerate(images)))
@@ -79,14 +82,11 @@ class TensorBoardLogger:
         """The run's summary metrics (for unified runs: the means over categories) and the HPARAMS entry."""
         if self.writer is None:
             return
-        metrics = flatten_metrics(record)
-        if record.categories is not None:  # unified: the per-category values went in via log_test
-            for tag, v in metrics.items():
-                self.writer.add_scalar(f"test/mean/{tag}" if not tag.startswith("validation") else tag, v, 0)
-        elif "validation/objective" in metrics:
-            self.writer.add_scalar("validation/objective", metrics["validation/objective"], 0)
+        # Each final metric is written once, by add_hparams, under the tag the charts show (test/..., or
+        # test/mean/... for a unified run): no second single-point hparam/... chart of the same number.
+        head = "test/mean/" if record.categories is not None else "test/"
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-        hp_metrics = {f"hparam/{k}": v for k, v in metrics.items()}
+        hp_metrics = {(k if k.startswith("validation") else head + k): v for k, v in flatten_metrics(record).items()}
         if hp_metrics:
             # run_name="." keeps the hparams in this run's directory instead of a timestamped sub-run.
             self.writer.add_hparams(hp, hp_metrics, run_name=".")
@@ -95,6 +95,16 @@ class TensorBoardLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _caption(item: Mapping[str, Any]) -> List[str]:
+    """[image name, "score s  label -> decision OK|WRONG"] (the caption text alone for older callers)."""
+    if "score" not in item:
+        return [str(item.get("caption", ""))[:40]]
+    truth = "anomalous" if item["label"] else "normal"
+    said = "anomalous" if item["decision"] else "normal"
+    verdict = "OK" if bool(item["label"]) == item["decision"] else "WRONG"
+    return [str(item["name"])[:40], f"score {item['score']:.4g}", f"{truth} -> {said} {verdict}"]
 
 
 def pick_visualizations(labels: np.ndarray, scores: np.ndarray, n: int) -> List[tuple[int, str]]:

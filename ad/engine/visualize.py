@@ -37,3 +37,22 @@ def display_map(amap: np.ndarray, pixel_normalization) -> np.ndarray:
     if pixel_normalization:
         return metrics.normalize(amap, pixel_normalization, clip=True)
     return (amap - amap.min()) / max(float(amap.max() - amap.min()), 1e-12)
+
+
+def captioned(tile: np.ndarray, lines: "list[str]", line_height: int = 12) -> np.ndarray:
+    """The tile (uint8 [H,W,3]) with a black strip below it holding `lines` of text: TensorBoard shows image
+    grids without captions, so each overlay says itself which image it is, its score and decision."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = tile.shape[:2]
+    width = max(4, (w - 4) // 6)  # the default bitmap font is ~6 px per character: wrap to the tile
+    lines = [part for line in lines for part in (textwrap.wrap(line, width) or [""])]
+    canvas = Image.new("RGB", (w, h + line_height * len(lines) + 4), (0, 0, 0))
+    canvas.paste(Image.fromarray(tile), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for k, text in enumerate(lines):
+        draw.text((3, h + 2 + k * line_height), text, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)

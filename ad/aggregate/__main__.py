@@ -1,0 +1,5 @@
+import sys
+
+from ad.aggregate.cli import main
+
+sys.exit(main())

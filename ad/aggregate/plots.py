@@ -1,0 +1,147 @@
+"""PNG plots of a table: bars per column group, a heatmap of image AUROC, and a critical-difference diagram
+per dataset (Friedman + Nemenyi over its categories)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ad.stats.cd_diagram import figure as _figure
+from ad.aggregate.table import Table, build_table, cell_text, fmt_number, is_fraction, metric_label
+
+HEATMAP_METRIC = "image.auroc"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "column"
+
+
+def plot_bars(table: Table, out_dir: Path) -> List[Path]:
+    """Per column group (model): one bar per category and metric, error bars = std, paper values as ticks."""
+    paths = []
+    labels = [f"{d}/{c}" for d, c in table.rows]
+    n_m = len(table.metrics)
+    for col in table.columns:
+        fig = _figure(max(6.0, 0.55 * len(labels) * max(n_m, 1) ** 0.5 + 2.0) + 2.5, 4.2)
+        ax = fig.add_subplot(1, 1, 1)
+        width = 0.8 / max(n_m, 1)
+        scale_pct = all(is_fraction(m) for m in table.metrics)
+        for k, m in enumerate(table.metrics):
+            xs, ys, errs, marks = [], [], [], []
+            for i, r in enumerate(table.rows):
+                c = table.cell(r, col, m)
+                x = i - 0.4 + width * (k + 0.5)
+                if c.mean is None:
+                    if c.n_failed or c.n_missing:
+                        marks.append(x)
+                    continue
+                f = 100.0 if scale_pct else 1.0
+                xs.append(x)
+                ys.append(c.mean * f)
+                errs.append((c.std or 0.0) * f)
+            ax.bar(xs, ys, width=width * 0.95, yerr=errs, capsize=2, label=metric_label(m))
+            for x in marks:
+                ax.text(x, 1.0, "×", ha="center", va="bottom", color="red", fontsize=11)
+            for ref in col.references:
+                rx = [i - 0.4 + width * (k + 0.5) for i, r in enumerate(table.rows)
+                      if ref.value(r[0], m, r[1]) is not None]
+                ry = [ref.value(r[0], m, r[1]) * (100.0 if scale_pct else 1.0) for r in table.rows
+                      if ref.value(r[0], m, r[1]) is not None]
+                if rx:
+                    ax.scatter(rx, ry, marker="_", s=200, color="black", zorder=3,
+                               label=f"{ref.label} (paper) {metric_label(m)}")
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        if scale_pct:
+            ax.set_ylim(0, 105)
+            ax.set_ylabel("%")
+        ax.set_title(f"{col.label}  (× = failed/missing)" if any(
+            table.cell(r, col, m).mean is None and (table.cell(r, col, m).n_failed or table.cell(r, col, m).n_missing)
+            for r in table.rows for m in table.metrics) else col.label)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        p = out_dir / f"bars_{_slug(col.label)}.png"
+        fig.savefig(p, format="png")
+        paths.append(p)
+    return paths
+
+
+def plot_heatmap(table: Table, out_dir: Path, metric: str = HEATMAP_METRIC) -> Optional[Path]:
+    """Column groups × categories, colour = mean `metric`; failed/missing cells hatched and labelled."""
+    import numpy as np
+
+    if not table.columns or not table.rows:
+        return None
+    cells = {}
+    if metric not in table.metrics:  # the heatmap metric is always image AUROC, chosen metrics or not
+        table = build_table(table.jobs, [metric], table.group, [r for c in table.columns for r in c.references])
+    data = np.full((len(table.columns), len(table.rows)), np.nan)
+    for i, col in enumerate(table.columns):
+        for k, r in enumerate(table.rows):
+            c = table.cell(r, col, metric)
+            cells[(i, k)] = c
+            if c.mean is not None:
+                data[i, k] = c.mean * (100.0 if is_fraction(metric) else 1.0)
+    fig = _figure(max(4.0, 0.75 * len(table.rows) + 3.0), max(2.5, 0.5 * len(table.columns) + 1.8))
+    ax = fig.add_subplot(1, 1, 1)
+    finite = data[np.isfinite(data)]
+    vmin = float(finite.min()) if finite.size else 0.0
+    vmax = float(finite.max()) if finite.size else 1.0
+    if is_fraction(metric):
+        vmin, vmax = min(vmin, 50.0), 100.0
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+    for (i, k), c in cells.items():
+        if c.mean is not None:
+            v = data[i, k]
+            ax.text(k, i, fmt_number(metric, c.mean), ha="center", va="center", fontsize=7,
+                    color="white" if v < (vmin + vmax) / 2 else "black")
+        else:
+            ax.text(k, i, cell_text(metric, c), ha="center", va="center", fontsize=7, color="red")
+    ax.set_xticks(range(len(table.rows)))
+    ax.set_xticklabels([f"{d}/{c}" for d, c in table.rows], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(table.columns)))
+    ax.set_yticklabels([c.label for c in table.columns], fontsize=8)
+    ax.set_title(metric_label(metric) + (" (%)" if is_fraction(metric) else ""))
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    fig.tight_layout()
+    p = out_dir / f"heatmap_{_slug(metric.replace('.', '_'))}.png"
+    fig.savefig(p, format="png")
+    return p
+
+
+
+
+def rank_table(table: Table, dataset: Optional[str], metric: str):
+    """(column labels, [categories x columns] means) over the categories where every column has a value;
+    None when fewer than 3 columns or 2 categories remain (Friedman needs 3 methods; for 2 the Wilcoxon
+    signed-rank test in the ranking section is the test)."""
+    rows = table.rows if dataset is None else table.dataset_rows(dataset)
+    cols = [c for c in table.columns if any(table.cell(r, c, metric).mean is not None for r in rows)]
+    full = [r for r in rows if all(table.cell(r, c, metric).mean is not None for c in cols)]
+    if len(cols) < 3 or len(full) < 2:
+        return None
+    return [c.label for c in cols], [[table.cell(r, c, metric).mean for c in cols] for r in full]
+
+
+def plot_cd_diagrams(table: Table, out_dir: Path, metric: str = HEATMAP_METRIC) -> Dict[str, Path]:
+    """{dataset: cd_<dataset>_<metric>.png} for every dataset with >= 3 columns and >= 2 complete categories."""
+    from ad.stats import friedman
+    from ad.stats.cd_diagram import plot_cd_diagram
+
+    if metric not in table.metrics:
+        table = build_table(table.jobs, [metric], table.group)
+    out: Dict[str, Path] = {}
+    for ds in table.datasets:
+        ranked = rank_table(table, ds, metric)
+        if ranked is None:
+            continue
+        labels, values = ranked
+        res = friedman(values, labels)
+        title = f"{ds}: {metric_label(metric)} (Friedman p = {res.p:.3g})"
+        out[ds] = plot_cd_diagram(res, out_dir / f"cd_{_slug(ds)}_{_slug(metric.replace('.', '_'))}.png", title)
+    return out

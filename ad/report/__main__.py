@@ -1,0 +1,5 @@
+import sys
+
+from ad.report.build import main
+
+sys.exit(main())
