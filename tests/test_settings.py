@@ -17,7 +17,7 @@ WHAT = ["model.coreset_ratio=0.01", "trainer.max_epochs=3", "seed=1", "dataset.i
 
 
 def test_every_consumer_agrees_on_what_is_a_parameter():
-    from ad.aggregate import _auto_excluded
+    from ad.aggregate.table import _auto_excluded
 
     overrides = HOW + WHAT + ["model=padim", "category=bottle", "setting=unified"]
     assert set(swept_params(overrides)) == {o.split("=")[0] for o in WHAT}
