@@ -63,9 +63,17 @@ def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
     return max(cores // n, 1)
 
 
+def folder_name(path: Any) -> str:
+    """Last component of a path (`${ad_basename:${dataset.root}}`: a folder dataset is named after its root)."""
+    name = Path(str(path)).expanduser().name if path not in (None, "") else ""
+    return name or "folder"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("ad_params"):
         OmegaConf.register_new_resolver("ad_params", _params_suffix)
+    if not OmegaConf.has_resolver("ad_basename"):
+        OmegaConf.register_new_resolver("ad_basename", folder_name)
     # ${ad_threads:<n_jobs>[,<cpus>]}: CPU threads per job for launchers running jobs in parallel
     if not OmegaConf.has_resolver("ad_threads"):
         OmegaConf.register_new_resolver("ad_threads", threads_per_job)

@@ -4,7 +4,7 @@ mixed), so masks are matched to images by file stem."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_index, require_dir
 from ad.errors import DataError
@@ -69,8 +69,10 @@ class BTAD(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        shots: Optional[int] = None,
+        min_val: int = 2,
     ) -> None:
-        super().__init__(root, normalise_btad_category(category), image_size, center_crop, val_fraction, seed)
+        super().__init__(root, normalise_btad_category(category), image_size, center_crop, val_fraction, seed, shots, min_val)
 
     def list_samples(self) -> List[Sample]:
         return list_btad(self.root, self.category)

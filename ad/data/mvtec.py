@@ -79,8 +79,10 @@ class MVTecAD(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        shots: Optional[int] = None,
+        min_val: int = 2,
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed)
+        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val)
 
     def list_samples(self) -> List[Sample]:
         return list_mvtec(self.root, self.category, self.name)

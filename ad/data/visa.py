@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root
 from ad.errors import DataError
@@ -132,8 +132,10 @@ class VisA(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        shots: Optional[int] = None,
+        min_val: int = 2,
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed)
+        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val)
         self.split_file = str(split_file)
 
     def list_samples(self) -> List[Sample]:
