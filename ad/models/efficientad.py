@@ -39,7 +39,7 @@ class EfficientAD(AnomalyModel):
     default_batch_size = 1
 
     def __init__(
-        self, model_size: str = "s", teacher_weights: Optional[str] = "auto", image_size: int = 256,
+        self, model_size: str = "s", teacher_weights: Optional[str] = None, image_size: int = 256,
         out_channels: int = 384, lr: float = 1e-4, weight_decay: float = 1e-5, lr_drop_at: float = 0.95,
         hard_quantile: float = 0.999, map_quantiles: tuple = (0.9, 0.995), imagenet_dir: Optional[str] = None,
         teacher_stats_images: int = 256, seed: int = 0, teacher_dir: Optional[str] = "backbones",
@@ -81,8 +81,9 @@ class EfficientAD(AnomalyModel):
 
     def _build_teacher(self, weights, model_size, image_size, out_channels, seed, teacher_dir, distill):
         if weights is None or str(weights) == "":
-            raise ConfigError("model.teacher_weights is not set; use auto (distilled once and cached), a PDN file "
-                              "or random (weak smoke-test teacher)")
+            raise ConfigError("model.teacher_weights is not set; use auto (distilled once from the pip-shipped "
+                              "EfficientNet-Lite0 and cached in teacher_dir), a PDN file from "
+                              "scripts/distill_pdn_teacher.py, or random (weak smoke-test teacher)")
         if str(weights) == "random":
             with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
                 torch.manual_seed(seed)
