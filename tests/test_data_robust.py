@@ -263,3 +263,22 @@ def test_layout_kinds_are_what_they_claim(tmp_path):
     few = LAYOUTS["few_shot"](tmp_path / "f")
     dm = few.data_module(image_size=32)
     assert len(dm.samples("train")) == 3 and dm.samples("val") == [] and dm.no_val_reason
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_shots_work_on_every_layout(name, tmp_path):
+    layout = LAYOUTS[name](tmp_path / name)
+    for k in (1, 2, 3):
+        dm = layout.data_module(image_size=32, shots=k, seed=5)
+        assert len(dm.samples("train")) == k and dm.samples("val") == [] and dm.no_val_reason
+        assert len(dm.samples("test")) == layout.n_test
+    small = {s.path for s in layout.data_module(image_size=32, shots=2, seed=5).samples("train")}
+    big = {s.path for s in layout.data_module(image_size=32, shots=3, seed=5).samples("train")}
+    assert small < big
+
+
+def test_shots_compose_from_the_command_line(tmp_path):
+    layout = LAYOUTS["few_shot"](tmp_path)
+    cfg = compose([*layout.overrides, "dataset.shots=2", "dataset.image_size=32"])
+    dm = instantiate(cfg.dataset)
+    assert dm.shots == 2 and len(dm.samples("train")) == 2
