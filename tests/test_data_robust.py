@@ -188,7 +188,7 @@ def test_more_shots_than_images_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize("n_train,fraction,min_val,n_val", [
     (20, 0.1, 2, 2), (120, 0.1, 2, 12), (12, 0.2, 2, 2), (15, 0.1, 2, 2),
     (8, 0.1, 2, 0), (4, 0.1, 2, 0), (2, 0.5, 2, 0), (1, 0.1, 2, 0), (1, 0.9, 1, 0), (3, 0.1, 1, 0), (4, 0.25, 1, 1),
-    (20, 0.0, 2, 0),
+    (20, 0.0, 2, 0), (3, 0.9, 1, 0),
 ])
 def test_validation_is_held_out_only_when_enough(tmp_path, n_train, fraction, min_val, n_val):
     _mvtec(tmp_path, n_train=n_train)

@@ -359,9 +359,12 @@ class AnomalyDataModule:
         if self.val_fraction == 0:
             return train, [], "no held-out validation: dataset.val_fraction=0"
         n_val = int(round(n * self.val_fraction))
-        if n_val < self.min_val or n - n_val < 1:
+        if n_val < self.min_val:
             return train, [], (f"no held-out validation: {n} training normals x dataset.val_fraction="
                                f"{self.val_fraction:g} gives {n_val} < dataset.min_val={self.min_val}; all {n} train")
+        if n_val >= n:
+            return train, [], (f"no held-out validation: dataset.val_fraction={self.val_fraction:g} of {n} training "
+                               "normals would leave none to train on; all train")
         rest, val = split_count(train, n_val, self.seed)
         return rest, val, None
 
