@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from ad.data.mvtec import MVTecAD
 from ad.data.synthetic import generate_synthetic
 from ad.errors import ConfigError, DataError
 from tests.layouts import LAYOUTS
-from tests.test_data import _img, _mask, _mvtec
+from tests.test_data import _mask, _mvtec
 
 
 def _one_line(exc) -> str:
@@ -254,7 +253,8 @@ def test_layout_loads_through_its_dataset_class(name, tmp_path):
 
 def test_layout_kinds_are_what_they_claim(tmp_path):
     gray = LAYOUTS["gray_mvtec"](tmp_path / "g")
-    assert {Image.open(p).mode for p in (gray.root / gray.category).rglob("*.png") if "ground_truth" not in str(p)} == {"L"}
+    images = [p for p in (gray.root / gray.category).rglob("*.png") if "ground_truth" not in str(p)]
+    assert {Image.open(p).mode for p in images} == {"L"}
     btad = LAYOUTS["btad_mixed"](tmp_path / "b")
     exts = Counter(p.suffix for p in (btad.root / "02").rglob("*") if p.is_file())
     assert exts[".bmp"] > 0 and exts[".png"] > 0

@@ -270,8 +270,8 @@ def kfold_split(samples: Sequence[Sample], k: int, seed: int) -> List[tuple[List
     order = list(range(len(samples)))
     random.Random(f"folds:{seed}").shuffle(order)
     fold_of = {idx: pos % k for pos, idx in enumerate(order)}
-    return [([s for i, s in enumerate(samples) if fold_of[i] != f], [s for i, s in enumerate(samples) if fold_of[i] == f])
-            for f in range(k)]
+    return [([s for i, s in enumerate(samples) if fold_of[i] != f],
+             [s for i, s in enumerate(samples) if fold_of[i] == f]) for f in range(k)]
 
 
 class AnomalyDataModule:
@@ -292,9 +292,11 @@ class AnomalyDataModule:
         min_val: int = 2,
     ) -> None:
         if root is None or str(root).strip() in ("", "None", "null", "???"):
-            raise DatasetConfigError(f"dataset.root is not set (got {root!r}); set dataset.root=<folder of the {self.name} data>")
+            raise DatasetConfigError(f"dataset.root is not set (got {root!r}); "
+                                     f"set dataset.root=<folder of the {self.name} data>")
         if category is None or str(category).strip() in ("", "None", "null", "???"):
-            raise DatasetConfigError(f"dataset.category is not set (got {category!r}); set category=<name> or dataset.category=<name>")
+            raise DatasetConfigError(f"dataset.category is not set (got {category!r}); "
+                                     "set category=<name> or dataset.category=<name>")
         self.root = Path(str(root)).expanduser()
         self.category = str(category)
         check_size(image_size, "dataset.image_size")

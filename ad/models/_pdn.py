@@ -278,7 +278,8 @@ class TeacherRecipe:
     to fit in a few hundred steps, loss 0.98 -> 0.78 in 400 steps; levels 2+3 only 1.06 -> 0.96) on procedural
     textures. Textures need no data, so one cached teacher serves every category and dataset; a teacher
     distilled on the category's own normals would extrapolate on defects the way the student does (both saw
-    normals only), shrinking the student-teacher gap EfficientAD scores. 400 steps of 8 x 64 px crops: 1-2 minutes on 2 idle CPU cores.
+    normals only), shrinking the student-teacher gap EfficientAD scores. 400 steps of 8 x 64 px crops: 1-2
+    minutes on 2 idle CPU cores.
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -379,8 +380,8 @@ def cached_teacher(recipe: TeacherRecipe, cache_dir: str | Path, weights_dir: Op
             seed=recipe.seed, device=device, log_every=0, progress=_progress_bar(recipe.steps),
         )
         seconds = time.time() - start
-        extra = {"recipe": {**asdict(recipe), "layers": list(recipe.layers)}, "final_loss": float(np.mean(losses[-20:])),
-                 "distill_seconds": round(seconds, 1)}
+        extra = {"recipe": {**asdict(recipe), "layers": list(recipe.layers)},
+                 "final_loss": float(np.mean(losses[-20:])), "distill_seconds": round(seconds, 1)}
         # image_size 0 = scale-free (textures only): EfficientAD then does not warn about another model.image_size
         save_teacher(path, teacher, recipe.model_size, recipe.image_size if recipe.uses_images else 0,
                      recipe.describe(), extra)

@@ -9,11 +9,12 @@ channels and an autoencoder.
   *validation normals* (`on_fit_end`) so both sit at 0 / 0.1, averaged. Image score = max of the map.
 - Adam lr 1e-4, weight decay 1e-5, batch 1, 70000 steps (`default_max_steps`; `trainer.max_steps` overrides),
   LR x0.1 at 95% of the steps the trainer will run (`budget.total_steps`).
-- Teacher: `teacher_weights=auto` (default) uses the cached teacher of the `teacher_distill` recipe under
+- Teacher: `teacher_weights=auto` (the config default) uses the cached teacher of the `teacher_distill` recipe under
   `teacher_dir` (`paths.backbone_dir`), distilling it first from the pip-shipped EfficientNet-Lite0 when absent
   (`ad.models._pdn.TeacherRecipe`, a few CPU minutes once); or a PDN file (`scripts/distill_pdn_teacher.py`);
-  or `random` (weak, for tests/smoke runs only). `notes` says which teacher a run used. The ImageNet penalty (student output kept small on unrelated
-  images) is used when `imagenet_dir` names a folder of images; off by default offline.
+  or `random` (weak, for tests/smoke runs only). `notes` says which teacher a run used.
+- The ImageNet penalty (student output kept small on unrelated images) is used when `imagenet_dir` names a
+  folder of images; off by default offline.
 """
 from __future__ import annotations
 
