@@ -396,6 +396,7 @@ def _distil_in_child(cache, queue):
     queue.put((str(path), seconds))
 
 
+@pytest.mark.slow  # two spawned interpreters load torch and lite0: ~20 s on an idle machine
 def test_two_jobs_distilling_the_same_teacher_at_once_share_one_file(tmp_path):
     import multiprocessing as mp
 
