@@ -130,11 +130,19 @@ def job_device(sweep_dir: str, job_num: Any, n_gpus: Optional[int] = None) -> st
     return f"cuda:{gpu}"
 
 
+def folder_name(path: Any) -> str:
+    """Last component of a path (`${ad_basename:${dataset.root}}`: a folder dataset is named after its root)."""
+    name = Path(str(path)).expanduser().name if path not in (None, "") else ""
+    return name or "folder"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("ad_params"):
         OmegaConf.register_new_resolver("ad_params", _params_suffix)
     if not OmegaConf.has_resolver("ad_job_params"):
         OmegaConf.register_new_resolver("ad_job_params", job_params_suffix)
+    if not OmegaConf.has_resolver("ad_basename"):
+        OmegaConf.register_new_resolver("ad_basename", folder_name)
     # ${ad_threads:<n_jobs>[,<cpus>]}: CPU threads per job for launchers running jobs in parallel
     if not OmegaConf.has_resolver("ad_threads"):
         OmegaConf.register_new_resolver("ad_threads", threads_per_job)

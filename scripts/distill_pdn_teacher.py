@@ -8,9 +8,12 @@ weight package) on a folder of images (searched recursively: the category's norm
 of photographs/textures; more varied is better), optionally mixed with procedural textures.
 
     python scripts/distill_pdn_teacher.py --images datasets/mvtec_ad/bottle/train/good --out backbones/pdn_s.pth
-    python train.py model=efficientad model.teacher_weights=backbones/pdn_s.pth   # the default path
+    python -m ad.train model=efficientad model.teacher_weights=backbones/pdn_s.pth
 
-The output file records model size, channels, image size and where it came from.
+The output file records model size, channels, image size and where it came from. Without a file,
+`model.teacher_weights=auto` (the default) distils the teacher of `model.teacher_distill` itself on first use;
+`--auto-cache DIR` does that ahead of time (e.g. `--auto-cache backbones` before copying backbones/ to a
+machine without spare CPU), with the recipe of conf/model/efficientad.yaml.
 """
 from __future__ import annotations
 
@@ -33,7 +36,9 @@ from ad.models._pdn import distill_pdn_teacher, save_teacher  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", help="folder of training images (recursive); optional with --procedural-fraction 1")
-    p.add_argument("--out", required=True, help="output teacher file, e.g. backbones/pdn_s.pth")
+    p.add_argument("--out", help="output teacher file, e.g. backbones/pdn_s.pth")
+    p.add_argument("--auto-cache", metavar="DIR",
+                   help="instead: distil the teacher_weights=auto teacher of conf/model/efficientad.yaml into DIR")
     p.add_argument("--model-size", choices=("s", "m"), default="s")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--weights", default=None, help="explicit backbone weight file")
@@ -55,6 +60,10 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    if a.auto_cache:
+        return _auto_cache(a.auto_cache, a.model_size, device)
+    if not a.out:
+        p.error("--out is required (or --auto-cache DIR)")
     try:
         files = list_source_images(a.images) if a.images else []
         if not files and a.procedural_fraction < 1:
@@ -75,6 +84,22 @@ def main(argv=None) -> int:
     tail = sum(losses[-100:]) / max(1, len(losses[-100:]))
     print(f"saved {a.out}: PDN-{a.model_size.upper()}, {sum(p.numel() for p in teacher.parameters())} params, "
           f"final loss {tail:.4f}, {time.time() - start:.0f}s")
+    return 0
+
+
+def _auto_cache(folder: str, model_size: str, device: str) -> int:
+    from omegaconf import OmegaConf
+
+    from ad.config import CONFIG_DIR
+    from ad.models._pdn import TeacherRecipe, cached_teacher
+
+    options = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "model" / "efficientad.yaml").teacher_distill)
+    try:
+        path, seconds = cached_teacher(TeacherRecipe.from_config(model_size, 256, options), folder, folder, device)
+    except ADError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'distilled' if seconds is not None else 'already cached'}: {path}")
     return 0
 
 

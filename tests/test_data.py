@@ -191,13 +191,14 @@ def _single_line(exc: BaseException) -> str:
 
 
 def test_corrupt_truncated_and_mismatched_files_name_the_file(tmp_path):
+    """Files that go bad after setup()'s pre-check are still reported by the loader, one line each."""
     _mvtec(tmp_path, n_train=2, defects=(("crack", 1),))
     c = tmp_path / "widget"
+    dm = MVTecAD(str(tmp_path), "widget", image_size=8, val_fraction=0.0).setup()
     (c / "train" / "good" / "000.png").write_bytes(b"this is not a png")
     good = (c / "train" / "good" / "001.png").read_bytes()
     (c / "train" / "good" / "001.png").write_bytes(good[: len(good) // 2])
     _mask(c / "ground_truth" / "crack" / "000_mask.png", size=(30, 20))
-    dm = MVTecAD(str(tmp_path), "widget", image_size=8, val_fraction=0.0)
     ds = dm.dataset("train")
     with pytest.raises(DataError) as e:
         ds[0]
@@ -217,8 +218,8 @@ def test_corrupt_truncated_and_mismatched_files_name_the_file(tmp_path):
 
 def test_worker_errors_stay_one_line(tmp_path):
     _mvtec(tmp_path, n_train=2, defects=(("crack", 1),))
+    dm = MVTecAD(str(tmp_path), "widget", image_size=8, val_fraction=0.0).setup()
     (tmp_path / "widget" / "train" / "good" / "000.png").write_bytes(b"garbage")
-    dm = MVTecAD(str(tmp_path), "widget", image_size=8, val_fraction=0.0)
     with pytest.raises(DataFileError) as e:
         next(iter(dm.dataloader("train", batch_size=2, num_workers=1)))
     msg = _single_line(e.value)
@@ -306,7 +307,7 @@ def test_visa_listing_and_masks(tmp_path):
     assert Counter((s.split, s.label) for s in samples) == {("train", 0): 4, ("test", 0): 2, ("test", 1): 3}
     assert all(s.path.startswith(str(tmp_path / "pcb1" / "Data" / "Images")) for s in samples)
     assert all((s.mask_path is not None) == (s.label == 1) for s in samples)
-    dm = VisA(str(tmp_path), "pcb1", image_size=20, val_fraction=0.25)
+    dm = VisA(str(tmp_path), "pcb1", image_size=20, val_fraction=0.25, min_val=1)
     assert len(dm.samples("train")) == 3 and len(dm.samples("val")) == 1 and dm.has_masks
     batch = next(iter(dm.dataloader("test", batch_size=5)))
     expected = torch.zeros(20, 20)

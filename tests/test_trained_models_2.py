@@ -357,3 +357,76 @@ def test_efficientad_rebuilds_from_state_dict_without_teacher_file(fitted):
     twin.load_state_dict(state)
     x = toy_images(2, True, seed=5, size=size)
     assert torch.equal(model.predict(x).maps, twin.predict(x).maps)
+
+
+# --- EfficientAD's automatic teacher (teacher_weights=auto) -----------------------------------------------------
+_TINY_RECIPE = dict(steps=2, batch_size=2, crop_size=64)
+
+
+def test_auto_teacher_is_distilled_once_cached_by_recipe_and_reused(tmp_path):
+    from ad.models._pdn import TeacherRecipe
+
+    cache = tmp_path / "backbones"
+    first = create_model("efficientad", teacher_weights="auto", teacher_dir=str(cache), image_size=64,
+                         teacher_distill=_TINY_RECIPE)
+    files = sorted(p.name for p in cache.iterdir() if p.suffix == ".pth")
+    recipe = TeacherRecipe.from_config("s", 64, _TINY_RECIPE)
+    assert files == [recipe.file_name()] and "2x2x64px" in files[0] and recipe.digest() in files[0]
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    assert oct((cache / files[0]).stat().st_mode & 0o777) == "0o644"
+    meta = torch.load(cache / files[0], weights_only=True)
+    assert meta["recipe"]["steps"] == 2 and meta["recipe"]["backbone"] == "tf_efficientnet_lite0"
+    assert len(first.notes) == 1 and "distilled by this run" in first.notes[0] and files[0] in first.notes[0]
+    assert first.channels == 24 + 40  # lite0 levels 1 and 2
+
+    again = create_model("efficientad", teacher_weights="auto", teacher_dir=str(cache), image_size=64,
+                         teacher_distill=_TINY_RECIPE)
+    assert "(cached:" in again.notes[0]
+    assert all(torch.equal(a, b) for a, b in zip(first.teacher.state_dict().values(), again.teacher.state_dict().values()))
+
+    create_model("efficientad", teacher_weights="auto", teacher_dir=str(cache), image_size=64,
+                 teacher_distill={**_TINY_RECIPE, "seed": 1})  # another recipe: another file, never the first
+    assert len([p for p in cache.iterdir() if p.suffix == ".pth"]) == 2
+
+
+def _distil_in_child(cache, queue):
+    from ad.models._pdn import TeacherRecipe, cached_teacher
+
+    path, seconds = cached_teacher(TeacherRecipe.from_config("s", 64, _TINY_RECIPE), cache)
+    queue.put((str(path), seconds))
+
+
+@pytest.mark.slow  # two spawned interpreters load torch and lite0: ~20 s on an idle machine
+def test_two_jobs_distilling_the_same_teacher_at_once_share_one_file(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_distil_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results[0][0] == results[1][0]
+    assert sum(s is not None for _, s in results) == 1  # the second waited for the first one's file
+    assert len([p for p in tmp_path.iterdir() if p.suffix == ".pth"]) == 1
+
+
+def test_auto_teacher_recipe_is_validated_in_one_line():
+    with pytest.raises(ConfigError, match=r"model.teacher_distill has unknown key\(s\) stepz"):
+        create_model("efficientad", teacher_weights="auto", teacher_distill={"stepz": 3})
+    with pytest.raises(ConfigError, match=r"model.teacher_distill.steps=0 must be a positive integer"):
+        create_model("efficientad", teacher_weights="auto", teacher_distill={"steps": 0})
+
+
+def test_efficientad_config_defaults_to_the_auto_teacher_in_the_backbone_dir(tmp_path):
+    from hydra.utils import instantiate
+
+    from ad.config import compose
+
+    cfg = compose(["model=efficientad", f"paths.backbone_dir={tmp_path}", "model.image_size=64",
+                   "model.teacher_distill.steps=1", "model.teacher_distill.batch_size=2"])
+    assert cfg.model.teacher_weights == "auto"
+    model = instantiate(cfg.model)
+    assert [p.name for p in tmp_path.glob("pdn_s_*.pth")] and model.notes

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 
 from ad.data._cache import Decoded, DecodeCache, Prefetcher, resolve_decode_threads
 
-from ad.errors import DataError
+from ad.data._checks import DatasetConfigError, check_number, check_size, verify_samples
+from ad.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +276,50 @@ def split_validation(train: Sequence[Sample], fraction: float, seed: int) -> tup
     n_val = int(round(len(train) * fraction))
     if fraction > 0 and len(train) > 1:
         n_val = max(1, n_val)
-    n_val = min(n_val, len(train) - 1)
+    return split_count(train, min(n_val, len(train) - 1), seed)
+
+
+def split_count(train: Sequence[Sample], n_val: int, seed: int) -> tuple[List[Sample], List[Sample]]:
+    """(rest, val) with `n_val` normals drawn by `seed` held out; both in listing order."""
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])
     val = [s for i, s in enumerate(train) if i in val_idx]
     rest = [s for i, s in enumerate(train) if i not in val_idx]
     return rest, val
+
+
+def choose_shots(train: Sequence[Sample], shots: Optional[int], seed: int, what: str = "dataset") -> List[Sample]:
+    """The k-shot training set: `shots` normals drawn by `seed`, nested (for one seed the 2-shot set contains
+    the 1-shot set, the 4-shot set the 2-shot set, ...) so a learning curve adds images instead of redrawing.
+    `None` keeps every image. Returned in listing order."""
+    train = list(train)
+    if shots is None:
+        return train
+    if shots > len(train):
+        raise DataError(f"dataset.shots={shots} but {what} has only {len(train)} training normals; "
+                        f"use dataset.shots<={len(train)} (or null for all)")
+    order = sorted(range(len(train)), key=lambda i: train[i].path)  # independent of the listing's order
+    random.Random(f"shots:{seed}").shuffle(order)
+    keep = set(order[:shots])
+    return [s for i, s in enumerate(train) if i in keep]
+
+
+def kfold_split(samples: Sequence[Sample], k: int, seed: int) -> List[tuple[List[Sample], List[Sample]]]:
+    """Deterministic K-fold split for cross-fitted scores: `k` (fit, held) pairs in which every sample is held
+    out exactly once and fold sizes differ by at most one. `k >= len(samples)` is leave-one-out. Needs at
+    least 2 samples (a fold must keep something to fit on)."""
+    samples = list(samples)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ConfigError(f"cross-fitting needs k >= 2 folds, got {k!r}")
+    if len(samples) < 2:
+        raise DataError(f"cross-fitting needs at least 2 training normals, got {len(samples)}")
+    k = min(k, len(samples))
+    order = list(range(len(samples)))
+    random.Random(f"folds:{seed}").shuffle(order)
+    fold_of = {idx: pos % k for pos, idx in enumerate(order)}
+    return [([s for i, s in enumerate(samples) if fold_of[i] != f],
+             [s for i, s in enumerate(samples) if fold_of[i] == f]) for f in range(k)]
 
 
 class AnomalyDataModule:
@@ -298,17 +336,32 @@ class AnomalyDataModule:
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        shots: Optional[int] = None,
+        min_val: int = 2,
         cache: str = "auto",
         cache_mb: Optional[float] = None,
         cache_dir: Optional[str] = None,
         decode_threads: "int | str" = "auto",
         pin_memory: "bool | str" = "auto",
     ) -> None:
-        self.root = Path(root).expanduser()
+        if root is None or str(root).strip() in ("", "None", "null", "???"):
+            raise DatasetConfigError(f"dataset.root is not set (got {root!r}); "
+                                     f"set dataset.root=<folder of the {self.name} data>")
+        if category is None or str(category).strip() in ("", "None", "null", "???"):
+            raise DatasetConfigError(f"dataset.category is not set (got {category!r}); "
+                                     "set category=<name> or dataset.category=<name>")
+        self.root = Path(str(root)).expanduser()
         self.category = str(category)
+        check_size(image_size, "dataset.image_size")
+        if center_crop is not None:
+            check_size(center_crop, "dataset.center_crop")
         self.transform = ImageTransform(image_size, center_crop)
-        self.val_fraction = float(val_fraction)
-        self.seed = int(seed)
+        self.val_fraction = check_number(val_fraction, "dataset.val_fraction", float, low=0.0, high=1.0, high_open=True)
+        self.seed = check_number(seed, "seed", int)
+        self.shots = check_number(shots, "dataset.shots", int, low=1) if shots is not None else None
+        self.min_val = check_number(min_val, "dataset.min_val", int, low=1)
+        #: why there is no held-out validation split (None when there is one); set by setup()
+        self.no_val_reason: Optional[str] = None
         self._splits: Optional[Dict[str, List[Sample]]] = None
         # Loading (not what the data is): decoded images are kept per file + transform, see ad.data._cache.
         self.cache = DecodeCache(partial(decode_sample, transform=self.transform), self.transform.key,
@@ -333,7 +386,11 @@ class AnomalyDataModule:
             raise DataError(f"{self.name} '{self.category}': training split contains anomalous images")
         if not test:
             raise DataError(f"no test images found for {self.name} category '{self.category}' under {self.root}")
-        train, val = split_validation(train, self.val_fraction, self.seed)
+        train = choose_shots(train, self.shots, self.seed, f"{self.name} '{self.category}'")
+        train, val, self.no_val_reason = self._hold_out(train)
+        if self.no_val_reason:
+            log.info("%s '%s': %s", self.name, self.category, self.no_val_reason)
+        verify_samples(train + val + test)
         self._splits = {"train": train, "val": val, "test": test}
         anomalous = [s for s in test if s.label == 1]
         unmasked = [s for s in anomalous if not s.mask_path]
@@ -349,6 +406,40 @@ class AnomalyDataModule:
                 "as unavailable", self.name, self.category, len(unmasked), len(anomalous), unmasked[0].path,
             )
         return self
+
+    def _hold_out(self, train: List[Sample]) -> tuple[List[Sample], List[Sample], Optional[str]]:
+        """(train, val, reason there is no val). With `shots` the model trains on exactly those images, so no
+        validation is held out; otherwise `val_fraction` of the normals, unless that is fewer than `min_val`
+        (a threshold fitted on one or two normals is noise): then every normal trains and the caller uses its
+        fallback (cross-fitted scores on the training normals, see `kfold_split`)."""
+        n = len(train)
+        if self.shots is not None:
+            return train, [], (f"no held-out validation: dataset.shots={self.shots} trains on exactly {n} normal "
+                               "image(s); thresholds need the training-normal fallback")
+        if self.val_fraction == 0:
+            return train, [], "no held-out validation: dataset.val_fraction=0"
+        n_val = int(round(n * self.val_fraction))
+        if n_val < self.min_val:
+            return train, [], (f"no held-out validation: {n} training normals x dataset.val_fraction="
+                               f"{self.val_fraction:g} gives {n_val} < dataset.min_val={self.min_val}; all {n} train")
+        if n_val >= n:
+            return train, [], (f"no held-out validation: dataset.val_fraction={self.val_fraction:g} of {n} training "
+                               "normals would leave none to train on; all train")
+        rest, val = split_count(train, n_val, self.seed)
+        return rest, val, None
+
+    @property
+    def has_validation(self) -> bool:
+        """True when a held-out validation split exists (`samples("val")` non-empty); else see `no_val_reason`."""
+        return bool(self.samples("val"))
+
+    def folds(self, k: int = 5) -> List[tuple[List[Sample], List[Sample]]]:
+        """K-fold (fit, held) splits of the training normals, deterministic for the data seed (`kfold_split`)."""
+        return kfold_split(self.samples("train"), k, self.seed)
+
+    def verify(self) -> None:
+        """Header check of every image and mask of the splits (`verify_samples`); `setup()` runs it."""
+        verify_samples(self.samples("train") + self.samples("val") + self.samples("test"))
 
     def samples(self, split: str) -> List[Sample]:
         self.setup()

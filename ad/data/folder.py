@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_stem
+from ad.config import folder_name
 from ad.errors import DataError
 
 
@@ -114,7 +115,7 @@ class Folder(AnomalyDataModule):
     def __init__(
         self,
         root: str,
-        category: str = "custom",
+        category: Optional[str] = None,
         normal_dir: str = "good",
         abnormal_dir: str = "defect",
         mask_dir: Optional[str] = None,
@@ -124,13 +125,17 @@ class Folder(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        shots: Optional[int] = None,
+        min_val: int = 2,
         cache: str = "auto",
         cache_mb: Optional[float] = None,
         cache_dir: Optional[str] = None,
         decode_threads: "int | str" = "auto",
         pin_memory: "bool | str" = "auto",
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed,
+        if category is None and root is not None:
+            category = folder_name(root)  # the root's name labels results, run dirs and tables
+        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val,
                          cache, cache_mb, cache_dir, decode_threads, pin_memory)
         self.normal_dir = normal_dir
         self.abnormal_dir = abnormal_dir

@@ -378,6 +378,7 @@ def render_defect_with_clean(
 def _save_png(arr: Array, path: Path) -> None:
     # Fixed PNG settings: identical pixels give identical bytes (same Pillow/zlib).
     Image.fromarray(arr).save(path, format="PNG", compress_level=1, optimize=False)
+    os.chmod(path, 0o644)
 
 
 def _write_category(dest: Path, category: str, p: dict) -> None:
@@ -397,6 +398,7 @@ def _write_category(dest: Path, category: str, p: dict) -> None:
             _save_png(mask.astype(np.uint8) * 255, dest / "ground_truth" / defect / f"{i:03d}_mask.png")
     # Marker last: its presence means the folder is complete.
     (dest / MARKER).write_text(json.dumps(p, sort_keys=True, indent=1) + "\n")
+    os.chmod(dest / MARKER, 0o644)
 
 
 def _read_marker(folder: Path) -> Optional[dict]:
@@ -448,6 +450,8 @@ def generate_synthetic(
                 )
         tmp = Path(tempfile.mkdtemp(prefix=f".{cat}.tmp-", dir=root))
         try:
+            # mkdtemp makes the folder 0700; the dataset is shared data like any other (0755, files 0644)
+            os.chmod(tmp, 0o755)
             _write_category(tmp, cat, params)
             _swap_into_place(tmp, dest, params)
         finally:
@@ -493,13 +497,15 @@ class Synthetic(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        shots: Optional[int] = None,
+        min_val: int = 2,
         cache: str = "auto",
         cache_mb: Optional[float] = None,
         cache_dir: Optional[str] = None,
         decode_threads: "int | str" = "auto",
         pin_memory: "bool | str" = "auto",
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed,
+        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val,
                          cache, cache_mb, cache_dir, decode_threads, pin_memory)
         self.num_train = int(num_train)
         self.num_test_good = int(num_test_good)

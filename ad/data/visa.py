@@ -132,13 +132,15 @@ class VisA(AnomalyDataModule):
         center_crop: int | Sequence[int] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        shots: Optional[int] = None,
+        min_val: int = 2,
         cache: str = "auto",
         cache_mb: Optional[float] = None,
         cache_dir: Optional[str] = None,
         decode_threads: "int | str" = "auto",
         pin_memory: "bool | str" = "auto",
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed,
+        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val,
                          cache, cache_mb, cache_dir, decode_threads, pin_memory)
         self.split_file = str(split_file)
 

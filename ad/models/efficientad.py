@@ -9,9 +9,12 @@ channels and an autoencoder.
   *validation normals* (`on_fit_end`) so both sit at 0 / 0.1, averaged. Image score = max of the map.
 - Adam lr 1e-4, weight decay 1e-5, batch 1, 70000 steps (`default_max_steps`; `trainer.max_steps` overrides),
   LR x0.1 at 95% of the steps the trainer will run (`budget.total_steps`).
-- Teacher: `teacher_weights` = a PDN file (see `ad.models._pdn` and `scripts/distill_pdn_teacher.py`) or
-  `random` (weak, for tests/smoke runs only). The ImageNet penalty (student output kept small on unrelated
-  images) is used when `imagenet_dir` names a folder of images; off by default offline.
+- Teacher: `teacher_weights=auto` (the config default) uses the cached teacher of the `teacher_distill` recipe under
+  `teacher_dir` (`paths.backbone_dir`), distilling it first from the pip-shipped EfficientNet-Lite0 when absent
+  (`ad.models._pdn.TeacherRecipe`, a few CPU minutes once); or a PDN file (`scripts/distill_pdn_teacher.py`);
+  or `random` (weak, for tests/smoke runs only). `notes` says which teacher a run used.
+- The ImageNet penalty (student output kept small on unrelated images) is used when `imagenet_dir` names a
+  folder of images; off by default offline.
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from ad.errors import ConfigError
-from ad.models._pdn import (IMAGENET_MEAN, IMAGENET_STD, MAP_PAD, SIZES, EfficientADAutoencoder, load_teacher, pdn,
-                            pdn_output_size)
+from ad.models._pdn import (IMAGENET_MEAN, IMAGENET_STD, MAP_PAD, SIZES, EfficientADAutoencoder, TeacherRecipe,
+                            cached_teacher, load_teacher, pdn, pdn_output_size)
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
 
 log = logging.getLogger(__name__)
@@ -40,27 +43,20 @@ class EfficientAD(AnomalyModel):
         self, model_size: str = "s", teacher_weights: Optional[str] = None, image_size: int = 256,
         out_channels: int = 384, lr: float = 1e-4, weight_decay: float = 1e-5, lr_drop_at: float = 0.95,
         hard_quantile: float = 0.999, map_quantiles: tuple = (0.9, 0.995), imagenet_dir: Optional[str] = None,
-        teacher_stats_images: int = 256, seed: int = 0,
+        teacher_stats_images: int = 256, seed: int = 0, teacher_dir: Optional[str] = "backbones",
+        teacher_distill: Optional[Dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         if model_size not in SIZES:
             raise ConfigError(f"model.model_size={model_size!r} must be one of {', '.join(SIZES)}")
-        if teacher_weights is None:
-            raise ConfigError(
-                "model.teacher_weights is not set: EfficientAD needs a pretrained PDN teacher; create one with "
-                "`python scripts/distill_pdn_teacher.py --images <folder> --out backbones/pdn_s.pth` and set "
-                "model.teacher_weights to it (or teacher_weights=random for a weak smoke-test teacher)"
-            )
-        if str(teacher_weights) == "random":
-            with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-                torch.manual_seed(seed)
-                self.teacher, self.teacher_meta = pdn(model_size, out_channels), {"source": "random"}
-        else:
-            self.teacher, self.teacher_meta = load_teacher(teacher_weights, model_size)
-            distilled_at = self.teacher_meta.get("image_size")
-            if distilled_at and int(distilled_at) != int(image_size):
-                log.warning("EfficientAD: teacher %s was distilled at %s px but model.image_size=%s: patches are "
-                            "seen at another scale than the teacher learned", teacher_weights, distilled_at, image_size)
+        #: lines for the run's results.json `notes` (which teacher this run used, whether it was distilled now)
+        self.notes: List[str] = []
+        self.teacher, self.teacher_meta = self._build_teacher(
+            teacher_weights, model_size, image_size, out_channels, seed, teacher_dir, teacher_distill)
+        distilled_at = self.teacher_meta.get("image_size")
+        if self.teacher_meta.get("source") != "random" and distilled_at and int(distilled_at) != int(image_size):
+            log.warning("EfficientAD: teacher %s was distilled at %s px but model.image_size=%s: patches are "
+                        "seen at another scale than the teacher learned", teacher_weights, distilled_at, image_size)
         self.teacher.eval().requires_grad_(False)
         c = self.teacher_meta.get("out_channels", out_channels)
         self.channels, self.image_size, self.model_size = int(c), int(image_size), model_size
@@ -83,6 +79,30 @@ class EfficientAD(AnomalyModel):
         self.register_buffer("teacher_sqsum", torch.zeros(c, dtype=torch.float64))
         self.register_buffer("teacher_count", torch.zeros((), dtype=torch.float64))
         self._penalty_files = self._list_penalty(imagenet_dir) if imagenet_dir else None
+
+    def _build_teacher(self, weights, model_size, image_size, out_channels, seed, teacher_dir, distill):
+        if weights is None or str(weights) == "":
+            raise ConfigError("model.teacher_weights is not set; use auto (distilled once from the pip-shipped "
+                              "EfficientNet-Lite0 and cached in teacher_dir), a PDN file from "
+                              "scripts/distill_pdn_teacher.py, or random (weak smoke-test teacher)")
+        if str(weights) == "random":
+            with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+                torch.manual_seed(seed)
+                self.notes.append("EfficientAD teacher: random init (teacher_weights=random; smoke tests only)")
+                return pdn(model_size, out_channels), {"source": "random"}
+        if str(weights) == "auto":
+            if not teacher_dir:
+                raise ConfigError("model.teacher_dir is not set; teacher_weights=auto caches its teacher there "
+                                  "(default: paths.backbone_dir)")
+            recipe = TeacherRecipe.from_config(model_size, image_size, distill)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            weights, seconds = cached_teacher(recipe, teacher_dir, weights_dir=teacher_dir, device=device)
+            when = f"distilled by this run in {seconds:.0f} s" if seconds is not None else "cached"
+            self.notes.append(f"EfficientAD teacher: {recipe.describe()} ({when}: {weights})")
+        teacher, meta = load_teacher(weights, model_size)
+        if not self.notes:
+            self.notes.append(f"EfficientAD teacher: {weights} ({meta.get('source', 'bare state dict')})")
+        return teacher, meta
 
     @staticmethod
     def _list_penalty(folder: str) -> List[Path]:

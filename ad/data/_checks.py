@@ -1,0 +1,109 @@
+"""Checks the data layer runs before any long work: config values at construction (one line naming the key)
+and a header pass over every listed image and mask (`verify_samples`), so a corrupt test image or a mask of
+the wrong size stops the run before training instead of after it."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+from PIL import Image, UnidentifiedImageError
+
+from ad.errors import ConfigError, DataError
+
+# Image modes `load_image` turns into RGB (everything Pillow opens from the supported formats).
+_READABLE_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+                   "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# Full-file integrity (chunk CRCs) is cheap for these formats; it catches truncated or overwritten files too.
+_VERIFIABLE = {"PNG"}
+_MAX_EXAMPLES = 3
+
+
+class DatasetConfigError(ConfigError, DataError):
+    """A bad `dataset.*` value: both a config and a data error (callers catching either see it)."""
+
+
+def check_number(value: Any, key: str, kind: type, low: Optional[float] = None, high: Optional[float] = None,
+                 high_open: bool = False):
+    """`value` as `kind` (int or float) within [low, high] (or [low, high)), else a one-line error."""
+    bad_type = isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        kind is int and isinstance(value, float) and not value.is_integer())
+    if bad_type or (isinstance(value, float) and not math.isfinite(value)):
+        raise DatasetConfigError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}; "
+                                 f"set {key}=<{'int' if kind is int else 'number'}>{_range(low, high, high_open)}")
+    value = kind(value)
+    if (low is not None and value < low) or (high is not None and (value >= high if high_open else value > high)):
+        raise DatasetConfigError(f"{key}={value} must be{_range(low, high, high_open)}")
+    return value
+
+
+def _range(low, high, high_open) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" >= {low:g}"
+    if low is None:
+        return f" <= {high:g}"
+    return f" in [{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def check_size(value: Any, key: str) -> Tuple[int, int]:
+    """An image side `N` or `[height, width]` of positive integers, as (h, w)."""
+    items = list(value) if isinstance(value, (list, tuple)) or (
+        hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict))) else [value]
+    if len(items) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+        raise DatasetConfigError(f"{key}={_show(value)} is not a positive integer side or [height, width]; "
+                                 f"set e.g. {key}=256 or {key}=[256,320]")
+    return (items[0], items[-1])
+
+
+def _show(value: Any) -> str:
+    try:
+        return repr(list(value)) if not isinstance(value, (str, int, float)) else repr(value)
+    except TypeError:
+        return repr(value)
+
+
+def image_header(path: str | Path) -> Tuple[str, Tuple[int, int], str]:
+    """(format, (width, height), mode) of an image file without decoding its pixels (PNGs are also checked
+    whole: chunk CRCs). Raises DataError naming the file."""
+    try:
+        with Image.open(path) as im:
+            header = (str(im.format), tuple(im.size), str(im.mode))
+            if im.format in _VERIFIABLE:
+                im.verify()
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        reason = " ".join(str(exc).split()) or exc.__class__.__name__
+        raise DataError(f"{path} is not a readable image ({exc.__class__.__name__}: {reason})") from None
+    if header[1][0] < 1 or header[1][1] < 1:
+        raise DataError(f"{path} has an empty size {header[1]}")
+    if header[2] not in _READABLE_MODES:
+        raise DataError(f"{path} has pixel mode {header[2]} that cannot be turned into RGB")
+    return header  # type: ignore[return-value]
+
+
+def verify_samples(samples: Sequence[Any]) -> None:
+    """Open every image and mask header of `samples` (objects with `path` and `mask_path`) and check each mask
+    has its image's size. One DataError listing the count and the first few problems, or None."""
+    problems: List[str] = []
+    for s in samples:
+        try:
+            _, size, _ = image_header(s.path)
+        except DataError as exc:
+            problems.append(f"image {exc}")
+            continue
+        if s.mask_path:
+            try:
+                _, msize, _ = image_header(s.mask_path)
+            except DataError as exc:
+                problems.append(f"mask {exc}")
+                continue
+            if msize != size:
+                problems.append(f"mask {s.mask_path} is {msize[0]}x{msize[1]} but its image {s.path} is "
+                                f"{size[0]}x{size[1]}")
+    if problems:
+        more = f" (and {len(problems) - _MAX_EXAMPLES} more)" if len(problems) > _MAX_EXAMPLES else ""
+        raise DataError(f"{len(problems)} of {len(samples)} listed files failed the pre-training check: "
+                        f"{'; '.join(problems[:_MAX_EXAMPLES])}{more}; replace or remove them")
