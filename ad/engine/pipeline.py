@@ -223,7 +223,7 @@ def visualizations(dataset: Any, test: PredictionSet, cal: Calibration, n: int) 
     return [{"image": dataset[i]["image"].numpy(), "map": display_map(test.maps[i], cal.pixel_normalization),
              "mask": test.masks[i] if test.has_mask[i] else None, "caption": f"{Path(test.paths[i]).name} {cap}",
              "name": Path(test.paths[i]).name, "score": float(test.scores[i]), "label": int(test.labels[i]),
-             "decision": bool(test.scores[i] >= cal.image_threshold)}
+             "decision": None if cal.image_threshold is None else bool(test.scores[i] >= cal.image_threshold)}
             for i, cap in picks]
 
 

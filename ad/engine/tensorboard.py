@@ -102,6 +102,8 @@ def _caption(item: Mapping[str, Any]) -> List[str]:
     if "score" not in item:
         return [str(item.get("caption", ""))[:40]]
     truth = "anomalous" if item["label"] else "normal"
+    if item["decision"] is None:  # the run has no threshold (a single training image)
+        return [str(item["name"])[:40], f"score {item['score']:.4g}", f"{truth}, no threshold"]
     said = "anomalous" if item["decision"] else "normal"
     verdict = "OK" if bool(item["label"]) == item["decision"] else "WRONG"
     return [str(item["name"])[:40], f"score {item['score']:.4g}", f"{truth} -> {said} {verdict}"]

@@ -53,8 +53,10 @@ class DFM(AnomalyModel):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         f = self.feature_extractor(images)[0]
-        if self.pooling_kernel_size > 1:
-            f = F.avg_pool2d(f, self.pooling_kernel_size)
+        # Small inputs give feature maps smaller than the kernel: pool what there is (same rule at fit and test).
+        k = min(self.pooling_kernel_size, f.shape[-2], f.shape[-1])
+        if k > 1:
+            f = F.avg_pool2d(f, k)
         return f.float()  # PCA residuals are small differences of large numbers: float32 from here on
 
     def on_fit_start(self, train_loader=None) -> None:
