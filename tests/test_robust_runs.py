@@ -222,8 +222,10 @@ def test_ctrl_c_records_interrupted(synthetic_root, tmp_path):
                              "trainer.max_steps=100000", "trainer.max_epochs=null", f"hydra.run.dir={run_dir}"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not (run_dir / "checkpoints" / "last.ckpt").exists():
-        time.sleep(0.5)
+    # results.json says "running" as soon as the run starts; give it a moment to be inside training
+    while time.time() < deadline and not (run_dir / "results.json").exists():
+        time.sleep(0.2)
+    time.sleep(3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     saved = json.loads((run_dir / "results.json").read_text())
