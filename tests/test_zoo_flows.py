@@ -181,7 +181,7 @@ def test_rotate_images_matches_exact_rotations_and_inverts():
     assert torch.allclose(even_angles(4), torch.tensor([0.0, 90.0, 180.0, 270.0]))
 
 
-def test_differnet_score_and_gradient_map_against_a_direct_computation():
+def _differnet_direct_check():
     torch.manual_seed(0)
     model = DifferNet(backbone=RANDOM, subnet_hidden=16, test_transforms=2, grad_sigma=0).eval()
     _perturbed(model.flow, 0.02).float()
@@ -195,9 +195,22 @@ def test_differnet_score_and_gradient_map_against_a_direct_computation():
         (g,) = torch.autograd.grad(((0.5 * z.pow(2).sum(1) - log_det) / model.dims).sum(), r)
         grads.append(rotate_images(g, torch.tensor([-angle])).abs().mean(1))
     assert float(pred.scores[0]) == pytest.approx(score, rel=1e-5)
-    # After the rest of the suite the two paths differ by ~1 % (order-dependent float32 state, not understood
-    # yet; alone they agree to 1e-4). A wrong formula (no square, no rotation back, no averaging) is off by far more.
-    assert torch.allclose(pred.maps, ((grads[0] + grads[1]) / 2) ** 2, rtol=5e-2, atol=1e-10)
+    assert torch.allclose(pred.maps, ((grads[0] + grads[1]) / 2) ** 2, rtol=1e-4, atol=1e-12)
+
+
+
+def test_differnet_score_and_gradient_map_against_a_direct_computation():
+    """Run in a fresh interpreter: after some other test files the two paths differ by a few % (process state
+    left behind, not yet traced to its source); in a clean process they agree to 1e-4."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", "import torch; torch.set_num_threads(1); "
+                          "from tests.test_zoo_flows import _differnet_direct_check as f; f()"],
+                         cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 # --- SimpleNet pieces -------------------------------------------------------------------------------------------
