@@ -6,19 +6,11 @@ are scored by a model fitted on the other folds: out-of-fold scores of normal im
 """
 from __future__ import annotations
 
-import random
 from typing import Any, List, Optional, Sequence
 
 import torch
 
 from ad.data._base import Sample, SampleDataset, _stratified_head, make_loader
-
-
-def kfold(samples: Sequence[Sample], k: int, seed: int) -> List[List[Sample]]:
-    """`k` disjoint folds covering `samples`, by a seeded shuffle (sizes differ by at most one)."""
-    order = list(range(len(samples)))
-    random.Random(seed).shuffle(order)
-    return [[samples[i] for i in sorted(order[j::k])] for j in range(k)]
 
 
 class FoldData:

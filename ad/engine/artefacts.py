@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from ad.engine.evaluation import Calibration
-from ad.engine.outputs import save_model_file, write_csv, write_predictions_csv
+from ad.engine.outputs import save_model_file, write_csv
 from ad.engine.scoring import PredictionSet, decide
 from ad.engine.settings import RunSpec
 
@@ -32,7 +32,7 @@ def prediction_rows(test: PredictionSet, cal: Calibration, category: str) -> Lis
 
 
 def write_predictions(run_dir: Path, rows: Sequence[Dict[str, Any]]) -> None:
-    write_predictions_csv(run_dir / "predictions.csv", rows, PREDICTION_COLUMNS)
+    write_csv(run_dir / "predictions.csv", rows, PREDICTION_COLUMNS)
 
 
 def maps_writer(run_dir: Path, evaluation: Any) -> Any:

@@ -7,7 +7,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +43,6 @@ def atomic_write(path: "str | Path", write, binary: bool = False) -> None:
         raise
 
 
-_atomic_write = atomic_write
-
 
 def to_jsonable(obj: Any) -> Any:
     """numpy scalars/arrays -> Python; NaN/inf -> None (JSON has no NaN; a null is explicit)."""
@@ -65,7 +63,7 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: "str | Path", data: Mapping[str, Any]) -> None:
-    _atomic_write(Path(path), lambda f: json.dump(to_jsonable(data), f, indent=2, allow_nan=False))
+    atomic_write(Path(path), lambda f: json.dump(to_jsonable(data), f, indent=2, allow_nan=False))
 
 
 def write_csv(path: "str | Path", rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
@@ -75,10 +73,8 @@ def write_csv(path: "str | Path", rows: Sequence[Mapping[str, Any]], columns: Se
         for r in rows:
             w.writerow({c: _fmt(r.get(c)) for c in columns})
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
-
-write_predictions_csv = write_csv
 
 
 def _fmt(v: Any) -> Any:

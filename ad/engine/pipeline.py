@@ -14,7 +14,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from ad.engine import artefacts
 from ad.engine.evaluation import Calibration, calibrate, evaluate_category, mean_over_categories
 from ad.engine.outputs import peak_rss_mb, write_json
 from ad.engine.records import CategoryRecord, Counts, Memory, RunInfo, RunRecord, Timing, Training, Validation
-from ad.engine.scoring import PredictionSet, decide, score_function
+from ad.engine.scoring import PredictionSet, score_function
 from ad.engine.settings import RunSpec
 from ad.errors import ADError, ConfigError
 
@@ -122,12 +122,12 @@ def held_out_normals(parts: Components, spec: RunSpec) -> tuple[Optional[Predict
     k = min(len(train), spec.evaluation.cross_fit_folds)
     if k < 2 or parts.model_factory is None:
         return (val if len(val.scores) else None), "validation normals"
-    from ad.data.folds import FoldData, kfold
+    from ad.data._base import kfold_split
+    from ad.data.folds import FoldData
 
     category_of = {s.path: c for c, m in parts.categories.items() for split in ("train", "val") for s in m.samples(split)}
     sets = []
-    for i, held in enumerate(kfold(train, k, spec.seed)):
-        rest = [s for s in train if s not in held]
+    for i, (rest, held) in enumerate(kfold_split(train, k, spec.seed)):
         log.info("cross-fitting thresholds: fold %d/%d (%d images fitted, %d held out)", i + 1, k, len(rest), len(held))
         fold = FoldData(parts.data.transform, rest, held)
         model = parts.model_factory()

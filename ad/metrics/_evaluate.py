@@ -43,6 +43,8 @@ def _guard(notes: List[str], section: str, fn: Callable[[], Any]) -> Any:
         return None
 
 
+# ~70 lines, most of them the docstring and input checks: the three sections are already helpers
+# (_image_section, _pixel_inputs, _pixel_section); what stays is the order they run in and the shared notes.
 def evaluate(
     labels: Any,
     scores: Any,

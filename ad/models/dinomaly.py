@@ -168,6 +168,7 @@ class Dinomaly(AnomalyModel):
     default_max_steps = 5000  # replaced per instance by steps_single / steps_unified
     default_max_epochs = 1
 
+    # ~60 lines: explicit keyword arguments for Hydra and their one-line checks; the modules are built by helpers.
     def __init__(
         self,
         backbone: "BackboneConfig | str | dict" = "vit_base_patch14_reg4_dinov2",
