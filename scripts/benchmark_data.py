@@ -225,8 +225,38 @@ def patchcore(args) -> Dict:
     return out
 
 
+def _scale_limit(args) -> Dict:
+    """The sweep's compute floor: every image of every category decoded once (one thread) plus PatchCore's
+    backbone forwards over all of them (batch 32), timed separately; PatchCore's own search/coreset excluded."""
+    from ad.models import create_model
+
+    model = create_model("patchcore").eval()
+    decode, backbone, n = [0.0, 0.0], [0.0, 0.0], 0
+    for cat in sorted(p.name for p in Path(args.root).iterdir() if (p / "train").is_dir()):
+        data = MVTecAD(root=args.root, category=cat, image_size=args.size, val_fraction=0.1, seed=0, **BEFORE)
+        for s in ("train", "val", "test"):
+            with _Timer() as t:
+                batches = [b["image"] for b in data.dataloader(s, 32)]
+            decode[0] += t.wall
+            decode[1] += t.cpu
+            with torch.no_grad(), _Timer() as t:
+                for images in batches:
+                    model.feature_extractor(images, channels_last=True)
+            backbone[0] += t.wall
+            backbone[1] += t.cpu
+            n += sum(b.shape[0] for b in batches)
+    return {"images": n, "decode_once_s": round(decode[0], 1), "decode_once_cpu_s": round(decode[1], 1),
+            "backbone_s": round(backbone[0], 1), "backbone_cpu_s": round(backbone[1], 1),
+            "limit_s": round(decode[0] + backbone[0], 1), "limit_cpu_s": round(decode[1] + backbone[1], 1),
+            # both cores busy all the time: the floor no overlap of decode and backbone can beat on this machine
+            "floor_2_cores_s": round((decode[1] + backbone[1]) / max(1, os.cpu_count() or 1), 1)}
+
+
 def scale(args) -> Dict:
     out = {"root": args.root}
+    if args.limit:
+        out["limit"] = _scale_limit(args)
+        print("limit", out["limit"], flush=True)
     for variant in args.variants.split(","):
         with tempfile.TemporaryDirectory() as root:
             r = _cli(args, ["-m", "+sweep=mvtec", "model=patchcore", *_flags(variant)], root)
@@ -294,6 +324,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="stfpm,fastflow", help="epoch mode: trained models")
     p.add_argument("--epochs", type=int, default=3, help="epoch mode: epochs per variant")
     p.add_argument("--variants", default="before,after", help="scale mode")
+    p.add_argument("--limit", action="store_true", help="scale mode: also time one decode + the backbone forwards")
     p.add_argument("--set", nargs="*", default=[], help="decodes mode: extra overrides for every run")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

@@ -489,3 +489,74 @@ def test_dataset_yaml_matches_class_signature(name):
     assert cfg["_target_"] == f"{cls.__module__}.{cls.__name__}"
     params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     assert set(cfg) - {"_target_"} == set(params)
+
+
+def _png_variants(tmp_path: Path) -> dict:
+    """PNG files of every kind Pillow writes, with noisy pixels (so every PNG filter type occurs)."""
+    from PIL import PngImagePlugin
+
+    rng = np.random.default_rng(0)
+    rgb = (rng.integers(0, 256, (37, 53, 3)) // 3 * 3).astype(np.uint8)  # 37x53: rows not a multiple of 8
+    grey = rgb[..., 0].copy()
+    gamma = PngImagePlugin.PngInfo()
+    gamma.add(b"gAMA", (45455).to_bytes(4, "big"))  # a gamma chunk: Pillow does not apply it, nor may we
+    files = {}
+
+    def save(name, image, **kw):
+        files[name] = tmp_path / f"{name}.png"
+        image.save(files[name], **kw)
+
+    save("rgb", Image.fromarray(rgb))
+    save("rgb_level1", Image.fromarray(rgb), compress_level=1)
+    save("rgb_gamma", Image.fromarray(rgb), pnginfo=gamma)
+    save("rgb_trns", Image.fromarray(rgb), transparency=tuple(int(v) for v in rgb[0, 0]))
+    save("grey", Image.fromarray(grey))
+    save("grey_trns", Image.fromarray(grey), transparency=int(grey[0, 0]))
+    save("rgba", Image.fromarray(np.dstack([rgb, grey])))
+    save("palette", Image.fromarray(rgb).quantize(16))
+    save("grey16", Image.fromarray((grey.astype(np.uint16) * 257)))
+    save("bilevel", Image.fromarray(grey > 127))
+    return files
+
+
+def test_fast_png_decoder_gives_pillows_pixels(tmp_path, monkeypatch):
+    """libspng decodes 8-bit grey/RGB PNGs (the MVTec/VisA/BTAD kinds) to exactly the pixels Pillow gives;
+    every other kind is left to Pillow."""
+    import ad.data._base as base
+
+    pytest.importorskip("pyspng")
+    files = _png_variants(tmp_path)
+    fast = {name: base._fast_png(p) for name, p in files.items()}
+    assert {n for n, im in fast.items() if im is not None} == {"rgb", "rgb_level1", "rgb_gamma",
+                                                               "rgb_trns", "grey", "grey_trns"}
+    via_fast = {name: np.asarray(base.load_image(p)) for name, p in files.items()}
+    monkeypatch.setattr(base, "_spng", None)
+    for name, p in files.items():
+        assert base._fast_png(p) is None
+        reference = np.asarray(base.load_image(p))  # Pillow only
+        assert reference.shape == (37, 53, 3) and reference.dtype == np.uint8, name
+        np.testing.assert_array_equal(via_fast[name], reference, err_msg=name)
+
+
+def test_fast_png_decoder_leaves_broken_files_to_pillows_error(tmp_path):
+    import ad.data._base as base
+
+    pytest.importorskip("pyspng")
+    p = _png_variants(tmp_path)["rgb"]
+    p.write_bytes(p.read_bytes()[:200])  # truncated inside IDAT
+    assert base._fast_png(p) is None
+    with pytest.raises(DataFileError, match=str(p)):
+        base.load_image(p)
+
+
+def test_fast_png_decoder_on_real_mvtec_files(bottle_root, monkeypatch):
+    """The real MVTec AD bottle PNGs decode to the same pixels through libspng as through Pillow."""
+    import ad.data._base as base
+
+    pytest.importorskip("pyspng")
+    files = sorted((bottle_root / "bottle" / "test").rglob("*.png"))[::8]
+    assert files and all(base._fast_png(p) is not None for p in files)
+    fast = [np.asarray(base.load_image(p)) for p in files]
+    monkeypatch.setattr(base, "_spng", None)
+    for p, a in zip(files, fast):
+        np.testing.assert_array_equal(a, np.asarray(base.load_image(p)), err_msg=str(p))
