@@ -50,12 +50,10 @@ def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
     (every job using every core) makes a parallel sweep slower than a sequential one, hence the division.
     """
     from ad.errors import ConfigError
+    from ad.values import number
 
     cores = available_cpus() if cpus in (None, "") else int(cpus)
-    try:
-        n = 1 if n_jobs in (None, "") else int(n_jobs)
-    except (TypeError, ValueError):
-        raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r} is not an integer; use e.g. hydra.launcher.n_jobs=2") from None
+    n = 1 if n_jobs in (None, "") else number(n_jobs, "hydra.launcher.n_jobs", int)
     if n == 0:
         raise ConfigError("hydra.launcher.n_jobs=0 runs nothing; use a positive count or -1 (one job per core)")
     if n < 0:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ad.errors import ADError, ConfigError
+from ad.values import positive_int
 
 USAGE = "usage: python -m ad.predict run_dir=<run dir> input=<image or folder> [out=<dir>] [batch_size=16] [device=auto] [overlays=true]"
 KEYS = {"run_dir", "input", "out", "batch_size", "device", "overlays"}
@@ -131,16 +132,6 @@ def gather_inputs(inp: Path, exclude: Optional[Path] = None) -> List[Path]:
     raise ConfigError(f"input {inp} does not exist; pass an image file or a folder of images")
 
 
-def _positive(key: str, value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"{key}={value!r} is not a whole number; use e.g. {key}=16") from None
-    if n <= 0:
-        raise ConfigError(f"{key}={n} must be positive; use e.g. {key}=16")
-    return n
-
-
 def _flag(key: str, value: str) -> bool:
     v = value.lower()
     if v not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -170,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         args = parse_args(argv)
-        batch_size = _positive("batch_size", args.get("batch_size", "16"))
+        batch_size = positive_int(args.get("batch_size", "16"), "batch_size")
         write_overlays = _flag("overlays", args.get("overlays", "true"))
         device = _device(args.get("device", "auto"))
         out = Path(args.get("out") or Path(args["run_dir"]) / "predict")

@@ -23,13 +23,10 @@ from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exporte
 def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
     """The run's identity and evaluation settings, checked before any work starts."""
     from ad.engine.settings import EvalSettings, RunSpec, identity_of
-    from ad.errors import ConfigError
+    from ad.values import number
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        seed = int(cfg.seed)
-    except (TypeError, ValueError):
-        raise ConfigError(f"seed={cfg.seed!r} is not an integer; use e.g. seed=0") from None
+    seed = number(cfg.seed, "seed", int)
     setting = str(OmegaConf.select(cfg, "setting.name", default="single"))
     consumer = ("hparams_search" if choices.get("hparams_search")
                 else "optuna sweeper" if "optuna" in str(choices.get("hydra/sweeper", "")) else None)

@@ -319,7 +319,8 @@ def test_trainer_fits_and_predicts_on_synthetic(tiles_root, name):
 
     data = Synthetic(root=str(tiles_root), category="syn_tiles", num_train=16, num_test_good=6,
                      num_test_defect=3, generated_size=256, image_size=256)
-    model = MODELS.get(name)(backbone=LITE0)
+    # SPADE with a 3-image gallery: its default 10 costs a 40,960-row search per test image at 256 px
+    model = MODELS.get(name)(backbone=LITE0, **({"top_k": 3} if name == "spade" else {}))
     trainer = Trainer(batch_size=8, eval_batch_size=8, progress_bar=False)
     trainer.fit(model, data)
     out = trainer.predict(model, data.dataloader("test", 8))

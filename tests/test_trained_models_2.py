@@ -416,7 +416,7 @@ def test_two_jobs_distilling_the_same_teacher_at_once_share_one_file(tmp_path):
 def test_auto_teacher_recipe_is_validated_in_one_line():
     with pytest.raises(ConfigError, match=r"model.teacher_distill has unknown key\(s\) stepz"):
         create_model("efficientad", teacher_weights="auto", teacher_distill={"stepz": 3})
-    with pytest.raises(ConfigError, match=r"model.teacher_distill.steps=0 must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"model.teacher_distill.steps=0 must be >= 1"):
         create_model("efficientad", teacher_weights="auto", teacher_distill={"steps": 0})
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 

@@ -38,6 +38,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from ad.errors import ConfigError
+from ad.values import non_negative_int
 
 log = logging.getLogger(__name__)
 
@@ -332,9 +333,7 @@ def resolve_decode_threads(value: "int | str | None") -> int:
         from ad.config import available_cpus
 
         return max(1, min(8, available_cpus() - 1)) if torch.cuda.is_available() else 1
-    from ad.engine.trainer import _non_negative_int  # the trainer's one-line checks of counts
-
-    return _non_negative_int("dataset.decode_threads", value)
+    return non_negative_int(value, "dataset.decode_threads")
 
 
 class Prefetcher:

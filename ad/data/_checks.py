@@ -3,13 +3,13 @@ and a header pass over every listed image and mask (`verify_samples`), so a corr
 the wrong size stops the run before training instead of after it."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
 from ad.errors import ConfigError, DataError
+from ad.values import number
 
 # Image modes `load_image` turns into RGB (everything Pillow opens from the supported formats).
 _READABLE_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
@@ -25,26 +25,9 @@ class DatasetConfigError(ConfigError, DataError):
 
 def check_number(value: Any, key: str, kind: type, low: Optional[float] = None, high: Optional[float] = None,
                  high_open: bool = False):
-    """`value` as `kind` (int or float) within [low, high] (or [low, high)), else a one-line error."""
-    bad_type = isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        kind is int and isinstance(value, float) and not value.is_integer())
-    if bad_type or (isinstance(value, float) and not math.isfinite(value)):
-        raise DatasetConfigError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}; "
-                                 f"set {key}=<{'int' if kind is int else 'number'}>{_range(low, high, high_open)}")
-    value = kind(value)
-    if (low is not None and value < low) or (high is not None and (value >= high if high_open else value > high)):
-        raise DatasetConfigError(f"{key}={value} must be{_range(low, high, high_open)}")
-    return value
-
-
-def _range(low, high, high_open) -> str:
-    if low is None and high is None:
-        return ""
-    if high is None:
-        return f" >= {low:g}"
-    if low is None:
-        return f" <= {high:g}"
-    return f" in [{low:g}, {high:g}{')' if high_open else ']'}"
+    """`value` as `kind` within [low, high] (or [low, high)): `ad.values.number`, raising the data layer's
+    DatasetConfigError."""
+    return number(value, key, kind, low=low, high=high, high_open=high_open, error=DatasetConfigError)
 
 
 def check_size(value: Any, key: str) -> Tuple[int, int]:

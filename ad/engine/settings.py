@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ad.errors import ConfigError
+from ad.values import positive_int
 
 # Overrides that say where or how a job runs, not what it is: left out of run names, hparams, the sweep job
 # directory names (conf/hydra/default.yaml builds them with the ${ad_job_params:} resolver, which reads this)
@@ -85,9 +86,7 @@ class EvalSettings:
         if self.objective not in OBJECTIVE_MODES:
             raise ConfigError(f"evaluation.objective={self.objective!r} must be one of {', '.join(OBJECTIVE_MODES)}")
         for key in ("objective_max_images", "min_val_images", "cross_fit_folds", "save_maps_max_side"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"evaluation.{key}={value!r} must be a positive integer")
+            setattr(self, key, positive_int(getattr(self, key), f"evaluation.{key}"))
 
 
 @dataclass

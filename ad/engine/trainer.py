@@ -15,13 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ad.errors import ConfigError
+from ad.values import non_negative_int, positive_int
 from ad.engine.outputs import atomic_write
 from ad.engine.scoring import PredictionSet, score_loader
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec
@@ -146,11 +147,13 @@ class Trainer:
         callbacks: Sequence[Any] = (),
     ) -> None:
         # None = the model's declared default (one precedence rule: what is set here wins).
-        self.max_epochs = _positive_int("trainer.max_epochs", max_epochs, optional=True)
-        self.max_steps = _positive_int("trainer.max_steps", max_steps, optional=True)
-        self.batch_size = _positive_int("trainer.batch_size", batch_size, optional=True)
-        self.eval_batch_size = _positive_int("trainer.eval_batch_size", eval_batch_size)
-        self.num_workers = _non_negative_int("trainer.num_workers", num_workers)
+        default = "the model's default"
+        self.max_epochs = positive_int(max_epochs, "trainer.max_epochs", optional=True, null_means=default)
+        self.max_steps = positive_int(max_steps, "trainer.max_steps", optional=True, null_means=default)
+        self.batch_size = positive_int(batch_size, "trainer.batch_size", optional=True, null_means=default)
+        self.eval_batch_size = positive_int(eval_batch_size, "trainer.eval_batch_size")
+        self.num_workers = non_negative_int(num_workers, "trainer.num_workers")
+        num_threads = positive_int(num_threads or None, "trainer.num_threads", optional=True, null_means="torch's default")
         self.gradient_clip_val = gradient_clip_val
         try:
             self.device = resolve_device(device)
@@ -160,13 +163,15 @@ class Trainer:
             raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
         self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
         if num_threads:
-            torch.set_num_threads(int(num_threads))
+            torch.set_num_threads(num_threads)
         self.deterministic = deterministic
         self.early_stopping_cfg = dict(early_stopping or {"enabled": False})
-        self.checkpoint_every_n_epochs = max(1, int(checkpoint_every_n_epochs))
+        self.checkpoint_every_n_epochs = positive_int(checkpoint_every_n_epochs, "trainer.checkpoint_every_n_epochs")
         self.resume = resume
-        self.limit_train, self.limit_val, self.limit_test = limit_train, limit_val, limit_test
-        self.log_every_n_steps = max(1, int(log_every_n_steps))
+        self.limit_train, self.limit_val, self.limit_test = (
+            positive_int(v, f"trainer.limit_{k}", optional=True, null_means="all")
+            for k, v in (("train", limit_train), ("val", limit_val), ("test", limit_test)))
+        self.log_every_n_steps = positive_int(log_every_n_steps, "trainer.log_every_n_steps")
         self.progress = progress_enabled(progress_bar)
         self.num_visualizations = int(num_visualizations)
         self.seed = int(seed)
@@ -420,34 +425,6 @@ def check_identity(path: Path, saved: Optional[Dict[str, Any]], current: Optiona
     diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
     raise ConfigError(f"checkpoint {path} belongs to a different experiment ({diff}); use another run dir, delete "
                       f"{path.parent}, or set trainer.resume=false to train from scratch")
-
-
-def _positive_int(key: str, value: Any, optional: bool = False) -> Optional[int]:
-    """A budget or size setting as a positive int, or a one-line ConfigError naming the key."""
-    if value is None and optional:
-        return None
-    try:
-        n = int(value)
-        if isinstance(value, bool) or n != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=<positive integer>"
-                          + (" or null (the model's default)" if optional else "")) from None
-    if n <= 0:
-        what = "trains nothing" if "max_" in key else "is not a size"
-        raise ConfigError(f"{key}={n} {what}; set {key}=<positive integer>"
-                          + (" or null (the model's default)" if optional else ""))
-    return n
-
-
-def _non_negative_int(key: str, value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a whole number; set {key}=0 or more") from None
-    if n < 0:
-        raise ConfigError(f"{key}={n} is negative; set {key}=0 or more")
-    return n
 
 
 def _get_rng_state() -> Dict[str, Any]:

@@ -298,6 +298,7 @@ class TeacherRecipe:
     @classmethod
     def from_config(cls, model_size: str, image_size: int, options: Optional[dict]) -> "TeacherRecipe":
         from ad.errors import ConfigError
+        from ad.values import positive_int
 
         options = dict(options or {})
         known = {f.name for f in fields(cls)} - {"model_size", "image_size", "version"}
@@ -308,9 +309,8 @@ class TeacherRecipe:
         if "layers" in options:
             options["layers"] = tuple(int(v) for v in options["layers"])
         for key in ("steps", "batch_size", "crop_size"):
-            if key in options and (not isinstance(options[key], int) or isinstance(options[key], bool)
-                                   or options[key] < 1):
-                raise ConfigError(f"model.teacher_distill.{key}={options[key]!r} must be a positive integer")
+            if key in options:
+                options[key] = positive_int(options[key], f"model.teacher_distill.{key}")
         if options.get("crop_size", cls.crop_size) < 64:
             raise ConfigError("model.teacher_distill.crop_size must be >= 64 (the backbone needs some context)")
         if options.get("images") and options.get("procedural_fraction", cls.procedural_fraction) >= 1:
