@@ -348,3 +348,46 @@ def test_values_are_normalised_for_grouping():
     assert agg.format_value([2, 3]) == agg.format_value(agg._parse_override_value("[2,3]")) == "[2,3]"
     assert agg.format_value(True) == "true" and agg.format_value(None) == "null"
     assert math.isclose(agg._std([1.0, 3.0]), math.sqrt(2.0)) and agg._std([1.0]) is None
+
+
+def test_metric_vs_shots_plot(tmp_path):
+    """A few-shot sweep (dataset.shots × seeds × categories × models) gets a metric-vs-shots line per model:
+    each point the mean over categories of the seeds' mean, error bars the mean std over seeds."""
+    from PIL import Image
+
+    shots, seeds, cats = (1, 2, 4, 8), (0, 1), ("syn_disc", "syn_tiles")
+    value = {}
+    i = 0
+    for model in ("patchcore", "padim"):
+        for k in shots:
+            for seed in seeds:
+                for cat in cats:
+                    v = 0.5 + 0.05 * k - 0.01 * seed + (0.02 if cat == "syn_tiles" else 0.0) \
+                        + (0.03 if model == "patchcore" else 0.0)
+                    value[(model, k, seed, cat)] = v
+                    make_job(tmp_path / "sw", f"{i}_{model}", [f"model={model}", f"dataset.shots={k}", f"seed={seed}",
+                                                               f"category={cat}"],
+                             fake_results(model, "synthetic", cat, seed, v), model=model, dataset="synthetic",
+                             category=cat, seed=seed)
+                    i += 1
+    # one failed job must not move its point: the mean stays over the categories every point has
+    make_job(tmp_path / "sw", f"{i}_padim", ["model=padim", "dataset.shots=2", "seed=0", "category=syn_weave"],
+             fake_results("padim", "synthetic", "syn_weave", 0, None, status="failed", error="boom"),
+             model="padim", dataset="synthetic", category="syn_weave")
+    table = agg.build_table(agg.collect_jobs([tmp_path / "sw"]), ["image.auroc"])
+    assert "dataset.shots" in table.group
+    series = agg.trend_series(table, "dataset.shots", "image.auroc")
+    assert set(series) == {"patchcore", "padim"}
+    for model, pts in series.items():
+        assert [p[0] for p in pts] == [float(k) for k in shots]
+        for x, mean, spread, n in pts:
+            k = int(x)
+            per_cat = [statistics.mean(value[(model, k, s, c)] for s in seeds) for c in cats]
+            sds = [statistics.stdev([value[(model, k, s, c)] for s in seeds]) for c in cats]
+            assert n == 2 and mean == pytest.approx(statistics.mean(per_cat))
+            assert spread == pytest.approx(statistics.mean(sds))
+    res = agg.aggregate([tmp_path / "sw"], out=tmp_path / "out", metrics=["image.auroc"], bootstrap=0)
+    png = tmp_path / "out" / "trend_dataset.shots_image_auroc.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and f"]({png.name})" in res["markdown"]
+    with Image.open(png) as im:
+        assert im.size[0] > 300

@@ -37,7 +37,7 @@ from ad.aggregate.jobs import (
 )
 from ad.aggregate.latex import latex_escape, render_latex
 from ad.aggregate.markdown import render_markdown
-from ad.aggregate.plots import HEATMAP_METRIC, plot_bars, plot_cd_diagrams, plot_heatmap
+from ad.aggregate.plots import HEATMAP_METRIC, plot_bars, plot_cd_diagrams, plot_heatmap, plot_trends, trend_series
 from ad.aggregate.references import REFERENCE_FILE, Reference, dataset_size, load_references
 from ad.aggregate.table import (
     DEFAULT_METRICS,

@@ -12,7 +12,7 @@ from ad.aggregate.intervals import RunCache, annotate
 from ad.aggregate.jobs import AggregateError, Job, collect_jobs
 from ad.aggregate.latex import render_latex
 from ad.aggregate.markdown import render_markdown
-from ad.aggregate.plots import HEATMAP_METRIC, plot_bars, plot_cd_diagrams, plot_heatmap
+from ad.aggregate.plots import HEATMAP_METRIC, plot_bars, plot_cd_diagrams, plot_heatmap, plot_trends
 from ad.aggregate.ranking import ranking_section
 from ad.aggregate.references import REFERENCE_FILE, Reference, load_references
 from ad.aggregate.table import DEFAULT_METRICS, Column, Table, build_table
@@ -63,6 +63,8 @@ def _plots(table: Table, out_dir: Path, cd_metric: str) -> Dict[str, Path]:
         for p in plot_bars(table, out_dir):
             paths[p.stem] = p
         for p in plot_cd_diagrams(table, out_dir, cd_metric).values():
+            paths[p.stem] = p
+        for p in plot_trends(table, out_dir):
             paths[p.stem] = p
     except ImportError as e:  # matplotlib is a hard dependency, but keep tables when it is broken
         print(f"ad-aggregate: plots skipped ({e})", file=sys.stderr)

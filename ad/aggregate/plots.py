@@ -1,15 +1,97 @@
-"""PNG plots of a table: bars per column group, a heatmap of image AUROC, and a critical-difference diagram
-per dataset (Friedman + Nemenyi over its categories)."""
+"""PNG plots of a table: bars per column group, a heatmap of image AUROC, a critical-difference diagram
+per dataset (Friedman + Nemenyi over its categories), and a metric-vs-parameter line plot for every numeric
+swept parameter (e.g. `dataset.shots`, `model.coreset_ratio`)."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ad.stats.cd_diagram import figure as _figure
 from ad.aggregate.table import Table, build_table, cell_text, fmt_number, is_fraction, metric_label
 
 HEATMAP_METRIC = "image.auroc"
+TREND_EXCLUDE = ("model", "setting", "backbone", "seed")
+
+
+def _as_number(value: Optional[str]) -> Optional[float]:
+    try:
+        x = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return x if x is not None and x == x else None
+
+
+def trend_keys(table: Table) -> List[str]:
+    """Swept parameters of the table's columns whose values are all numbers (at least two distinct ones)."""
+    keys = []
+    for i, key in enumerate(table.group):
+        if key in TREND_EXCLUDE:
+            continue
+        xs = [_as_number(c.key[i]) for c in table.columns]
+        if xs and all(x is not None for x in xs) and len(set(xs)) >= 2:
+            keys.append(key)
+    return keys
+
+
+def trend_series(table: Table, key: str, metric: str) -> Dict[str, List[Tuple[float, float, Optional[float], int]]]:
+    """{series label: [(x, mean, spread, categories)] sorted by x} for one numeric swept `key`. A series is one
+    combination of the other grouping values (e.g. one model). The mean is over the categories every point of
+    the series has a value for (so a point is never an average over an easier subset); the spread is the mean
+    over those categories of the std over seeds (None with a single seed)."""
+    i = table.group.index(key)
+    others = [k for k in range(len(table.group)) if k != i]
+    by_series: Dict[Tuple, List] = {}
+    for col in table.columns:
+        by_series.setdefault(tuple(col.key[k] for k in others), []).append(col)
+    out: Dict[str, List[Tuple[float, float, Optional[float], int]]] = {}
+    for series, cols in by_series.items():
+        common = [r for r in table.rows if all(table.cell(r, c, metric).mean is not None for c in cols)]
+        if not common:
+            continue
+        points = []
+        for col in cols:
+            cells = [table.cell(r, col, metric) for r in common]
+            stds = [c.std for c in cells if c.std is not None]
+            points.append((_as_number(col.key[i]), sum(c.mean for c in cells) / len(cells),
+                           sum(stds) / len(stds) if len(stds) == len(cells) else None, len(common)))
+        label = " ".join(f"{table.group[k]}={v}" if table.group[k] not in ("model", "backbone") else str(v)
+                         for k, v in zip(others, series)) or metric_label(metric)
+        out[label] = sorted(points)
+    return out
+
+
+def plot_trends(table: Table, out_dir: Path) -> List[Path]:
+    """One PNG per numeric swept parameter and metric: metric (mean over categories) vs the parameter, a line
+    per series, error bars = the seeds' std. A log x axis when the values span a factor of 8 or more."""
+    paths = []
+    for key in trend_keys(table):
+        for metric in table.metrics:
+            series = trend_series(table, key, metric)
+            if not series:
+                continue
+            scale = 100.0 if is_fraction(metric) else 1.0
+            fig = _figure(6.5, 4.0)
+            ax = fig.add_subplot(1, 1, 1)
+            xs_all = sorted({p[0] for pts in series.values() for p in pts})
+            for label, pts in series.items():
+                errs = [p[2] * scale if p[2] is not None else 0.0 for p in pts]
+                ax.errorbar([p[0] for p in pts], [p[1] * scale for p in pts], yerr=errs, marker="o", capsize=3,
+                            label=f"{label} ({pts[0][3]} categories)")
+            if xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 8:
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(xs_all)
+            ax.set_xticklabels([f"{x:g}" for x in xs_all])
+            ax.set_xlabel(key)
+            ax.set_ylabel(metric_label(metric) + (" (%)" if scale == 100.0 else ""))
+            ax.set_title(f"{metric_label(metric)} vs {key}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            p = out_dir / f"trend_{_slug(key)}_{_slug(metric.replace('.', '_'))}.png"
+            fig.savefig(p, format="png")
+            paths.append(p)
+    return paths
 
 
 def _slug(text: str) -> str:

@@ -218,8 +218,9 @@ class Trainer:
             return self._collect(model, data, budget, t0)
         ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
         stopper = EarlyStopping(**{k: v for k, v in self.early_stopping_cfg.items() if k in ("enabled", "patience", "min_delta")})  # noqa: E501
-        run = _FitState(model, spec, torch.amp.GradScaler("cuda", enabled=self.use_amp), stopper,
-                        FitResult(budget=budget), ckpt_dir, identity, logger)
+        # Loss scaling is for float16 on CUDA; the CPU's bfloat16 autocast has float32's range and needs none.
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
+        run = _FitState(model, spec, scaler, stopper, FitResult(budget=budget), ckpt_dir, identity, logger)
         max_epochs = budget.max_epochs if budget.max_epochs is not None else 10**9  # else the step budget decides
         start_epoch = 0
         if ckpt_dir is not None and self.resume and (ckpt_dir / "last.ckpt").is_file():
