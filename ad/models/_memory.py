@@ -266,6 +266,26 @@ def pairwise_sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_min_(0)
 
 
+def nearest_distance(bank: torch.Tensor, queries: torch.Tensor, bank_chunk: int = 512,
+                     query_chunk: int = 4096) -> torch.Tensor:
+    """L2 distance [Q] of each query to its nearest bank row (k = 1, exact up to float32 rounding, like
+    `KnnIndex("flat")`). The bank is scanned in tiles of `bank_chunk` rows whose [Q, bank_chunk] Gram block
+    stays in cache and is reduced at once: for SPADE's many small pixel searches (4,096 queries against ~41k
+    rows of 24 channels) this is ~3x faster than building a faiss flat index per search, and it runs on the
+    bank's device."""
+    bank, queries = bank.float(), queries.float()
+    bank_sq = (bank * bank).sum(1)
+    out = torch.empty(queries.shape[0], device=queries.device)
+    for s in range(0, queries.shape[0], query_chunk):
+        q = queries[s:s + query_chunk]
+        best = torch.full((q.shape[0],), float("inf"), device=q.device)
+        for h in range(0, bank.shape[0], bank_chunk):
+            block = torch.addmm(bank_sq[h:h + bank_chunk], q, bank[h:h + bank_chunk].T, alpha=-2.0)
+            best = torch.minimum(best, block.min(1).values)
+        out[s:s + query_chunk] = (best + (q * q).sum(1)).clamp_min_(0).sqrt_()
+    return out
+
+
 def seeded_channel_subset(total: int, keep: int, seed: int) -> torch.Tensor:
     """Sorted random subset of `keep` channel indices out of `total` (PaDiM's random dimension reduction)."""
     keep = min(int(keep), total)
@@ -276,6 +296,7 @@ def seeded_channel_subset(total: int, keep: int, seed: int) -> torch.Tensor:
 __all__ = [
     "KnnIndex",
     "aligned_features",
+    "nearest_distance",
     "pairwise_sq_dists",
     "seeded_channel_subset",
     "full_precision",

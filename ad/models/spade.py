@@ -14,7 +14,7 @@ import torch
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._maps import gaussian_blur2d, upsample_to
-from ad.models._memory import KnnIndex, full_precision, pairwise_sq_dists
+from ad.models._memory import KnnIndex, full_precision, nearest_distance, pairwise_sq_dists
 from ad.models.base import AnomalyModel, Prediction
 
 
@@ -100,8 +100,7 @@ class Spade(AnomalyModel):
             for j in range(images.shape[0]):
                 g = gallery[order[j]].permute(0, 2, 3, 1).reshape(-1, c)
                 q = fmap[j].permute(1, 2, 0).reshape(-1, c)
-                d, _ = KnnIndex("flat").search(g, q, 1)
-                layer_maps.append(d[:, 0].view(fmap.shape[-2:]))
+                layer_maps.append(nearest_distance(g, q).view(fmap.shape[-2:]))
             out += upsample_to(torch.stack(layer_maps), size)
         maps_out = gaussian_blur2d(out / len(maps), self.sigma)
         return Prediction(scores=scores, maps=maps_out)
