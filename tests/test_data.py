@@ -487,8 +487,12 @@ def test_dataset_yaml_matches_class_signature(name):
     cfg = yaml.safe_load((REPO / "conf" / "dataset" / f"{name}.yaml").read_text())
     cls = DATASETS.get(name)
     assert cfg["_target_"] == f"{cls.__module__}.{cls.__name__}"
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    assert set(cfg) - {"_target_"} == set(params)
+    # the keywords the class accepts: its own, and AnomalyDataModule's that it forwards as **common
+    own = inspect.signature(cls.__init__).parameters
+    params = {p for p, v in own.items() if p != "self" and v.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(v.kind is inspect.Parameter.VAR_KEYWORD for v in own.values()):
+        params |= set(inspect.signature(AnomalyDataModule.__init__).parameters) - {"self"}
+    assert set(cfg) - {"_target_"} == params
 
 
 def _png_variants(tmp_path: Path) -> dict:

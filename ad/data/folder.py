@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_stem
 from ad.config import folder_name
@@ -121,22 +121,11 @@ class Folder(AnomalyDataModule):
         mask_dir: Optional[str] = None,
         normal_test_dir: Optional[str] = None,
         normal_test_fraction: float = 0.2,
-        image_size: int | Sequence[int] = 256,
-        center_crop: int | Sequence[int] | None = None,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        shots: Optional[int] = None,
-        min_val: int = 2,
-        cache: str = "auto",
-        cache_mb: Optional[float] = None,
-        cache_dir: Optional[str] = None,
-        decode_threads: "int | str" = "auto",
-        pin_memory: "bool | str" = "auto",
+        **common: Any,  # splitting and loading options: AnomalyDataModule's keyword arguments
     ) -> None:
         if category is None and root is not None:
             category = folder_name(root)  # the root's name labels results, run dirs and tables
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val,
-                         cache, cache_mb, cache_dir, decode_threads, pin_memory)
+        super().__init__(root, category, **common)
         self.normal_dir = normal_dir
         self.abnormal_dir = abnormal_dir
         self.mask_dir = mask_dir

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_index, require_dir
 from ad.errors import DataError
@@ -75,20 +75,9 @@ class MVTecAD(AnomalyDataModule):
         self,
         root: str,
         category: str = "bottle",
-        image_size: int | Sequence[int] = 256,
-        center_crop: int | Sequence[int] | None = None,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        shots: Optional[int] = None,
-        min_val: int = 2,
-        cache: str = "auto",
-        cache_mb: Optional[float] = None,
-        cache_dir: Optional[str] = None,
-        decode_threads: "int | str" = "auto",
-        pin_memory: "bool | str" = "auto",
+        **common: Any,  # splitting and loading options: AnomalyDataModule's keyword arguments
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val,
-                         cache, cache_mb, cache_dir, decode_threads, pin_memory)
+        super().__init__(root, category, **common)
 
     def list_samples(self) -> List[Sample]:
         return list_mvtec(self.root, self.category, self.name)

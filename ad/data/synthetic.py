@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -493,20 +493,9 @@ class Synthetic(AnomalyDataModule):
         num_test_defect: int = 10,
         generated_size: int = 256,
         generation_seed: int = 0,
-        image_size: int | Sequence[int] = 256,
-        center_crop: int | Sequence[int] | None = None,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        shots: Optional[int] = None,
-        min_val: int = 2,
-        cache: str = "auto",
-        cache_mb: Optional[float] = None,
-        cache_dir: Optional[str] = None,
-        decode_threads: "int | str" = "auto",
-        pin_memory: "bool | str" = "auto",
+        **common: Any,  # splitting and loading options: AnomalyDataModule's keyword arguments
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val,
-                         cache, cache_mb, cache_dir, decode_threads, pin_memory)
+        super().__init__(root, category, **common)
         self.num_train = int(num_train)
         self.num_test_good = int(num_test_good)
         self.num_test_defect = int(num_test_defect)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root
 from ad.errors import DataError
@@ -128,20 +128,9 @@ class VisA(AnomalyDataModule):
         root: str,
         category: str = "candle",
         split_file: str = DEFAULT_SPLIT_FILE,
-        image_size: int | Sequence[int] = 256,
-        center_crop: int | Sequence[int] | None = None,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        shots: Optional[int] = None,
-        min_val: int = 2,
-        cache: str = "auto",
-        cache_mb: Optional[float] = None,
-        cache_dir: Optional[str] = None,
-        decode_threads: "int | str" = "auto",
-        pin_memory: "bool | str" = "auto",
+        **common: Any,  # splitting and loading options: AnomalyDataModule's keyword arguments
     ) -> None:
-        super().__init__(root, category, image_size, center_crop, val_fraction, seed, shots, min_val,
-                         cache, cache_mb, cache_dir, decode_threads, pin_memory)
+        super().__init__(root, category, **common)
         self.split_file = str(split_file)
 
     def list_samples(self) -> List[Sample]:
