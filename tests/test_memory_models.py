@@ -445,17 +445,22 @@ def test_memory_models_under_autocast_score_like_fp32(name, synthetic_root):
     assert spearmanr(scores["fp32"], scores["amp"]).statistic > 0.9
 
 
-def test_nearest_distance_equals_brute_force_across_tile_edges():
-    """SPADE's pixel search: tiled Gram blocks give the float64 brute-force nearest distance, whatever the
-    tile sizes (tiles that do not divide the bank or the queries included)."""
-    from ad.models._memory import KnnIndex, nearest_distance
+def test_nearest_distance_equals_brute_force_across_tile_edges(monkeypatch):
+    """SPADE's pixel search (torch brute force, k = 1, the bank scanned in tiles): the float64 brute-force
+    nearest neighbour and distance, whatever the tile sizes (tiles that do not divide the bank or the
+    queries included)."""
+    from ad.models._memory import KnnIndex, _TorchFlat, nearest_distance
 
     g = torch.Generator().manual_seed(3)
     bank, queries = torch.randn(1300, 24, generator=g) * 3 + 1, torch.randn(1001, 24, generator=g) * 3 + 1
-    exact = torch.cdist(queries.double(), bank.double()).min(1).values
+    exact = torch.cdist(queries.double(), bank.double()).min(1)
     for bank_chunk, query_chunk in ((512, 4096), (97, 333), (5000, 1)):
-        got = nearest_distance(bank, queries, bank_chunk=bank_chunk, query_chunk=query_chunk)
-        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-4)
+        monkeypatch.setattr(_TorchFlat, "BANK_TILE", bank_chunk)
+        monkeypatch.setattr(_TorchFlat, "QUERY_CHUNK", query_chunk)
+        got = nearest_distance(bank, queries)
+        torch.testing.assert_close(got.double(), exact.values, rtol=1e-4, atol=1e-4)
+        assert torch.equal(_TorchFlat(bank).search(queries, 1)[1][:, 0], exact.indices)
+    monkeypatch.undo()
     flat, _ = KnnIndex("flat").search(bank, queries, 1)
     torch.testing.assert_close(nearest_distance(bank, queries), flat[:, 0], rtol=1e-4, atol=1e-4)
     assert float(nearest_distance(bank[:1], bank[:1])) < 1e-2  # a point to itself: 0 up to float32 cancellation

@@ -140,8 +140,16 @@ class KnnIndex:
 
 
 class _TorchFlat:
-    """Brute-force k-NN in torch on the bank's device (the GPU path of `flat`, and of `exact` for tiny banks):
-    Gram-trick GEMMs over query chunks sized to keep [chunk, M] near 2^26 entries, distances recomputed directly."""
+    """Brute-force k-NN in torch on the bank's device (the GPU path of `flat`, of `exact` for tiny banks, and
+    SPADE's pixel search): Gram-trick GEMMs, distances of the chosen neighbours recomputed directly.
+
+    k > 1: query chunks sized to keep [chunk, M] near 2^26 entries, then top-k. k = 1: the bank is scanned in
+    tiles of `BANK_TILE` rows whose [chunk, tile] block stays in cache and is reduced at once (running min) —
+    for SPADE's many small searches (4,096 queries against ~41k rows of 24 channels) ~3x faster than one big
+    block or a faiss flat index built per search."""
+
+    BANK_TILE = 512
+    QUERY_CHUNK = 4096
 
     def __init__(self, bank: torch.Tensor) -> None:
         self.x = bank.detach().float().contiguous()
@@ -149,14 +157,27 @@ class _TorchFlat:
 
     def search(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         q_all = queries.detach().float().to(self.x.device)
-        chunk = max(1, (1 << 26) // max(1, self.x.shape[0]))
+        chunk = self.QUERY_CHUNK if k == 1 else max(1, (1 << 26) // max(1, self.x.shape[0]))
         dists, idx = [], []
         for s in range(0, q_all.shape[0], chunk):
             q = q_all[s : s + chunk]
-            i = torch.addmm(self.x_sq, q, self.x.T, alpha=-2).topk(k, dim=1, largest=False).indices
+            i = self._nearest(q) if k == 1 else \
+                torch.addmm(self.x_sq, q, self.x.T, alpha=-2).topk(k, dim=1, largest=False).indices
             dists.append(torch.linalg.vector_norm(self.x[i] - q.unsqueeze(1), dim=-1))
             idx.append(i)
         return torch.cat(dists).to(queries.device), torch.cat(idx).to(queries.device)
+
+    def _nearest(self, q: torch.Tensor) -> torch.Tensor:
+        """[Q, 1] index of each query's nearest bank row, scanning the bank tile by tile."""
+        best = torch.full((q.shape[0],), float("inf"), device=q.device)
+        best_idx = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        for h in range(0, self.x.shape[0], self.BANK_TILE):
+            block = torch.addmm(self.x_sq[h:h + self.BANK_TILE], q, self.x[h:h + self.BANK_TILE].T, alpha=-2.0)
+            value, i = block.min(1)
+            closer = value < best
+            best = torch.where(closer, value, best)
+            best_idx = torch.where(closer, i + h, best_idx)
+        return best_idx.unsqueeze(1)
 
 
 class _CellPrunedKnn:
@@ -266,24 +287,9 @@ def pairwise_sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_min_(0)
 
 
-def nearest_distance(bank: torch.Tensor, queries: torch.Tensor, bank_chunk: int = 512,
-                     query_chunk: int = 4096) -> torch.Tensor:
-    """L2 distance [Q] of each query to its nearest bank row (k = 1, exact up to float32 rounding, like
-    `KnnIndex("flat")`). The bank is scanned in tiles of `bank_chunk` rows whose [Q, bank_chunk] Gram block
-    stays in cache and is reduced at once: for SPADE's many small pixel searches (4,096 queries against ~41k
-    rows of 24 channels) this is ~3x faster than building a faiss flat index per search, and it runs on the
-    bank's device."""
-    bank, queries = bank.float(), queries.float()
-    bank_sq = (bank * bank).sum(1)
-    out = torch.empty(queries.shape[0], device=queries.device)
-    for s in range(0, queries.shape[0], query_chunk):
-        q = queries[s:s + query_chunk]
-        best = torch.full((q.shape[0],), float("inf"), device=q.device)
-        for h in range(0, bank.shape[0], bank_chunk):
-            block = torch.addmm(bank_sq[h:h + bank_chunk], q, bank[h:h + bank_chunk].T, alpha=-2.0)
-            best = torch.minimum(best, block.min(1).values)
-        out[s:s + query_chunk] = (best + (q * q).sum(1)).clamp_min_(0).sqrt_()
-    return out
+def nearest_distance(bank: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """L2 distance [Q] of each query to its nearest bank row, by torch brute force on the bank's device."""
+    return _TorchFlat(bank).search(queries, 1)[0][:, 0]
 
 
 def seeded_channel_subset(total: int, keep: int, seed: int) -> torch.Tensor:
