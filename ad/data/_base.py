@@ -6,6 +6,7 @@ splitting, loading, resizing, batching — lives here so all datasets behave ide
 """
 from __future__ import annotations
 
+import io
 import logging
 import random
 from functools import partial
@@ -68,17 +69,11 @@ def list_images(folder: Path) -> List[Path]:
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _fast_png(path: str | Path) -> Optional[Image.Image]:
-    """An 8-bit grey or RGB PNG decoded by libspng (decode is most of a memory model's data cost: 20-40 ms
-    for a 900-1024 px MVTec PNG with Pillow), or None for any other file, which Pillow then reads (and reports
-    if it is broken). Other PNG kinds (palette, 16-bit, alpha) keep Pillow's conversion rules."""
-    if _spng is None or not str(path).lower().endswith(".png"):
-        return None
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
+def _fast_png(data: bytes) -> Optional[Image.Image]:
+    """An 8-bit grey or RGB PNG (the file's bytes) decoded by libspng (decode is most of a memory model's data
+    cost: 20-40 ms for a 900-1024 px MVTec PNG with Pillow), or None for anything else, which Pillow then reads
+    from the same bytes (and reports if it is broken). Other PNG kinds (palette, 16-bit, alpha) keep Pillow's
+    conversion rules."""
     # IHDR is the first chunk: width, height (4 bytes each), bit depth (byte 24), colour type (25: 0 grey, 2 RGB)
     if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 26 or data[24] != 8 \
             or data[25] not in (0, 2):
@@ -95,11 +90,16 @@ def _fast_png(path: str | Path) -> Optional[Image.Image]:
 
 def load_image(path: str | Path) -> Image.Image:
     """Open an image as RGB (grey-scale and palette images become 3-channel)."""
-    fast = _fast_png(path)
-    if fast is not None:
-        return fast
     try:
-        with Image.open(path) as im:
+        source: "str | Path | io.BytesIO" = path
+        if _spng is not None and str(path).lower().endswith(".png"):
+            with open(path, "rb") as f:  # read once: libspng or, failing it, Pillow decodes these bytes
+                data = f.read()
+            fast = _fast_png(data)
+            if fast is not None:
+                return fast
+            source = io.BytesIO(data)
+        with Image.open(source) as im:
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16/32-bit grey: scale to 8 bit by the file's own range instead of letting convert() clip.
                 arr = np.asarray(im, dtype=np.float64)
