@@ -176,6 +176,13 @@ def _cli(args, overrides: List[str], ad_root: str) -> Dict:
             "peak_rss_mb": round(int(rss) / 1024), "load": load()}
 
 
+def _against(r: Dict, limit: float, limit_cpu: float) -> Dict:
+    """A CLI result with its wall and CPU seconds as ratios to the limit."""
+    r["ratio"] = round(r["wall_s"] / limit, 3)
+    r["cpu_ratio"] = round(r["cpu_s"] / limit_cpu, 3)
+    return r
+
+
 def _flags(variant: str) -> List[str]:
     return [f"dataset.{k}={v}" for k, v in (BEFORE if variant == "before" else AFTER).items()]
 
@@ -194,9 +201,7 @@ def sweep(args) -> Dict:
         with tempfile.TemporaryDirectory() as root:
             r = _cli(args, ["-m", f"model={','.join(MEMORY_MODELS)}", f"category={args.category}", *_flags(variant)],
                      root)
-        r["ratio"] = round(r["wall_s"] / limit, 3)
-        r["cpu_ratio"] = round(r["cpu_s"] / limit_cpu, 3)
-        out[variant] = r
+        out[variant] = _against(r, limit, limit_cpu)
         print(variant, r, flush=True)
     return out
 
@@ -218,9 +223,7 @@ def patchcore(args) -> Dict:
     with tempfile.TemporaryDirectory() as root:
         for variant in ("before", "after", "after_warm"):
             r = _cli(args, ["model=patchcore", f"category={args.category}", *_flags(variant.split("_")[0])], root)
-            r["ratio"] = round(r["wall_s"] / limit, 3)
-            r["cpu_ratio"] = round(r["cpu_s"] / limit_cpu, 3)
-            out[variant] = r
+            out[variant] = _against(r, limit, limit_cpu)
             print(variant, r, flush=True)
     return out
 
