@@ -90,6 +90,20 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
     return pipeline.run_experiment(spec, lambda: build_components(cfg, spec), Path(run_dir))
 
 
+def finished_before(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
+    """With skip_finished=true: the run dir's ok record when it came from this same run, else None."""
+    from ad.launch.jobs import read_record
+
+    if not cfg.get("skip_finished"):
+        return None
+    record = read_record(run_dir)
+    if record is None or record.status != "ok":
+        return None
+    same = (record.run.model == choices.get("model") and record.run.dataset == choices.get("dataset")
+            and record.run.category == str(cfg.dataset.category) and record.run.params == swept_params(overrides))
+    return record if same else None
+
+
 def format_summary(record, run_dir: Path) -> str:
     def f(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.4f}"
@@ -125,6 +139,10 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    record = finished_before(cfg, run_dir, dict(hc.runtime.choices), list(hc.overrides.task))
+    if record is not None:
+        print(f"skipped  {run_dir}: already ok (skip_finished=true)", flush=True)
+        return record.validation.objective if record.validation else None
     record = run(cfg, run_dir, dict(hc.runtime.choices), list(hc.overrides.task))
     print(format_summary(record, run_dir), flush=True)
     if record.status != "ok":
@@ -136,14 +154,21 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
 
 
 def register_plugins() -> None:
-    """Make our launcher known to Hydra (when the joblib launcher it extends is installed)."""
-    try:
-        from hydra.core.plugins import Plugins
+    """Make our launchers known to Hydra (each when the launcher plugin it extends is installed)."""
+    from hydra.core.plugins import Plugins
 
+    try:
         from hydra_plugins.ad_launchers.robust_joblib import RobustJoblibLauncher
+
+        Plugins.instance().register(RobustJoblibLauncher)
     except ImportError:  # hydra-joblib-launcher not installed: launcher=joblib says so itself
-        return
-    Plugins.instance().register(RobustJoblibLauncher)
+        pass
+    try:
+        from hydra_plugins.ad_launchers.slurm import SlurmLauncher
+
+        Plugins.instance().register(SlurmLauncher)
+    except ImportError:  # hydra-submitit-launcher not installed: launcher=slurm says so itself
+        pass
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,34 @@ def visa_split_csv() -> Path:
     if not p.is_file():
         pytest.skip("official VisA split_csv/1cls.csv not present under ../shared/data/visa")
     return p
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (munged, slurmctld, slurmd on this machine; tests/slurm_cluster.py) for the
+    session, with SLURM_CONF pointing at it; skipped with the reason where it cannot run (not root, SLURM not
+    installed). With AD_REQUIRE_SLURM=1 (CI) a cluster that fails to start fails the tests instead."""
+    from tests.slurm_cluster import LocalSlurm, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("AD_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        if os.environ.get("AD_REQUIRE_SLURM") == "1":
+            raise
+        pytest.skip(f"a local SLURM cluster could not be started: {str(exc).splitlines()[0]}")
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before

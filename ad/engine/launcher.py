@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Sequence
 
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-from omegaconf import open_dict
 
-from ad.engine.records import RecordError, RunInfo, RunRecord, load_record
+from ad.launch.jobs import FINISHED, job_return, read_record, record_job_failure
+from ad.engine.records import RunRecord
+from ad.launch.jobs import job_dir as _job_dir
 
 log = logging.getLogger("ad.sweep")
 
 DEAD_WORKER = ("TerminatedWorkerError", "BrokenProcessPool")
-FINISHED = ("ok", "failed", "interrupted")
 
 
 def _dead_worker(exc: BaseException) -> bool:
@@ -41,62 +41,29 @@ class RobustJoblibLauncher(JoblibLauncher):
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
             job_dir = self.job_dir(idx, overrides)
-            record = _record(job_dir)
+            record = read_record(job_dir)
             if record is not None and record.status in FINISHED:
-                returns.append(_job_return(overrides, record))
+                returns.append(job_return(overrides, record))
                 continue
             try:
                 returns += list(super().launch([overrides], idx))
             except Exception as exc:  # noqa: BLE001
                 if not _dead_worker(exc):
                     raise
-                returns.append(_job_return(overrides, mark_dead(job_dir, overrides, exc)))
+                returns.append(job_return(overrides, mark_dead(job_dir, overrides, exc)))
         return returns
 
     def job_dir(self, idx: int, overrides: Sequence[str]) -> Path:
         """The directory job `idx` runs in: composed exactly as the worker composes it."""
-        from hydra.core.hydra_config import HydraConfig
-
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(cfg):
-            cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
-            cfg.hydra.job.num = idx
-        previous = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(cfg)  # ${hydra:...} in the subdir pattern resolves against this job
-        try:
-            return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        finally:
-            if previous is not None:
-                HydraConfig.instance().set_config(previous)
-
-
-def _record(job_dir: Path) -> Optional[RunRecord]:
-    try:
-        return load_record(job_dir / "results.json") if (job_dir / "results.json").is_file() else None
-    except RecordError:
-        return None
+        return _job_dir(self.hydra_context, self.config, idx, overrides)
 
 
 def mark_dead(job_dir: Path, overrides: Sequence[str], exc: BaseException) -> RunRecord:
     """Record a job whose worker died as failed, keeping what its results.json already said about it."""
-    from ad.engine.outputs import write_json
-    from ad.engine.settings import swept_params
-
-    record = _record(job_dir) or RunRecord(run=RunInfo(params=swept_params(list(overrides))))
-    record.status = "failed"
-    record.error = ("the job's worker process died (killed by the system, e.g. out of memory, or crashed) even "
-                    f"when run alone: {type(exc).__name__}; lower its memory use (batch sizes, image size) and re-run it")
-    job_dir.mkdir(parents=True, exist_ok=True)
-    write_json(job_dir / "results.json", record.to_dict())
-    log.error("%s: %s", job_dir.name, record.error)
-    return record
-
-
-def _job_return(overrides: Sequence[str], record: RunRecord) -> JobReturn:
-    """A completed JobReturn: the failure is in the record, so the sweep goes on (and Optuna sees None)."""
-    ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
-    ret.return_value = record.validation.objective if (record.status == "ok" and record.validation) else None
-    return ret
+    return record_job_failure(
+        job_dir, overrides,
+        "the job's worker process died (killed by the system, e.g. out of memory, or crashed) even "
+        f"when run alone: {type(exc).__name__}; lower its memory use (batch sizes, image size) and re-run it")
 
 
 __all__: List[Any] = ["RobustJoblibLauncher", "mark_dead"]

@@ -21,7 +21,8 @@ import numpy as np
 from ad.engine import artefacts
 from ad.engine.evaluation import Calibration, calibrate, evaluate_category, mean_over_categories
 from ad.engine.outputs import peak_rss_mb, write_json
-from ad.engine.records import CategoryRecord, Counts, Memory, RunInfo, RunRecord, Timing, Training, Validation
+from ad.engine.records import (CategoryRecord, Counts, Memory, RunInfo, RunRecord, Timing, Training, Validation,
+                               cluster_job)
 from ad.engine.scoring import PredictionSet, score_function
 from ad.engine.settings import RunSpec
 from ad.errors import ADError, ConfigError
@@ -267,6 +268,10 @@ def recorded(record: RunRecord, run_dir: Path, lock: Any = None) -> Iterator[Non
     except KeyboardInterrupt:
         record.status, record.error = "interrupted", "interrupted (KeyboardInterrupt); start it again to resume"
         raise
+    except SystemExit as exc:  # e.g. submitit exiting a preempted/timed-out SLURM job after requeuing it
+        record.status = "interrupted"
+        record.error = f"the process was told to exit (SystemExit {exc.code}), e.g. requeued by the cluster; start it again to resume"
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record, never a lost run
         record.status, record.error = "failed", error_line(exc, run_dir)
         user_error = exc if isinstance(exc, ADError) else exc.__cause__  # instantiate() wraps a component's ADError
@@ -308,6 +313,8 @@ def _free_mb(path: Path) -> Optional[float]:
 
 def _write_record(record: RunRecord, run_dir: Path) -> None:
     """results.json even on a full disk: drop the run's own partial outputs to make room, then retry."""
+    if record.cluster is None:
+        record.cluster = cluster_job()
     try:
         write_json(run_dir / "results.json", record.to_dict())
     except OSError:

@@ -151,6 +151,42 @@ class Memory:
 
 
 @dataclass
+class ClusterJob:
+    """Where a cluster ran the job (SLURM): its ids, node, logs and how often it was requeued."""
+
+    scheduler: str = "slurm"
+    job_id: Optional[str] = None  # "<array job>_<task>" for an array task (what squeue/scontrol take), else the id
+    node: Optional[str] = None
+    partition: Optional[str] = None
+    restarts: int = 0  # times SLURM requeued the job (preemption, timeout); the run resumed from its checkpoint
+    cpus_per_task: Optional[int] = None
+    torch_threads: Optional[int] = None  # the threads torch used (trainer.num_threads follows cpus_per_task)
+    stdout: Optional[str] = None  # the job's log files (submitit's, under <sweep dir>/.submitit/)
+    stderr: Optional[str] = None
+
+
+def cluster_job() -> Optional[ClusterJob]:
+    """The SLURM job this process runs in (from SLURM's environment), or None outside SLURM."""
+    import os
+    import sys
+
+    env = os.environ
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    torch = sys.modules.get("torch")  # only when the run loaded it; never imported just for this
+
+    def count(name: str) -> Optional[int]:
+        return int(env[name]) if env.get(name, "").isdigit() else None
+
+    return ClusterJob(job_id=f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
+                      node=env.get("SLURMD_NODENAME"), partition=env.get("SLURM_JOB_PARTITION"),
+                      restarts=count("SLURM_RESTART_COUNT") or 0, cpus_per_task=count("SLURM_CPUS_PER_TASK"),
+                      torch_threads=torch.get_num_threads() if torch is not None else None,
+                      stdout=env.get("AD_JOB_STDOUT"), stderr=env.get("AD_JOB_STDERR"))
+
+
+@dataclass
 class RunRecord:
     schema_version: int = SCHEMA_VERSION
     status: str = "running"  # running | ok | failed | interrupted
@@ -167,6 +203,7 @@ class RunRecord:
     training: Optional[Training] = None
     timing: Optional[Timing] = None
     memory: Optional[Memory] = None
+    cluster: Optional[ClusterJob] = None  # set when a cluster (SLURM) ran the job
     notes: List[str] = field(default_factory=list)
 
     # --- reading ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ NOT_PARAMS = ("hydra.", "sweep", "+sweep", "hparams_search", "+hparams_search", 
               "trainer.num_threads", "trainer.num_workers", "trainer.device", "trainer.resume", "dataset.root", "dataset.cache",
               "dataset.decode_threads", "dataset.pin_memory", "dataset.cache_dir", "dataset.cache_mb", "paths.",
               "logger.", "evaluation.save_maps", "evaluation.save_maps_max_side",
-              "evaluation.objective")
+              "evaluation.objective", "skip_finished")
 # The run's identity choices: shown as their own fields, not as parameters.
 NAME_KEYS = ("model", "dataset", "category", "setting")
 

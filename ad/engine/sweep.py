@@ -30,7 +30,9 @@ def collect_job_status(sweep_dir: "str | Path") -> List[Dict[str, Any]]:
         except RecordError as exc:
             jobs.append({"job": job.name, "status": "missing", "error": f"unreadable results.json: {exc}"})
             continue
-        jobs.append({"job": job.name, "status": record.status, "error": record.error})
+        cluster = record.cluster
+        jobs.append({"job": job.name, "status": record.status, "error": record.error,
+                     "cluster_job": cluster.job_id if cluster else None, "log": cluster.stdout if cluster else None})
     return jobs
 
 
@@ -41,7 +43,10 @@ class SweepSummary(Callback):
         bad = [j for j in jobs if j["status"] != "ok"]
         print(f"\nsweep {sweep_dir}: {len(jobs) - len(bad)}/{len(jobs)} jobs ok", flush=True)
         for j in bad:
-            print(f"  {j['status']:8s} {j['job']}: {j['error']}", flush=True)
+            where = f" [SLURM job {j['cluster_job']}, log {j['log']}]" if j.get("cluster_job") else ""
+            print(f"  {j['status']:8s} {j['job']}: {j['error']}{where}", flush=True)
+        if bad:
+            print(f"re-run only these: repeat the command with hydra.sweep.dir={sweep_dir} skip_finished=true", flush=True)
         print(f"tensorboard --logdir {sweep_dir}\npython scripts/aggregate_results.py {sweep_dir}", flush=True)
         if bad:
             EXIT["code"] = 1
