@@ -54,7 +54,9 @@ def slurm_cluster(tmp_path_factory):
         if os.environ.get("AD_REQUIRE_SLURM") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    # .ci/run names the folder (AD_SLURM_ROOT) so that it can stop the daemons by PID whatever happens to pytest
+    root = os.environ.get("AD_SLURM_ROOT")
+    cluster = LocalSlurm(Path(root) if root else tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:

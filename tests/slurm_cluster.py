@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "sinfo", "squeue", "scontrol", "srun", "mungekey")
+CLIENTS = ("sbatch", "sinfo", "squeue", "scontrol", "scancel", "srun", "mungekey")
 
 
 def unavailable_reason() -> Optional[str]:
@@ -160,8 +160,24 @@ class LocalSlurm:
         self.stop()
         raise RuntimeError(f"{what} within {timeout_s:.0f} s{tail}")
 
+    def cancel_all(self, timeout_s: float = 30) -> None:
+        """Cancel every job of this cluster and wait until none runs (job steps outlive a stopped slurmd)."""
+        if self.procs.get("slurmctld") is None or self.procs["slurmctld"].poll() is not None:
+            return
+        jobs = self._client("squeue", "-h", "-o", "%A", timeout=10).stdout.split()
+        if not jobs:
+            return
+        self._client("scancel", *sorted(set(jobs)), timeout=10)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and self._client("squeue", "-h", "-o", "%A", timeout=10).stdout.split():
+            time.sleep(0.5)
+
     def stop(self) -> None:
-        """End the three daemons this object started (by PID, newest first), their job steps with slurmd."""
+        """Cancel what still runs, then end the three daemons this object started (by PID, newest first)."""
+        try:
+            self.cancel_all()
+        except (OSError, subprocess.SubprocessError):
+            pass  # the daemons are stopped below in any case
         for name in reversed(list(self.procs)):
             p = self.procs[name]
             if p.poll() is None:

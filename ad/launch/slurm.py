@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set
 
@@ -188,7 +189,11 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         from omegaconf import OmegaConf
 
         assert self.config is not None
-        check_request(self.params)
+        try:
+            check_request(self.params)
+        except ConfigError as exc:  # one line, not Hydra's traceback of the launcher; nothing was submitted
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         skip = bool(OmegaConf.select(self.config, "skip_finished", default=False))
         returns: Dict[int, JobReturn] = {}
         todo = []
