@@ -6,6 +6,7 @@ from ad.data._base import (  # noqa: F401
     Sample,
     SampleDataset,
     collate,
+    kfold_split,
     list_images,
     load_image,
     load_mask,
@@ -15,6 +16,6 @@ from ad.registry import DATASETS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "AnomalyDataModule", "ImageTransform", "Sample", "SampleDataset", "collate", "list_images", "load_image",
+    "AnomalyDataModule", "ImageTransform", "Sample", "SampleDataset", "collate", "kfold_split", "list_images", "load_image",
     "load_mask", "split_validation", "DATASETS",
 ]
