@@ -59,8 +59,7 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
     def build(cfg: Dict[str, Any]):
         # Models that need other files to build (EfficientAD's teacher) say how to rebuild from the state dict.
         cls = get_class(cfg["_target_"])
-        if hasattr(cls, "config_for_state_dict"):
-            cfg = cls.config_for_state_dict(cfg, meta["state_dict"])
+        cfg = cls.config_for_state_dict(cfg, meta["state_dict"])
         model = instantiate(cfg)
         model.load_state_dict(meta["state_dict"])
         return model

@@ -245,8 +245,10 @@ def test_load_run_rebuilds_efficientad_without_its_teacher_file(tmp_path):
     assert torch.allclose(loaded.predict(x).scores, model.predict(x).scores)
 
 
-def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path):
-    """model.pt written before BN folding existed (its backbone config has no fold_batchnorm key)."""
+@pytest.mark.parametrize("target", ["ad.models.memory.padim.Padim", "ad.models.padim.Padim"])
+def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path, target):
+    """model.pt written before BN folding existed (its backbone config has no fold_batchnorm key), and before
+    the models moved into family packages (its `_target_` names the old module)."""
     from ad.backbones import BackboneConfig
     from ad.rundir.modelfile import save_model_file
     from ad.models.memory.padim import Padim
@@ -263,10 +265,21 @@ def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path):
     model.on_fit_start()
     model.training_step({"image": x})
     model.on_fit_end(None)
-    cfg = {"_target_": "ad.models.memory.padim.Padim", "layers": [1, 2], "n_features": 20,
+    cfg = {"_target_": target, "layers": [1, 2], "n_features": 20,
            "backbone": {"_target_": "ad.backbones.BackboneConfig", "name": "resnet18", "pretrained": False}}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "padim"})
     _ok_results(tmp_path)
     loaded, _ = load_run(tmp_path)
     assert loaded.feature_extractor.folded_batchnorms == 0
     assert torch.allclose(loaded.predict(x[:2]).scores, model.predict(x[:2]).scores)
+
+
+def test_checkpoint_identity_from_before_the_family_layout_still_matches(tmp_path):
+    """A checkpoint whose identity names a model by its pre-family module resumes; another model still refuses."""
+    from ad.engine.trainer import check_identity
+    from ad.errors import ConfigError
+
+    current = {"model._target_": "ad.models.memory.padim.Padim", "seed": 0}
+    check_identity(tmp_path / "last.ckpt", {"model._target_": "ad.models.padim.Padim", "seed": 0}, current)
+    with pytest.raises(ConfigError, match="different experiment"):
+        check_identity(tmp_path / "last.ckpt", {"model._target_": "ad.models.patchcore.PatchCore", "seed": 0}, current)

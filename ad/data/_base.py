@@ -389,6 +389,21 @@ class AnomalyDataModule:
         return make_loader(self.dataset(split, limit), batch_size, shuffle, num_workers, generator, drop_last,
                            pin_memory=self.pin_memory)
 
+    @property
+    def loading(self) -> "LoaderOptions":
+        """How this module loads images, for views over its samples (cross-fitting folds, the unified union)."""
+        return LoaderOptions(self.cache, self.decode_threads, self.pin_memory)
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How images are loaded — never what they are: the decode cache, decode threads and pinned memory. Every
+    data source (a category, the unified union, a cross-fitting fold) loads through the same options."""
+
+    cache: Optional[DecodeCache] = None
+    decode_threads: int = 0
+    pin_memory: bool = False
+
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
                 generator: Optional[torch.Generator] = None, drop_last: bool = False,

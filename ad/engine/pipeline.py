@@ -130,7 +130,7 @@ def held_out_normals(parts: Components, spec: RunSpec) -> tuple[Optional[Predict
     sets = []
     for i, (rest, held) in enumerate(kfold_split(train, k, spec.seed)):
         log.info("cross-fitting thresholds: fold %d/%d (%d images fitted, %d held out)", i + 1, k, len(rest), len(held))
-        fold = FoldData(parts.data.transform, rest, held)
+        fold = FoldData(parts.data.transform, rest, held, parts.data.loading)
         model = parts.model_factory()
         t.fit(model, fold)  # no run dir: fold models are never checkpointed or saved
         part = t.predict(model, fold.dataloader("heldout", t.eval_batch_size), desc=f"scoring fold {i + 1}")

@@ -26,22 +26,34 @@ def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x4.squeeze(1) if squeezed else x4
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian, truncated at `truncate`·σ like scipy.ndimage.gaussian_filter."""
-    radius = int(truncate * float(sigma) + 0.5)
+def resize_input(images: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+    """The one input resize of the models that work at a resolution of their own (EfficientAD, DRAEM, the
+    autoencoders, Uninformed Students): [B,C,H,W] images to size×size, bilinear with antialiasing so that
+    shrinking does not alias fine texture. A no-op when `size` is falsy or already matches."""
+    if not size or tuple(images.shape[-2:]) == (int(size), int(size)):
+        return images
+    return F.interpolate(images, size=(int(size), int(size)), mode="bilinear", align_corners=False, antialias=True)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0, dtype=torch.float32, device=None,
+                      radius: Optional[int] = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian, truncated at `truncate`·σ like scipy.ndimage.gaussian_filter (or at an explicit
+    `radius`: SSIM's fixed 11-tap window)."""
+    radius = int(truncate * float(sigma) + 0.5) if radius is None else int(radius)
     t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
     return k / k.sum()
 
 
-def gaussian_blur2d(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian smoothing of [B,H,W] or [B,C,H,W] maps. Borders are mirrored (scipy.ndimage's
-    mode='mirror') so that a map's border is not pulled towards zero. σ <= 0 returns `x` unchanged."""
+def gaussian_blur2d(x: torch.Tensor, sigma: float, truncate: float = 4.0, radius: Optional[int] = None) -> torch.Tensor:
+    """Separable Gaussian smoothing of [B,H,W] or [B,C,H,W] maps — the one blur of the package. Borders are
+    mirrored (scipy.ndimage's mode='mirror') so that a map's border is not pulled towards zero. σ <= 0 returns
+    `x` unchanged."""
     if sigma is None or sigma <= 0:
         return x
     x4, squeezed = _as_4d(x)
     b, c, h, w = x4.shape
-    k = gaussian_kernel1d(sigma, truncate, dtype=x4.dtype, device=x4.device)
+    k = gaussian_kernel1d(sigma, truncate, dtype=x4.dtype, device=x4.device, radius=radius)
     r = (k.numel() - 1) // 2
     y = x4.reshape(b * c, 1, h, w)
     # 'reflect' padding needs pad < size; fall back to replicate for tiny maps

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ad.errors import ConfigError
+from ad.models._maps import resize_input
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class ImageBank:
 def backbone_descriptors(extractor: nn.Module, patches: torch.Tensor, input_size: int) -> torch.Tensor:
     """The pretrained descriptor of each patch: resized to `input_size`, deepest requested features globally
     average-pooled (the paper's pooled ResNet-18 output) → [B, D]."""
-    x = F.interpolate(patches, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
+    x = resize_input(patches, input_size)
     return torch.cat([f.mean(dim=(2, 3)) for f in extractor(x)], dim=1)
 
 

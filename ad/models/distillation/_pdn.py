@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ad.errors import WeightsError
+from ad.models._maps import resize_input
 from ad.io import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,7 @@ class _ImagePool:
             side = img.shape[-1]
             crop = int(side * math.sqrt(rng.uniform(0.4, 1.0)))
             top, left = int(rng.integers(0, side - crop + 1)), int(rng.integers(0, side - crop + 1))
-            img = F.interpolate(img[None, :, top:top + crop, left:left + crop], size=(s, s), mode="bilinear",
-                                align_corners=False, antialias=True)[0]
+            img = resize_input(img[None, :, top:top + crop, left:left + crop], s)[0]
             if self.crop < s:  # a window of the image at its working scale: same patch scale, less compute
                 top, left = int(rng.integers(0, s - self.crop + 1)), int(rng.integers(0, s - self.crop + 1))
                 img = img[:, top:top + self.crop, left:left + self.crop]

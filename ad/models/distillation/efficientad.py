@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from ad.errors import ConfigError
+from ad.models._maps import resize_input
 from ad.models.distillation._pdn import (IMAGENET_MEAN, IMAGENET_STD, MAP_PAD, SIZES, EfficientADAutoencoder, TeacherRecipe,
                             cached_teacher, load_teacher, pdn, pdn_output_size)
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
@@ -135,10 +136,7 @@ class EfficientAD(AnomalyModel):
 
     # --- teacher channel statistics --------------------------------------------------------------------------
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
-        return images
+        return resize_input(images, self.image_size)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

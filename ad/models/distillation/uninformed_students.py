@@ -46,12 +46,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
-from ad.models._maps import max_score, upsample_to
+from ad.models._maps import max_score, resize_input, upsample_to
 from ad.models.distillation._patch_descriptors import (ImageBank, PatchNet, distill_teacher, ensemble_error_variance,
                                           iterate_images)
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
@@ -112,10 +111,7 @@ class UninformedStudents(AnomalyModel):
         return OptimizerSpec(torch.optim.Adam(self.students.parameters(), lr=self.lr, weight_decay=self.weight_decay))
 
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
-        return images
+        return resize_input(images, self.image_size)
 
     # --- teacher --------------------------------------------------------------------------------------------
     def on_fit_start(self, train_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:

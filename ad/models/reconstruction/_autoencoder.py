@@ -18,11 +18,10 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ad.errors import ConfigError
-from ad.models._maps import gaussian_blur2d, upsample_to
+from ad.models._maps import gaussian_blur2d, resize_input, upsample_to
 from ad.models.reconstruction._ssim import ssim_map
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
 
@@ -113,9 +112,7 @@ class ReconstructionModel(AnomalyModel):
         return OptimizerSpec(torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay))
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        if self.image_size and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-            return F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
-        return images
+        return resize_input(images, self.image_size)
 
     def _loss(self, images: torch.Tensor) -> torch.Tensor:
         x = self._resize(images)

@@ -6,34 +6,9 @@ map, and its mean is the usual SSIM training loss.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
-import torch.nn.functional as F
 
-
-@functools.lru_cache(maxsize=16)
-def _gaussian_1d(window_size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(window_size, dtype=torch.float64) - (window_size - 1) / 2.0
-    g = torch.exp(-(x**2) / (2.0 * sigma**2))
-    return (g / g.sum()).float()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float, window_size: int | None = None) -> torch.Tensor:
-    """Separable Gaussian filter of a [B,C,H,W] tensor, reflection-padded so the size is kept."""
-    if sigma <= 0:
-        return x
-    if window_size is None:
-        window_size = 2 * int(round(4.0 * sigma)) + 1  # +-4 sigma covers the kernel's mass
-    c = x.shape[1]
-    h, w = x.shape[-2:]
-    # reflection needs pad < size; shrink the window for tiny maps instead of failing
-    window_size = min(window_size, 2 * (min(h, w) - 1) + 1)
-    g = _gaussian_1d(window_size, float(sigma)).to(device=x.device, dtype=x.dtype)
-    pad = window_size // 2
-    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, window_size), groups=c)
-    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, window_size, 1), groups=c)
+from ad.models._maps import gaussian_blur2d
 
 
 def ssim_map(
@@ -52,7 +27,7 @@ def ssim_map(
 
 def _ssim(x, y, window_size, sigma, c1, c2):
     # one filtering pass over the five local moments
-    stats = gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), sigma, window_size)
+    stats = gaussian_blur2d(torch.cat([x, y, x * x, y * y, x * y], dim=1), sigma, radius=window_size // 2)
     mu_x, mu_y, xx, yy, xy = stats.chunk(5, dim=1)
     var_x = xx - mu_x**2
     var_y = yy - mu_y**2

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ad.models._anomaly_synthesis import AnomalySynthesizer
-from ad.models._maps import upsample_to
+from ad.models._maps import resize_input, upsample_to
 from ad.models.reconstruction._ssim import ssim_loss
 from ad.models.reconstruction._unet import UNet
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
@@ -79,10 +79,7 @@ class DRAEM(AnomalyModel):
         return recon, self.discriminative(torch.cat([images, recon], dim=1))
 
     def _prep(self, images: torch.Tensor) -> torch.Tensor:
-        s = self.image_size
-        if s and tuple(images.shape[-2:]) != (s, s):
-            images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-        return images
+        return resize_input(images, self.image_size)
 
     def _loss(self, batch: Dict[str, Any], rng: np.random.Generator) -> torch.Tensor:
         clean, augmented, masks = self.synthesizer(self._prep(batch["image"]), rng)
