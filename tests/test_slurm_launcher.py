@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
-from ad.engine.outputs import write_json  # noqa: E402
-from ad.engine.records import RunInfo, RunRecord, Validation  # noqa: E402
+from ad.io import write_json  # noqa: E402
+from ad.rundir.records import RunInfo, RunRecord, Validation  # noqa: E402
 from ad.errors import ConfigError  # noqa: E402
 from ad.launch import slurm  # noqa: E402
 from ad.launch.jobs import finished_ok  # noqa: E402

@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Sequence
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import open_dict
 
-from ad.engine.records import RecordError, RunInfo, RunRecord, load_record
+from ad.rundir.records import RecordError, RunInfo, RunRecord, load_record
 
 log = logging.getLogger("ad.sweep")
 
@@ -45,8 +45,8 @@ def read_record(job: Path) -> Optional[RunRecord]:
 def record_job_failure(job: Path, overrides: Sequence[str], error: str) -> RunRecord:
     """Record a job that ended without writing its own final record as failed with `error` (one line),
     keeping what its results.json already said about it."""
-    from ad.engine.outputs import write_json
-    from ad.engine.settings import swept_params
+    from ad.io import write_json
+    from ad.rundir.params import swept_params
 
     record = read_record(job) or RunRecord(run=RunInfo(params=swept_params(list(overrides))))
     record.status = "failed"
@@ -66,7 +66,7 @@ def job_return(overrides: Sequence[str], record: RunRecord) -> JobReturn:
 
 def _what(overrides: Sequence[str]) -> List[str]:
     """The overrides that decide what a job computes (identity choices and hyper-parameters), in order."""
-    from ad.engine.settings import NAME_KEYS, is_param
+    from ad.rundir.params import NAME_KEYS, is_param
 
     keys = [(o.lstrip("+~").partition("=")[0], str(o)) for o in overrides]
     return sorted(o for k, o in keys if k in NAME_KEYS or is_param(k))
