@@ -188,13 +188,16 @@ def test_requeued_and_timed_out_jobs_resume_to_the_uninterrupted_result(slurm_cl
     env = _env(tmp_path)
     generate_synthetic(tmp_path / "datasets" / "synthetic", categories=["syn_disc"], num_train=12, num_test_good=4,
                        num_test_defect=2, size=64, seed=0)  # once, before three runs read it
-    common = ["-m", *TRAINED, *ON_SLURM, "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=60"]
+    common = ["-m", *TRAINED, *ON_SLURM, "hydra.launcher.cpus_per_task=1"]
     preempt, timeout, reference = tmp_path / "preempt", tmp_path / "timeout", tmp_path / "reference"
     procs = {
-        "preempt": _start([*common, f"hydra.sweep.dir={preempt}"], env, tmp_path / "preempt.log"),
-        # SLURM signals the job 45 s before its limit; submitit checkpoints the task and requeues it
-        "timeout": _start([*common, "hydra.launcher.signal_delay_s=45", "hydra.launcher.max_num_timeout=2",
-                           f"hydra.sweep.dir={timeout}"], env, tmp_path / "timeout.log"),
+        "preempt": _start([*common, "hydra.launcher.timeout_min=60", f"hydra.sweep.dir={preempt}"], env,
+                          tmp_path / "preempt.log"),
+        # SLURM signals the job 45 s before its limit; submitit requeues it and counts a timeout (it calls a
+        # signal a timeout, not a preemption, once the job has used its guaranteed time: max(0, limit - 10 min))
+        "timeout": _start([*common, "hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=45",
+                           "hydra.launcher.max_num_timeout=2", f"hydra.sweep.dir={timeout}"], env,
+                          tmp_path / "timeout.log"),
         "reference": _start([*TRAINED, "trainer.num_threads=1", f"hydra.run.dir={reference}"], env,
                             tmp_path / "reference.log"),
     }
