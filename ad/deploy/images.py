@@ -1,0 +1,149 @@
+"""Image decoding and preprocessing for deployed models, without torch.
+
+Reproduces training's data pipeline (`ad.data.load_image` + `ad.data.ImageTransform`) with numpy and Pillow
+only: RGB conversion (grey and palette images become 3-channel, 16-bit grey scaled by the file's own range),
+Pillow bilinear resize to the run's `image_size`, optional centre crop, then uint8 / 255 in float32. The
+backbone's mean/std normalisation is inside the exported graph, as it is inside the model. A parity test
+holds this module to the training pipeline pixel for pixel.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ad.errors import DataError
+
+try:  # libspng decodes 8-bit PNGs ~1.4x faster than Pillow, to the same pixels (optional here too)
+    import pyspng as _spng
+except ImportError:  # pragma: no cover - optional dependency
+    _spng = None
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
+
+
+class ImageInputError(DataError):
+    """An input that is not a readable image (the message says which and why)."""
+
+
+def _fast_png(data: bytes) -> Optional[Image.Image]:
+    """8-bit grey or RGB PNG bytes through libspng (as `ad.data` does), else None for Pillow to read."""
+    if _spng is None or data[:8] != _PNG_SIGNATURE or len(data) < 26 or data[12:16] != b"IHDR" \
+            or data[24] != 8 or data[25] not in (0, 2):
+        return None
+    try:
+        arr = _spng.load(data, "L" if data[25] == 0 else "RGB")
+    except Exception:
+        return None
+    if arr.dtype != np.uint8 or arr.ndim != (2 if data[25] == 0 else 3):
+        return None
+    image = Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB")
+    return image.convert("RGB") if image.mode == "L" else image
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Training's colour rule: 16/32-bit grey scaled to 8 bit by the image's own maximum, everything RGB."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = max(float(arr.max()), 1.0)
+        im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def decode(data: bytes, name: str = "upload", max_pixels: Optional[int] = None) -> Image.Image:
+    """RGB image from encoded bytes; one-line `ImageInputError` for empty, undecodable or oversized data."""
+    if not data:
+        raise ImageInputError(f"{name} is empty (0 bytes); send an image file")
+    fast = _fast_png(data)
+    if fast is not None:
+        _check_pixels(fast, name, max_pixels)
+        return fast
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            _check_pixels(im, name, max_pixels)
+            return to_rgb(im)
+    except ImageInputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ImageInputError(f"cannot read {name} as an image ({exc.__class__.__name__}: {reason}); "
+                              f"send a PNG, JPEG, BMP or TIFF file") from None
+
+
+def _check_pixels(im: Image.Image, name: str, max_pixels: Optional[int]) -> None:
+    if max_pixels is not None and im.width * im.height > max_pixels:
+        raise ImageInputError(f"{name} is {im.width}x{im.height} pixels, more than the {max_pixels} allowed; "
+                              "send a smaller image")
+
+
+def load(source: ImageInput, max_pixels: Optional[int] = None) -> Image.Image:
+    """RGB `PIL.Image` from a path, encoded bytes, a PIL image or a numpy array (H×W grey or H×W×3 RGB,
+    uint8; uint16 grey is scaled like a 16-bit file)."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode(bytes(source), max_pixels=max_pixels)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageInputError(f"image file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ImageInputError(f"{path} is a folder, not an image file") from None
+        return decode(data, name=f"image {path}", max_pixels=max_pixels)
+    raise ImageInputError(f"cannot score a {type(source).__name__}; pass a path, bytes, a PIL image or a numpy array")
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype == np.uint16 and arr.ndim == 2:
+        return to_rgb(Image.fromarray(arr.astype(np.int32), "I"))
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+        raise ImageInputError(f"array of shape {arr.shape} and dtype {arr.dtype} is not an image; pass uint8 "
+                              "H×W (grey) or H×W×3 (RGB) pixels")
+    return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+
+
+def _pair(v: Any) -> Tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    h, w = (int(x) for x in v)
+    return (h, w)
+
+
+def resize(image: Image.Image, recipe: Mapping[str, Any]) -> np.ndarray:
+    """uint8 [H,W,3] at the model's input size: Pillow resize to `resize` (h, w) with the recipe's filter,
+    then the centre crop, exactly as `ImageTransform.resize`."""
+    if recipe.get("interpolation", "bilinear") != "bilinear":
+        raise ImageInputError(f"deploy.json asks for interpolation {recipe.get('interpolation')!r}; this version "
+                              "of ad.deploy reproduces 'bilinear' only")
+    h, w = _pair(recipe["resize"])
+    image = image.resize((w, h), Image.BILINEAR)
+    crop = recipe.get("center_crop")
+    if crop:
+        ch, cw = _pair(crop)
+        left, top = (image.width - cw) // 2, (image.height - ch) // 2
+        image = image.crop((left, top, left + cw, top + ch))
+    return np.array(image, dtype=np.uint8)
+
+
+def to_input(pixels: np.ndarray) -> np.ndarray:
+    """float32 [1,3,H,W] in [0,1] from uint8 [H,W,3] (x / 255 in float32, as training's `to_float`)."""
+    return (np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0))[None]
+
+
+def list_images(folder: Path, exclude: Optional[Path] = None) -> Sequence[Path]:
+    """Image files under `folder` (recursive, sorted); `exclude` (an output folder inside it) is skipped."""
+    skip = exclude.resolve() if exclude is not None else None
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and (skip is None or skip not in p.resolve().parents))
