@@ -71,6 +71,9 @@ def traceable(model: nn.Module) -> Iterator[nn.Module]:
 
 def export_onnx(model: nn.Module, input_size: Sequence[int], path: Path, model_name: str) -> None:
     """Trace `model.predict` at batch 1 and `input_size` (h, w) into an ONNX file at `path`."""
+    reason = getattr(model, "export_unsupported", None)
+    if reason:
+        raise ExportError(f"model '{model_name}' cannot be exported: {reason}")
     h, w = (int(v) for v in input_size)
     example = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     model = model.cpu().eval()

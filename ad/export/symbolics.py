@@ -1,7 +1,7 @@
 """ONNX translations for the two resizes that torch's TorchScript exporter cannot write.
 
 - `aten::_upsample_bilinear2d_aa` (bilinear with antialias=True: the autoencoders', DRAEM's and the PDN
-  models' input downsampling) -> ONNX Resize-18 `linear` with `antialias=1`, output size from the trace.
+  models' input resampling) -> two MatMuls with torch's own per-axis resize matrices (sizes are static).
 - `aten::upsample_bicubic2d` with `scale_factor` (the ViT position-embedding resampling, DINOv2 style) ->
   Resize `cubic` (a = -0.75, PyTorch's kernel) with the *given* scales, which set the sampling positions
   exactly as torch does when it is handed a scale factor.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-OPSET = 18  # Resize's `antialias` attribute needs opset 18
+OPSET = 17
 _REGISTERED = False
 
 
@@ -27,14 +27,35 @@ def _const(g, values, dtype):
     return g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
 
 
+def _aa_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] float32: torch's own antialiased bilinear resize along one axis, applied to the identity
+    basis. The resize is separable and linear, so A_h · x · A_wᵀ reproduces it (ONNX Runtime's Resize
+    `antialias=1` uses other filter weights: up to 4 % of the range apart on a 48 -> 32 px downsampling)."""
+    import torch.nn.functional as F
+
+    # the identity image resized along its height only: column j is basis vector j resized. (Not a batch of
+    # width-1 images: torch's antialiased kernel returns a constant column for those.)
+    basis = torch.eye(n_in, dtype=torch.float64)[None, None]
+    cols = F.interpolate(basis, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)
+    return cols[0, 0].contiguous().float()
+
+
 def _bilinear_aa(g, x, output_size, align_corners, scale_factors):
     from torch.onnx import symbolic_helper as sh
 
     if sh._maybe_get_const(align_corners, "b"):
-        raise RuntimeError("antialiased bilinear resize with align_corners=True has no ONNX equivalent")
-    empty = _const(g, [], torch.float32)
-    return g.op("Resize", x, empty, empty, _const(g, _static_sizes(g), torch.int64), mode_s="linear",
-                coordinate_transformation_mode_s="half_pixel", antialias_i=1)
+        raise RuntimeError("antialiased bilinear resize with align_corners=True is not translated")
+    in_sizes = x.type().sizes()
+    out_sizes = _static_sizes(g)
+    if in_sizes is None or len(in_sizes) != 4 or any(s is None for s in in_sizes):
+        raise RuntimeError("antialiased resize of an input without a static size")
+    a_h = _const_tensor(g, _aa_matrix(int(in_sizes[2]), out_sizes[2]))
+    a_w_t = _const_tensor(g, _aa_matrix(int(in_sizes[3]), out_sizes[3]).T.contiguous())
+    return g.op("MatMul", g.op("MatMul", a_h, x), a_w_t)
+
+
+def _const_tensor(g, t: torch.Tensor):
+    return g.op("Constant", value_t=t)
 
 
 def _bicubic(g, x, output_size, align_corners, scale_factors):
