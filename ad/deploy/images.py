@@ -32,6 +32,10 @@ class ImageInputError(DataError):
     """An input that is not a readable image (the message says which and why)."""
 
 
+class ImageTooLargeError(ImageInputError):
+    """An image with more pixels than allowed (a service's decompression-bomb guard)."""
+
+
 def _fast_png(data: bytes) -> Optional[Image.Image]:
     """8-bit grey or RGB PNG bytes through libspng (as `ad.data` does), else None for Pillow to read."""
     if _spng is None or data[:8] != _PNG_SIGNATURE or len(data) < 26 or data[12:16] != b"IHDR" \
@@ -70,19 +74,33 @@ def decode(data: bytes, name: str = "upload", max_pixels: Optional[int] = None) 
             return to_rgb(im)
     except ImageInputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name} declares more pixels than Pillow's safety limit; send a smaller image") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(f"cannot read {name}: not a recognised image format; send a PNG, JPEG, BMP or "
+                              "TIFF file") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise ImageInputError(f"cannot read {name} as an image ({exc.__class__.__name__}: {reason}); "
                               f"send a PNG, JPEG, BMP or TIFF file") from None
 
 
+# Pixel modes training reads into RGB (grey, palette, colour with or without alpha, 16/32-bit integer grey);
+# float images ('F') and other exotic modes have no defined 8-bit conversion and are refused.
+MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+         "I", "I;16", "I;16B", "I;16L")
+
+
 def _check_pixels(im: Image.Image, name: str, max_pixels: Optional[int]) -> None:
+    if im.mode not in MODES:
+        raise ImageInputError(f"{name} has pixel mode {im.mode!r}, which has no 8-bit RGB reading; send an 8/16-bit "
+                              "grey or RGB image")
     if max_pixels is not None and im.width * im.height > max_pixels:
-        raise ImageInputError(f"{name} is {im.width}x{im.height} pixels, more than the {max_pixels} allowed; "
+        raise ImageTooLargeError(f"{name} is {im.width}x{im.height} pixels, more than the {max_pixels} allowed; "
                               "send a smaller image")
 
 
-def load(source: ImageInput, max_pixels: Optional[int] = None) -> Image.Image:
+def load(source: ImageInput, max_pixels: Optional[int] = None, name: str = "upload") -> Image.Image:
     """RGB `PIL.Image` from a path, encoded bytes, a PIL image or a numpy array (H×W grey or H×W×3 RGB,
     uint8; uint16 grey is scaled like a 16-bit file)."""
     if isinstance(source, Image.Image):
@@ -90,7 +108,7 @@ def load(source: ImageInput, max_pixels: Optional[int] = None) -> Image.Image:
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode(bytes(source), max_pixels=max_pixels)
+        return decode(bytes(source), name=name, max_pixels=max_pixels)
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:

@@ -57,12 +57,13 @@ class Inferencer:
     def manifest(self) -> Dict[str, Any]:
         return self.bundle.manifest
 
-    def preprocess(self, source: images.ImageInput) -> np.ndarray:
+    def preprocess(self, source: images.ImageInput, name: str = "upload") -> np.ndarray:
         """uint8 [H,W,3] at the model's input size, as training's data pipeline makes it."""
-        return images.resize(images.load(source, self.max_pixels), self.bundle.preprocess)
+        return images.resize(images.load(source, self.max_pixels, name), self.bundle.preprocess)
 
-    def predict(self, source: images.ImageInput, threshold: Optional[float] = None) -> Result:
-        pixels = self.preprocess(source)
+    def predict(self, source: images.ImageInput, threshold: Optional[float] = None, name: str = "upload") -> Result:
+        """Score one image: a path, encoded bytes (`name` labels them in errors), a PIL image or a uint8 array."""
+        pixels = self.preprocess(source, name)
         score_arr, maps = self._run(images.to_input(pixels))
         score = float(score_arr[0])
         t = self.threshold if threshold is None else _finite(threshold)

@@ -1,0 +1,127 @@
+"""`python -m ad.deploy.predict model=<export dir> input=<image or folder> [out=<dir>] [threshold=<raw score>]`
+
+Scores images with an exported model without torch and writes `<out>/predictions.csv` (path, score,
+normalized_score, is_anomalous, overlay — the columns and number format of `ad.predict`) and one heat-map
+overlay PNG per image. Default out: `<export dir>/predict/`. Other keys: overlays=true, threads=<n>.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ad.errors import ADError, ConfigError
+
+USAGE = ("usage: python -m ad.deploy.predict model=<export dir> input=<image or folder> [out=<dir>] "
+         "[threshold=<raw score>] [overlays=true] [threads=<n>]")
+KEYS = {"model", "input", "out", "threshold", "overlays", "threads"}
+COLUMNS = ["path", "score", "normalized_score", "is_anomalous"]
+
+
+def parse_args(argv: Sequence[str]) -> Dict[str, str]:
+    args: Dict[str, str] = {}
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep or key not in KEYS:
+            raise ConfigError(f"unknown argument '{a}'; {USAGE}")
+        args[key] = value
+    for key in ("model", "input"):
+        if key not in args:
+            raise ConfigError(f"missing {key}=...; {USAGE}")
+    return args
+
+
+def gather_inputs(inp: Path, exclude: Optional[Path] = None) -> List[Path]:
+    from ad.deploy.images import IMAGE_EXTENSIONS, list_images
+
+    if inp.is_file():
+        return [inp]
+    if inp.is_dir():
+        files = list(list_images(inp, exclude))
+        if not files:
+            raise ConfigError(f"input folder {inp} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return files
+    raise ConfigError(f"input {inp} does not exist; pass an image file or a folder of images")
+
+
+def _fmt(v: Any) -> Any:
+    """`ad.predict`'s CSV number format (8 significant digits, booleans as 0/1, no decision as empty)."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float):
+        return f"{v:.8g}"
+    return "" if v is None else v
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Atomic CSV (temporary file + rename, as every file `ad` writes): readers never see half a table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns))
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: _fmt(r.get(c)) for c in columns})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _flag(key: str, value: str) -> bool:
+    v = value.lower()
+    if v not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ConfigError(f"{key}={value!r} is not a boolean; use {key}=true or {key}=false")
+    return v in ("1", "true", "yes", "on")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip() + "\n\n" + USAGE)
+        return 0
+    try:
+        from PIL import Image
+
+        from ad.deploy import Inferencer
+        from ad.values import positive_int
+
+        args = parse_args(argv)
+        write_overlays = _flag("overlays", args.get("overlays", "true"))
+        threads = positive_int(args["threads"], "threads") if "threads" in args else None
+        inf = Inferencer(args["model"], threshold=args.get("threshold"), threads=threads)
+        out = Path(args.get("out") or Path(args["model"]) / "predict")
+        paths = gather_inputs(Path(args["input"]), exclude=out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, p in enumerate(paths):
+            res = inf.predict(p)
+            row = {"path": str(p), **{k: getattr(res, k) for k in ("score", "normalized_score", "is_anomalous")}}
+            if write_overlays:
+                row["overlay"] = f"{i:05d}_{p.stem}.png"
+                Image.fromarray(res.overlay()).save(out / row["overlay"])
+            rows.append(row)
+        write_csv(out / "predictions.csv", rows, COLUMNS + (["overlay"] if write_overlays else []))
+        if inf.threshold is None:
+            print(f"{len(rows)} images scored; the export has no threshold (pass threshold=...), so no decisions; "
+                  f"wrote {out / 'predictions.csv'}")
+        else:
+            n_bad = sum(bool(r["is_anomalous"]) for r in rows)
+            print(f"{len(rows)} images scored, {n_bad} anomalous (threshold {inf.threshold:.6g}); wrote "
+                  f"{out / 'predictions.csv'}")
+        return 0
+    except ADError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
