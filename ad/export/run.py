@@ -50,6 +50,7 @@ def export_run(run_dir: "str | Path", fmt: str = "onnx", images: Optional["str |
     final = Path(out) if out else run_dir / "export" / fmt
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp.chmod(_dir_mode())  # mkdtemp's private 0700 would hide the export from the service's user
     try:
         name = meta.get("model_name") or type(model).__name__
         onnx_path = tmp / "model.onnx"
@@ -74,6 +75,14 @@ def export_run(run_dir: "str | Path", fmt: str = "onnx", images: Optional["str |
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _dir_mode() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _input_size(meta) -> list:
