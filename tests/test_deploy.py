@@ -66,7 +66,7 @@ def test_overlay_and_normalisation_equal_ad_predicts(tmp_path):
     from ad import metrics
     from ad.deploy import normalize_score
     from ad.deploy.overlay import display_map, overlay
-    from ad.engine import visualize
+    from ad import visualize
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)

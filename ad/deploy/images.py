@@ -1,8 +1,8 @@
 """Image decoding and preprocessing for deployed models, without torch.
 
-Reproduces training's data pipeline (`ad.data.load_image` + `ad.data.ImageTransform`) with numpy and Pillow
-only: RGB conversion (grey and palette images become 3-channel, 16-bit grey scaled by the file's own range),
-Pillow bilinear resize to the run's `image_size`, optional centre crop, then uint8 / 255 in float32. The
+Reproduces training's data pipeline (`ad.io.load_image` + `ad.data.ImageTransform`) with numpy and Pillow
+only: the same decoder and colour rule (`ad.io.images`: RGB, grey and palette images 3-channel, 16-bit grey
+scaled by the image's own maximum), Pillow bilinear resize to the run's `image_size`, optional centre crop, then uint8 / 255 in float32. The
 backbone's mean/std normalisation is inside the exported graph, as it is inside the model. A parity test
 holds this module to the training pipeline pixel for pixel.
 """
@@ -16,14 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ad.errors import DataError
-
-try:  # libspng decodes 8-bit PNGs ~1.4x faster than Pillow, to the same pixels (optional here too)
-    import pyspng as _spng
-except ImportError:  # pragma: no cover - optional dependency
-    _spng = None
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from ad.io.images import IMAGE_EXTENSIONS, decode_png, to_rgb
 
 ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
 
@@ -36,35 +29,11 @@ class ImageTooLargeError(ImageInputError):
     """An image with more pixels than allowed (a service's decompression-bomb guard)."""
 
 
-def _fast_png(data: bytes) -> Optional[Image.Image]:
-    """8-bit grey or RGB PNG bytes through libspng (as `ad.data` does), else None for Pillow to read."""
-    if _spng is None or data[:8] != _PNG_SIGNATURE or len(data) < 26 or data[12:16] != b"IHDR" \
-            or data[24] != 8 or data[25] not in (0, 2):
-        return None
-    try:
-        arr = _spng.load(data, "L" if data[25] == 0 else "RGB")
-    except Exception:
-        return None
-    if arr.dtype != np.uint8 or arr.ndim != (2 if data[25] == 0 else 3):
-        return None
-    image = Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB")
-    return image.convert("RGB") if image.mode == "L" else image
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Training's colour rule: 16/32-bit grey scaled to 8 bit by the image's own maximum, everything RGB."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = max(float(arr.max()), 1.0)
-        im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
-    return im.convert("RGB")
-
-
 def decode(data: bytes, name: str = "upload", max_pixels: Optional[int] = None) -> Image.Image:
     """RGB image from encoded bytes; one-line `ImageInputError` for empty, undecodable or oversized data."""
     if not data:
         raise ImageInputError(f"{name} is empty (0 bytes); send an image file")
-    fast = _fast_png(data)
+    fast = decode_png(data)  # libspng for 8-bit grey/RGB PNGs, as training decodes them
     if fast is not None:
         _check_pixels(fast, name, max_pixels)
         return fast

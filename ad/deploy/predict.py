@@ -6,12 +6,9 @@ overlay PNG per image. Default out: `<export dir>/predict/`. Other keys: overlay
 """
 from __future__ import annotations
 
-import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ad.errors import ADError, ConfigError
 
@@ -47,35 +44,6 @@ def gather_inputs(inp: Path, exclude: Optional[Path] = None) -> List[Path]:
     raise ConfigError(f"input {inp} does not exist; pass an image file or a folder of images")
 
 
-def _fmt(v: Any) -> Any:
-    """`ad.predict`'s CSV number format (8 significant digits, booleans as 0/1, no decision as empty)."""
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, float):
-        return f"{v:.8g}"
-    return "" if v is None else v
-
-
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    """Atomic CSV (temporary file + rename, as every file `ad` writes): readers never see half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(columns))
-            w.writeheader()
-            for r in rows:
-                w.writerow({c: _fmt(r.get(c)) for c in columns})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _flag(key: str, value: str) -> bool:
     v = value.lower()
     if v not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -92,6 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from PIL import Image
 
         from ad.deploy import Inferencer
+        from ad.io import write_csv
         from ad.values import positive_int
 
         args = parse_args(argv)

@@ -46,7 +46,7 @@ class _TraceableKnn:
     """`KnnIndex.search`'s contract (L2 distances, indices [Q,k]) by the models' own brute-force torch search."""
 
     def search(self, bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 0):
-        from ad.models._memory import _TorchFlat
+        from ad.models.memory._memory import _TorchFlat
 
         return _TorchFlat(bank).search(queries.float(), min(int(k), bank.shape[0]))
 
@@ -54,7 +54,7 @@ class _TraceableKnn:
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[nn.Module]:
     """The model with every `KnnIndex` attribute swapped for `_TraceableKnn` (restored afterwards)."""
-    from ad.models._memory import KnnIndex
+    from ad.models.memory._memory import KnnIndex
 
     swapped = []
     for module in model.modules():

@@ -25,8 +25,8 @@ def check_format(fmt: str) -> str:
 def export_run(run_dir: "str | Path", fmt: str = "onnx", images: Optional["str | Path"] = None,
                out: Optional["str | Path"] = None, check_parity: bool = True) -> Path:
     """Export a finished run; returns the export folder. Raises ConfigError/ExportError (one line)."""
-    from ad.engine.outputs import write_json
-    from ad.engine.records import load_record
+    from ad.io import write_json
+    from ad.rundir.records import load_record
     from ad.export import parity
     from ad.export.manifest import build_manifest
     from ad.predict import load_run
@@ -45,8 +45,8 @@ def export_run(run_dir: "str | Path", fmt: str = "onnx", images: Optional["str |
     record = load_record(run_dir / "results.json")
     paths = parity.parity_images(run_dir, meta, extra) if check_parity else []
     if check_parity and not paths:
-        raise ConfigError(f"no images to check the export with: the run's data and test images are gone; pass "
-                          f"images=<folder of images like the run's> to python -m ad.export")
+        raise ConfigError("no images to check the export with: the run's data and test images are gone; pass "
+                          "images=<folder of images like the run's> to python -m ad.export")
     final = Path(out) if out else run_dir / "export" / fmt
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
