@@ -3,7 +3,7 @@
 `PredictGraph` wraps a fitted model so that `forward(image) = (score [1], anomaly_map [1,H,W])` — exactly
 `model.predict`, the path `ad.predict` and test scoring take. The only substitution is the nearest-neighbour
 search of the memory models: their `KnnIndex` builds faiss indexes and pruned searches with data-dependent
-control flow that a trace cannot record, so for the trace it is swapped for `_TorchFlat`, the models' own
+control flow that a trace cannot record, so for the trace it is swapped for `BruteForceKnn`, the models' own
 brute-force torch search (Gram-trick GEMM + top-k, neighbour distances recomputed directly) — the same
 neighbours and distances up to float32 rounding, with the bank baked into the graph as a constant.
 Thresholds and normalisation are never in the graph: they live in deploy.json.
@@ -46,15 +46,15 @@ class _TraceableKnn:
     """`KnnIndex.search`'s contract (L2 distances, indices [Q,k]) by the models' own brute-force torch search."""
 
     def search(self, bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 0):
-        from ad.models.memory._memory import _TorchFlat
+        from ad.models.memory import BruteForceKnn
 
-        return _TorchFlat(bank).search(queries.float(), min(int(k), bank.shape[0]))
+        return BruteForceKnn(bank).search(queries.float(), min(int(k), bank.shape[0]))
 
 
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[nn.Module]:
     """The model with every `KnnIndex` attribute swapped for `_TraceableKnn` (restored afterwards)."""
-    from ad.models.memory._memory import KnnIndex
+    from ad.models.memory import KnnIndex
 
     swapped = []
     for module in model.modules():
