@@ -15,13 +15,14 @@ Not part of CI.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -29,8 +30,6 @@ sys.path.insert(0, str(REPO))
 
 def _child(backend: str, target: str, image: str, threads: int, warmup: int, iters: int) -> Dict[str, Any]:
     """One backend in this process: timings (ms) and peak RSS (MB)."""
-    import resource
-
     import numpy as np
 
     if backend == "torch":
@@ -66,7 +65,17 @@ def _child(backend: str, target: str, image: str, threads: int, warmup: int, ite
     # line PC sees when it is idle
     return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
             "cpu_ms": float(np.median(cpu)), "score": score,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process image's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that across fork+exec,
+    so a child started by this (torch-loaded) script would report the parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def _measure(backend: str, target: Path, image: Path, args) -> Dict[str, Any]:
@@ -130,10 +139,10 @@ def main() -> int:
     from ad.export import export_run
     from ad.registry import MODELS
 
-    runs: List[Path] = [Path(r) for r in args.runs]
     names = MODELS.names() if args.fit == ["all"] else args.fit
-    for name in names:
-        runs.append(_fit(name, Path(args.fit_dir), args.image_size))
+    # fitted one at a time, each measured as soon as it exists: rows come out while later models still fit
+    runs = itertools.chain((Path(r) for r in args.runs),
+                           (_fit(name, Path(args.fit_dir), args.image_size) for name in names))
     rows = []
     for run_dir in runs:
         import csv

@@ -38,6 +38,8 @@ def build_manifest(fmt: str, files: Sequence[str], export_dir: Path, run_dir: Pa
     import ad
     import torch
 
+    from ad.registry import current_target
+
     recipe = preprocess_recipe(meta["data"])
     h, w = recipe["input_size"]
     run = dataclasses.asdict(record.run)
@@ -58,7 +60,7 @@ def build_manifest(fmt: str, files: Sequence[str], export_dir: Path, run_dir: Pa
         "exported_with": {"torch": torch.__version__.split("+")[0], "onnx_opset": opset},
         "model": {
             "name": meta.get("model_name"),
-            "class": dict(meta["model_config"]).get("_target_"),
+            "class": current_target(str(dict(meta["model_config"]).get("_target_"))),
             "backbone": run.get("backbone"),
             "file": files[0],
             "sha256": {name: sha256_file(export_dir / name) for name in files},
