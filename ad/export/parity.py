@@ -90,7 +90,10 @@ def _val_normals(meta: Mapping[str, Any]) -> List[Path]:
         from hydra.utils import instantiate
 
         dataset = dict((meta.get("config") or {}).get("dataset") or {})
-        if "_target_" not in dataset:
+        root = Path(str(dataset.get("root")))
+        category = dataset.get("category")
+        # only read data that is still there: a generated dataset would otherwise be generated anew
+        if "_target_" not in dataset or not root.is_dir() or (isinstance(category, str) and not (root / category).exists()):
             return []
         dm = instantiate(dataset)
         dm.setup()
