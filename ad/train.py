@@ -91,28 +91,44 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
 
 
 def format_summary(record, run_dir: Path) -> str:
+    """The terminal block of a finished run: decisions at the run's own threshold first (what using the run
+    would do), then the threshold-free metrics, F1max last and labelled a diagnostic."""
+    from ad.engine.records import operating_point
+
     def f(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
-    lines = [f"run      {record.run.run_name or record.run.model}  [{record.status}]"]
+    lines = [f"run         {record.run.run_name or record.run.model}  [{record.status}]"]
     if record.status != "ok":
-        lines.append(f"error    {record.error}")
+        lines.append(f"error       {record.error}")
     else:
-        for name, row in ((c.category, c) for c in record.category_rows()) if record.categories else []:
-            lines.append(f"  {name:<14s} image AUROC {f(row.metric('image.auroc'))}  pixel AUROC "
-                         f"{f(row.metric('pixel.auroc'))}  AUPRO {f(row.metric('pixel.aupro'))}  mAD {f(row.mad)}")
-        label = "mean" if record.categories else "image"
-        img, pix = record.image, record.pixel
-        lines.append(f"{label:<8s} image AUROC {f(img.auroc)}  AP {f(img.ap)}  F1max {f(img.f1_max)}" if record.categories
-                     else f"image    AUROC {f(img.auroc)}  AP {f(img.ap)}  F1max {f(img.f1_max)}")
-        if pix:
-            lines.append(f"pixel    AUROC {f(pix.auroc)}  AUPRO {f(pix.aupro)}  AP {f(pix.ap)}  mAD {f(record.mad)}")
+        op = record.operating_point or operating_point(record)
+        if op is None or op.no_threshold:
+            lines.append("decisions   none: " + (op.no_threshold if op else "no test metrics"))
         else:
-            lines.append("pixel    n/a (no ground-truth masks)")
+            mean = " (mean over categories)" if record.categories else ""
+            lines.append(f"decisions at the run's threshold, fitted on {op.threshold_fitted_on or 'held-out normals'}{mean}")
+            for name, at in (("image", op.image), ("pixel", op.pixel)):
+                if at is not None:
+                    lines.append(f"  {name:<9s} precision {f(at.precision)}  recall {f(at.recall)}  F1 {f(at.f1)}"
+                                 f"  (threshold {'n/a' if at.threshold is None else f'{at.threshold:.4g}'})")
+            if op.pixel is None:
+                lines.append("  pixel     n/a (no ground-truth masks)")
+        for name, row in ((c.category, c) for c in record.category_rows()) if record.categories else []:
+            lines.append(f"  {name:<14s} image AUROC {f(row.metric('image.auroc'))}  F1 {f(row.metric('image.f1'))}  "
+                         f"pixel AUROC {f(row.metric('pixel.auroc'))}  AUPRO {f(row.metric('pixel.aupro'))}  mAD {f(row.mad)}")
+        img, pix = record.image, record.pixel
+        lines.append(f"ranking     image AUROC {f(img.auroc)}  AP {f(img.ap)}")
+        if pix:
+            lines.append(f"            pixel AUROC {f(pix.auroc)}  AUPRO {f(pix.aupro)}  AP {f(pix.ap)}  mAD {f(record.mad)}")
+        else:
+            lines.append("            pixel n/a (no ground-truth masks)")
+        diag = f"image {f(img.f1_max)}" + (f", pixel {f(pix.f1_max)}" if pix else "")
+        lines.append(f"diagnostic  F1max {diag} (threshold chosen on the test labels: not a deployable result)")
         t = record.timing
-        lines.append(f"time     fit {t.fit_s:.1f} s, predict {t.ms_per_image:.1f} ms/image, "
+        lines.append(f"time        fit {t.fit_s:.1f} s, predict {t.ms_per_image:.1f} ms/image, "
                      f"peak RSS {record.memory.peak_rss_mb:.0f} MB")
-    lines.append(f"outputs  {run_dir}")
+    lines.append(f"outputs     {run_dir}")
     if (run_dir / "tb").is_dir():
         lines.append(f"tensorboard --logdir {run_dir / 'tb'}")
     return "\n".join(lines)

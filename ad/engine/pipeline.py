@@ -21,7 +21,8 @@ import numpy as np
 from ad.engine import artefacts
 from ad.engine.evaluation import Calibration, calibrate, evaluate_category, mean_over_categories
 from ad.engine.outputs import peak_rss_mb, write_json
-from ad.engine.records import CategoryRecord, Counts, Memory, RunInfo, RunRecord, Timing, Training, Validation
+from ad.engine.records import (CategoryRecord, Counts, Memory, RunInfo, RunRecord, Timing, Training, Validation,
+                               operating_point)
 from ad.engine.scoring import PredictionSet, score_function
 from ad.engine.settings import RunSpec
 from ad.errors import ADError, ConfigError
@@ -71,6 +72,7 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
             record.thresholds = cal.thresholds_record(spec.evaluation)
             record.notes += cal.notes + list(getattr(parts.model, "notes", []))
             rows, test_s = score_and_evaluate(parts, cal, spec, record, logger, run_dir, maps)
+            record.operating_point = operating_point(record)
             record.validation = validation_record(parts, spec, val, fit)
             artefacts.write_predictions(run_dir, rows)
             if maps is not None:
