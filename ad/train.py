@@ -8,7 +8,6 @@ predictions.csv, history.csv, model.pt, tb/ and train.log.
 from __future__ import annotations
 
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -46,7 +45,7 @@ def build_components(cfg: DictConfig, spec):
     from ad.config import dataset_categories
     from ad.data.unified import UnifiedData
     from ad.engine.pipeline import Components
-    from ad.engine.tensorboard import TensorBoardLogger
+    from ad.engine.tensorboard import TensorBoardLogger, run_log_dir
     from ad.engine.trainer import seed_everything
     from ad.errors import ConfigError
 
@@ -70,7 +69,11 @@ def build_components(cfg: DictConfig, spec):
         data = instantiate(cfg.dataset).setup()
         categories = {spec.category: data}
     model = fresh_model()  # after the data checks: a bad dataset fails before any slow model build
-    logger = partial(TensorBoardLogger, **OmegaConf.to_container(cfg.logger, resolve=True))
+    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True)
+
+    def logger(default_dir: Path) -> TensorBoardLogger:  # in a sweep: <sweep>/tb/<run name>, see run_log_dir
+        return TensorBoardLogger(run_log_dir(default_dir.parent, spec.name), **logger_cfg)
+
     return Components(data=data, model=model, trainer=trainer, logger_factory=logger, categories=categories,
                       model_factory=fresh_model)
 

@@ -114,6 +114,50 @@ def test_predictions_csv_matches_metrics(memory_run):
         assert (float(r["normalized_score"]) >= 0.5) == (float(r["score"]) >= thr)
 
 
+def test_operating_point_is_first_and_matches_the_decisions_in_predictions_csv(memory_run):
+    """results.json opens with precision/recall/F1 at the run's threshold (recomputed here with sklearn from
+    predictions.csv), F1max only as a labelled diagnostic; the terminal block shows the same numbers first."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from ad.engine.records import load_record
+    from ad.train import format_summary
+
+    res, run_dir = memory_run
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert list(saved)[:4] == ["schema_version", "status", "error", "run"] and list(saved)[4] == "operating_point"
+    op = saved["operating_point"]
+    with open(run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    y = [int(r["label"]) for r in rows]
+    d = [int(r["is_anomalous"]) for r in rows]
+    assert op["image"]["threshold"] == res.thresholds.image
+    assert op["image"]["precision"] == pytest.approx(precision_score(y, d, zero_division=0.0))
+    assert op["image"]["recall"] == pytest.approx(recall_score(y, d))
+    assert op["image"]["f1"] == pytest.approx(f1_score(y, d))
+    assert op["pixel"]["f1"] == pytest.approx(saved["pixel"]["f1"]) and op["pixel"]["threshold"] == res.thresholds.pixel
+    assert op["image_f1_max_diagnostic"] == saved["image"]["f1_max"] and op["no_threshold"] is None
+    assert op["threshold_fitted_on"] == "3 validation normals"
+    text = format_summary(load_record(run_dir), run_dir).splitlines()
+    assert text[1] == "decisions at the run's threshold, fitted on 3 validation normals"
+    assert text[2].split() == ["image", "precision", f"{op['image']['precision']:.4f}", "recall",
+                               f"{op['image']['recall']:.4f}", "F1", f"{op['image']['f1']:.4f}", "(threshold",
+                               f"{res.thresholds.image:.4g})"]
+    assert text[3].split()[0] == "pixel" and any(line.startswith("diagnostic  F1max") for line in text)
+
+
+def test_results_written_before_the_operating_point_existed_still_load(memory_run, tmp_path):
+    from ad.engine.records import load_record, operating_point
+    from ad.train import format_summary
+
+    res, run_dir = memory_run
+    old = json.loads((run_dir / "results.json").read_text())
+    del old["operating_point"]
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    rec = load_record(tmp_path)
+    assert rec.operating_point is None and operating_point(rec) == res.operating_point
+    assert format_summary(rec, tmp_path) == format_summary(res, tmp_path)
+
+
 def test_tensorboard_events_hold_scalars_images_histograms_hparams(memory_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -121,9 +165,15 @@ def test_tensorboard_events_hold_scalars_images_histograms_hparams(memory_run):
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert "test/image/auroc" in tags["scalars"] and "test/pixel/aupro" in tags["scalars"]
-    assert "test/overlays_best_and_worst" in tags["images"]
-    assert {"test/scores_normal", "test/scores_anomalous"} <= set(tags["histograms"])
+    assert "final/image_auroc" in tags["scalars"] and "final/pixel_aupro" in tags["scalars"]
+    assert not any("threshold" in t or "max_fpr" in t for t in tags["scalars"])  # constants, raw scales
+    assert {"test/overlays_best_and_worst", "test/score_histogram"} <= set(tags["images"])
+    legend = acc.Tensors("test/overlays_legend/text_summary")[0].tensor_proto.string_val[0].decode()
+    from ad.data.synthetic import DEFECT_TYPES
+
+    heads = [line.split(": ", 1)[1].split(" ", 1)[0] for line in legend.split("  \n")]
+    assert heads and all(h.split("/")[0] in ("good", *DEFECT_TYPES) and h.endswith(".png") for h in heads), legend
+    assert "summary/text_summary" in tags["tensors"]
     assert "test/pr_curve" in tags["tensors"]
     plugins = acc.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins
@@ -188,8 +238,8 @@ def test_bad_root_records_failure(tmp_path):
 
 def _cli(args, tmp_path, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AD_ROOT": str(tmp_path)}
-    return subprocess.run([sys.executable, "-m", "ad.train", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600, **kw)
+    kw.setdefault("capture_output", True)
+    return subprocess.run([sys.executable, "-m", "ad.train", *args], cwd=tmp_path, env=env, text=True, timeout=600, **kw)
 
 
 def test_cli_help_and_cfg_job(tmp_path):
@@ -270,3 +320,38 @@ def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path):
     loaded, _ = load_run(tmp_path)
     assert loaded.feature_extractor.folded_batchnorms == 0
     assert torch.allclose(loaded.predict(x[:2]).scores, model.predict(x[:2]).scores)
+
+
+def test_progress_goes_to_a_redirected_log_and_train_log(synthetic_root, tmp_path):
+    """`python -m ad.train ... > log 2>&1` on a trained model: run-level `epoch k/N ... ETA` lines in the log,
+    and the same lines in train.log."""
+    import re
+
+    with open(tmp_path / "log", "w") as log:
+        out = _cli(["model=stfpm", "category=syn_disc", f"dataset.root={synthetic_root}", "backbone.pretrained=false",
+                    *FAST, "trainer.max_steps=null", "trainer.max_epochs=2", "trainer.progress_interval=0",
+                    "hydra.run.dir=" + str(tmp_path / "run")], tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                   capture_output=False)
+    text = (tmp_path / "log").read_text()
+    assert out.returncode == 0, text
+    assert re.search(r"epoch 1/2, elapsed \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d: train loss", text), text
+    assert re.search(r"epoch 1/2: 1/\d+ batches \(\d+%\), elapsed \d+:\d\d:\d\d, ETA", text), text
+    assert re.search(r"scoring test images: \d+/\d+ batches done in", text), text
+    train_log = (tmp_path / "run" / "train.log").read_text()
+    assert re.search(r"epoch 2/2, elapsed", train_log) and "scoring test images" in train_log
+
+
+def test_memory_model_reports_progress(synthetic_root, tmp_path, caplog):
+    """A memory model (no epochs to count) reports its feature collection and scoring as k/N lines."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="ad"):
+        res, _ = run_in_process(tmp_path, ["model=padim", "category=syn_disc", f"dataset.root={synthetic_root}",
+                                           "backbone.pretrained=false", *FAST, "trainer.batch_size=4",
+                                           "trainer.progress_interval=0"])
+    assert res.status == "ok", res.error
+    lines = [r.getMessage() for r in caplog.records]
+    n = -(-res.counts.train // 4)
+    assert f"collecting features: 1/{n} batches ({100 // n}%)" in "\n".join(lines)
+    assert any(line.startswith(f"collecting features: {n}/{n} batches done in") for line in lines), lines
+    assert any(line.startswith("scoring test images: ") and "ETA" in line for line in lines), lines

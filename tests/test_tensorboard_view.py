@@ -1,11 +1,12 @@
-"""The TensorBoard view of a run: each final metric appears once (the HPARAMS metric is the test/... chart,
-no second hparam/... chart), and every overlay carries its caption inside the image."""
+"""The TensorBoard view of a run: the key final metrics once, in the HPARAMS table (no per-metric hparam/...
+copies, no constants or raw thresholds), everything else in one text summary; one overlaid score histogram
+with the threshold; every overlay carries its `defect/file` caption inside the image; clean run names."""
 from __future__ import annotations
 
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ad.engine.records import ImageMetrics, PixelMetrics, RunRecord, Validation
+from ad.engine.records import ImageMetrics, PixelMetrics, RunRecord, Thresholds, Validation
 from ad.engine.scoring import PredictionSet
 from ad.engine.tensorboard import TensorBoardLogger
 
@@ -20,8 +21,10 @@ def _test_set(n=6, size=32):
 
 def test_final_metrics_once_and_captioned_overlays(tmp_path):
     test = _test_set()
-    rec = RunRecord(status="ok", image=ImageMetrics(auroc=0.91, ap=0.88), pixel=PixelMetrics(auroc=0.97, aupro=0.8),
-                    validation=Validation(count=4, objective=0.7), mad=0.85)
+    rec = RunRecord(status="ok", image=ImageMetrics(auroc=0.91, ap=0.88, threshold=0.9, precision=0.75, recall=0.5,
+                                                    f1=0.6, f1_max=0.93, f1_max_threshold=0.7),
+                    pixel=PixelMetrics(auroc=0.97, aupro=0.8, max_fpr=0.3), thresholds=Thresholds(image=0.9, fitted_on="4 validation normals"),
+                    validation=Validation(count=4, objective=0.7, mean_score=0.2), mad=0.85)
     images = [{"image": np.full((3, 32, 32), 0.5, np.float32), "map": test.maps[i], "mask": None,
                "caption": "x", "name": f"{i:03d}.png", "score": float(test.scores[i]), "label": int(test.labels[i]),
                "decision": bool(test.scores[i] >= 0.9)} for i in range(4)]
@@ -29,13 +32,21 @@ def test_final_metrics_once_and_captioned_overlays(tmp_path):
     log.log_test("", rec, test, np.clip(test.scores / 2, 0, 1), images)
     log.log_final(rec, {"model": "m", "seed": 0})
     log.close()
-    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert {"test/image/auroc", "test/pixel/aupro", "test/mad", "validation/objective"} <= scalars
-    assert not any(t.startswith("hparam/") for t in scalars), scalars
-    assert [e.value for e in acc.Scalars("test/image/auroc")] == [np.float32(0.91)]  # one point, written once
+    # exactly the HPARAMS metrics the record has: no constants (max_fpr), thresholds, F1max or validation stats
+    assert scalars == {"final/image_auroc", "final/image_ap", "final/image_f1", "final/pixel_auroc", "final/pixel_aupro", "final/mad",
+                       "final/validation_objective"}, scalars
+    assert [e.value for e in acc.Scalars("final/image_auroc")] == [np.float32(0.91)]  # one point, written once
     assert acc.PluginTagToContent("hparams")
+    texts = {t: acc.Tensors(t)[0].tensor_proto.string_val[0].decode() for t in acc.Tags()["tensors"]
+             if t.endswith("text_summary")}
+    summary = texts["summary/text_summary"]
+    assert "| image | 75.0 | 50.0 | 60.0 | 0.9 |" in summary and "4 validation normals" in summary
+    assert "| image | 91.0 | 88.0 | | 93.0 |" in summary and "F1max (diagnostic)" in summary
+    assert "test/score_histogram" in acc.Tags()["images"]  # one overlaid chart, not two histogram cards
+    assert not acc.Tags()["histograms"]
     from io import BytesIO
 
     from PIL import Image
@@ -46,3 +57,21 @@ def test_final_metrics_once_and_captioned_overlays(tmp_path):
     for k in range(4):
         strip = im[34:, 32 * k:32 * (k + 1)]
         assert (strip > 200).any() and (strip == 0).mean() > 0.5  # white text on black under every tile
+
+
+def test_sweep_jobs_log_under_clean_run_names(tmp_path, monkeypatch):
+    """In a sweep, events go to <sweep>/tb/<run name>: TensorBoard then lists `patchcore/mvtec/bottle k=3`,
+    not `3_patchcore_mvtec_bottle_k=3/tb`; an identical second job gets its folder appended; a job run again
+    into its own folder replaces its events."""
+    from ad.engine import tensorboard as tb
+
+    assert tb.run_log_dir(tmp_path / "job", "m/d/c") == tmp_path / "job" / "tb"  # a single run
+    monkeypatch.setattr(tb, "_sweep_dir", lambda: tmp_path / "sweep")
+    first = tb.run_log_dir(tmp_path / "sweep" / "0_m_d_c", "m/d/c model.k=3")
+    assert first == tmp_path / "sweep" / "tb" / "m" / "d" / "c model.k=3"
+    (first / "events.out.tfevents.1").write_text("old")
+    assert tb.run_log_dir(tmp_path / "sweep" / "0_m_d_c", "m/d/c model.k=3") == first  # the same job again
+    assert not (first / "events.out.tfevents.1").exists()
+    twin = tb.run_log_dir(tmp_path / "sweep" / "1_m_d_c", "m/d/c model.k=3")
+    assert twin == tmp_path / "sweep" / "tb" / "m" / "d" / "c model.k=3 (1_m_d_c)"
+    assert tb.run_log_dir(tmp_path / "sweep" / "2", "../x") == tmp_path / "sweep" / "tb" / "_" / "x"

@@ -94,14 +94,18 @@ def test_predict_reproduces_per_category_scores(unified_run, tmp_path):
         assert pred[r["path"]] == pytest.approx(float(r["score"]), rel=1e-5, abs=1e-6)
 
 
-def test_tensorboard_has_scalars_per_category(unified_run):
+def test_tensorboard_has_categories_in_its_summary_not_as_single_points(unified_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, run_dir = unified_run
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
-    scalars = set(acc.Tags()["scalars"])
-    assert {f"test/{c}/image/auroc" for c in CATS} <= scalars and "test/mean/mad" in scalars
+    tags = acc.Tags()
+    # the means in the HPARAMS table; per category: a histogram chart each and rows of the one text summary
+    assert "final/mad" in tags["scalars"] and not any(c in t for c in CATS for t in tags["scalars"])
+    assert {f"test/{c}/score_histogram" for c in CATS} <= set(tags["images"])
+    summary = acc.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert all(f"| {c} |" in summary for c in CATS)
 
 
 def test_same_image_scores_the_same_through_test_objective_and_predict(unified_run, tmp_path):
