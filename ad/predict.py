@@ -151,9 +151,41 @@ def _device(value: str) -> torch.device:
     return device
 
 
+def write_overlay(path: Path, source: Path, amap: np.ndarray, meta: Dict[str, Any], score: float,
+                  decision: Optional[bool]) -> str:
+    """The image's overlay PNG at the input's own size (see `ad.predict_overlay`); returns its file name."""
+    from ad.data import ImageTransform, load_image
+    from ad.engine.visualize import display_map
+    from ad.predict_overlay import decision_overlay, map_to_original
+
+    original = np.asarray(load_image(source).convert("RGB"))
+    transform = ImageTransform(meta["data"]["image_size"] or 256, meta["data"].get("center_crop"))
+    shown = display_map(amap, meta.get("pixel_normalization"))
+    full, valid = map_to_original(shown, original.shape[:2], transform.image_size, transform.center_crop)
+    level = 0.5 if meta.get("pixel_normalization") else None  # normalisation puts the pixel threshold at 0.5
+    Image.fromarray(decision_overlay(original, full, valid, score=score, decision=decision,
+                                     image_threshold=meta["image_threshold"], level=level)).save(path)
+    return path.name
+
+
+def summary_lines(rows: List[Dict[str, Any]], threshold: Optional[float], out: Path) -> str:
+    """A line per flagged image (score, threshold, path, overlay), then the totals."""
+    if threshold is None:
+        return (f"{len(rows)} images scored; the run has no threshold (it had no held-out normal image), so no "
+                f"decisions; wrote {out / 'predictions.csv'}")
+    lines = []
+    for r in rows:
+        if bool(r["is_anomalous"]):
+            shown = f"  -> {out / r['overlay']}" if r.get("overlay") else ""
+            lines.append(f"ANOMALOUS  score {r['score']:.4g} >= {threshold:.4g}  {r['path']}{shown}")
+    n_bad = len(lines)
+    lines.append(f"{len(rows)} images scored: {n_bad} anomalous, {len(rows) - n_bad} normal (image threshold "
+                 f"{threshold:.6g}); wrote {out / 'predictions.csv'}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ad.engine.outputs import write_csv
-    from ad.engine.visualize import display_map, overlay
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -175,18 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = {"path": str(p), "score": float(res["scores"][i]), "normalized_score": float(res["normalized"][i]),
                    "is_anomalous": res["is_anomalous"][i]}
             if write_overlays:
-                name = f"{i:05d}_{p.stem}.png"
-                Image.fromarray(overlay(res["images"][i], display_map(res["maps"][i], meta.get("pixel_normalization")))).save(out / name)
-                row["overlay"] = name
+                row["overlay"] = write_overlay(out / f"{i:05d}_{p.stem}.png", p, res["maps"][i], meta,
+                                               row["score"], None if threshold is None else bool(row["is_anomalous"]))
             rows.append(row)
         cols = ["path", "score", "normalized_score", "is_anomalous"] + (["overlay"] if write_overlays else [])
         write_csv(out / "predictions.csv", rows, cols)
-        if threshold is None:
-            print(f"{len(rows)} images scored; the run has no threshold (it had no held-out normal image), so "
-                  f"no decisions; wrote {out / 'predictions.csv'}")
-        else:
-            n_bad = sum(bool(r["is_anomalous"]) for r in rows)
-            print(f"{len(rows)} images scored, {n_bad} anomalous (threshold {threshold:.6g}); wrote {out / 'predictions.csv'}")
+        print(summary_lines(rows, threshold, out), flush=True)
         return 0
     except ADError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -221,6 +221,63 @@ def test_predict_reproduces_test_scores(memory_run, tmp_path):
     assert len(pngs) == len(expected)
 
 
+def test_predict_keeps_the_input_size_and_prints_each_flagged_image(memory_run, tmp_path, capsys):
+    """A 400x300 input comes back as a 400x300 overlay (not squashed square); every image flagged anomalous
+    gets its own line with score, threshold and path; the overlay carries the decision banner."""
+    from PIL import Image
+
+    from ad.predict import main as predict_main
+
+    res, run_dir = memory_run
+    with open(run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    src = tmp_path / "in"
+    src.mkdir()
+    for k, r in enumerate(rows[-3:]):  # anomalous test images (normals come first), one made 400x300
+        im = Image.open(r["path"]).convert("RGB")
+        (im.resize((400, 300)) if k == 0 else im).save(src / f"{k}.png")
+    out = tmp_path / "pred"
+    assert predict_main([f"run_dir={run_dir}", f"input={src}", f"out={out}"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    with open(out / "predictions.csv") as f:
+        pred = list(csv.DictReader(f))
+    flagged = [r for r in pred if r["is_anomalous"] == "1"]
+    lines = [line for line in printed if line.startswith("ANOMALOUS")]
+    assert len(lines) == len(flagged) and all(any(r["path"] in line for line in lines) for r in flagged)
+    for r, line in zip(flagged, lines):
+        assert f"score {float(r['score']):.4g} >= {res.thresholds.image:.4g}" in line
+    assert printed[-1].startswith(f"3 images scored: {len(flagged)} anomalous, {3 - len(flagged)} normal")
+    big = Image.open(out / pred[0]["overlay"])
+    assert big.size == (400, 300)
+    top = np.asarray(big)[:8, :200].astype(int)
+    assert top.mean() < np.asarray(Image.open(src / "0.png"))[:8, :200].mean()  # the dark decision banner
+
+
+def test_overlay_maps_go_back_to_the_input_geometry():
+    """A hot block in the model's square frame lands where it is in the original picture: resize only, and
+    resize + centre crop (outside the crop nothing is drawn)."""
+    from ad.predict_overlay import decision_overlay, map_to_original
+
+    amap = np.zeros((64, 64), np.float32)
+    amap[16:32, 32:48] = 1.0  # rows 1/4..1/2, columns 1/2..3/4 of the frame
+    full, valid = map_to_original(amap, (300, 400), (64, 64))
+    assert full.shape == (300, 400) and valid.all()
+    hot = np.argwhere(full > 0.5)
+    assert abs(hot[:, 0].min() - 75) <= 3 and abs(hot[:, 0].max() - 149) <= 3
+    assert abs(hot[:, 1].min() - 200) <= 3 and abs(hot[:, 1].max() - 299) <= 3
+    # resized to 80x80 then centre-cropped to 64x64: the map covers rows/cols 8..72 of the 80 frame
+    full, valid = map_to_original(amap, (160, 160), (80, 80), (64, 64))
+    assert not valid[:15].any() and valid[17:143, 17:143].all() and not valid[145:].any()
+    hot = np.argwhere(full > 0.5)
+    assert abs(hot[:, 0].min() - 2 * (8 + 16)) <= 3 and abs(hot[:, 1].min() - 2 * (8 + 32)) <= 3
+    image = np.full((300, 400, 3), 128, np.uint8)
+    shown = decision_overlay(image, map_to_original(amap, (300, 400), (64, 64))[0], None, score=2.0, decision=True,
+                             image_threshold=1.0)
+    assert shown.shape == (300, 400, 3)
+    white = np.all(shown == 255, axis=-1)
+    assert white[60:170, 190:310].any() and not white[200:280, 20:150].any()  # the contour is around the block
+
+
 def test_predict_errors_are_one_line(tmp_path, capsys):
     from ad.predict import main as predict_main
 
