@@ -16,6 +16,7 @@ from ad.aggregate.plots import HEATMAP_METRIC, plot_bars, plot_cd_diagrams, plot
 from ad.aggregate.ranking import ranking_section
 from ad.aggregate.references import REFERENCE_FILE, Reference, load_references
 from ad.aggregate.table import DEFAULT_METRICS, Column, Table, build_table
+from ad.aggregate.tidy import write_long_csv
 
 DEFAULT_BOOTSTRAP = 1000
 
@@ -93,6 +94,8 @@ def aggregate(dirs: Sequence[os.PathLike | str] = ("multirun",), out: Optional[o
     paths["md"].write_text(md, encoding="utf-8")
     paths["csv"] = out_dir / "results.csv"
     write_results_csv(table, paths["csv"])
+    paths["long_csv"] = out_dir / "results_long.csv"
+    write_long_csv(table, paths["long_csv"])
     paths["jobs_csv"] = out_dir / "jobs.csv"
     write_jobs_csv(table, paths["jobs_csv"])
     paths["tex"] = out_dir / "results.tex"

@@ -105,6 +105,10 @@ def rankings(ranks: Dict[str, Dict], metric: str) -> str:
         if f is not None:
             ranked = ", ".join(f"{escape(m)} {v:.2f}" for m, v in sorted(f.ranks.items(), key=lambda kv: kv[1]))
             head += f"<p>Friedman χ² = {f.chi2:.2f}, p = {f.p:.3g}; CD = {f.cd:.2f}; ranks: {ranked}</p>"
+        head += "".join(f"<p class=muted>{escape(n)}</p>" for n in r.get("notes", []))
+        if r["pairs"] is None:
+            out.append(head)
+            continue
         rows = "".join(f"<tr><td>{escape(p['a'])}</td><td>{escape(p['b'])}</td><td>{100 * p['mean_diff']:+.2f}</td>"
                        f"<td>{p['p']:.3g}</td><td>{p['p_holm']:.3g}</td></tr>" for p in r["pairs"])
         out.append(head + "<table><tr><th>a</th><th>b</th><th>mean a − b (points)</th><th>p</th><th>p (Holm)</th>"
