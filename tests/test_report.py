@@ -212,9 +212,11 @@ def test_best_cell_per_row_is_marked(report):
             by_metric.setdefault(h.split(" · ")[-1], []).append((float(num.group(1)) if num else None, bool(cls)))
         for vals in by_metric.values():
             nums = [v for v, _ in vals if v is not None]
-            if len(nums) > 1:
+            if len(nums) > 1 and max(nums) > min(nums):
                 assert [m for _, m in vals] == [v is not None and v == max(nums) for v, _ in vals]
                 checked += 1
+            elif nums:
+                assert not any(m for _, m in vals)  # all tie: no best
     assert checked >= 4
 
 

@@ -9,7 +9,7 @@ from ad.aggregate.table import MARKERS, Table, Value, fmt_number, printed_rows, 
 from ad.report.gallery import GalleryImage, ModelRun
 
 CSS = """
-body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:1.5em;color:#222}
+body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:1.5em;color:#222}img{max-width:100%}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}h3{margin-bottom:.3em}
 details.cat{border:1px solid #ddd;border-radius:4px;margin:.6em 0;padding:0 .8em}
 details.cat>summary{cursor:pointer;padding:.5em 0;font-size:15px}details.cat>summary h2{display:inline;border:0;font-size:1.15em}
@@ -39,7 +39,10 @@ IMAGE_CHECK = ("window.addEventListener('load',function(){var a=Array.prototype.
                "var s=document.getElementById('img-status');s.setAttribute('data-broken',bad.length);"
                "s.textContent=bad.length?bad.length+' of '+a.length+' images failed to load (keep assets/ next to "
                "index.html): '+bad.map(function(i){return i.getAttribute('src');}).join(', ')"
-               ":'All '+a.length+' images loaded.';});")
+               ":'All '+a.length+' images loaded.';"
+               # page height and load time, for `scripts/bench_report_scale.py` (read from the DOM)
+               "s.setAttribute('data-height',document.documentElement.scrollHeight);"
+               "s.setAttribute('data-load-ms',Math.round(performance.now()));});")
 
 
 def value_html(v: Value) -> str:
@@ -65,17 +68,15 @@ def value_html(v: Value) -> str:
 
 
 def best_in_row(values: Sequence[Value]) -> List[bool]:
-    """Per value: whether it is the best measured one of its metric in this row (ties all marked; paper numbers
-    and rows with a single value are never marked)."""
-    best: Dict[str, float] = {}
-    count: Dict[str, int] = {}
+    """Per value: whether it is the best measured one of its metric in this row (ties all marked, unless every
+    column ties; paper numbers and rows with a single value are never marked)."""
+    seen: Dict[str, List[float]] = {}
     for v in values:
         if v.vcol.ref is None and v.mean is not None:
-            m = v.vcol.metric
-            best[m] = max(best.get(m, v.mean), v.mean)
-            count[m] = count.get(m, 0) + 1
-    return [v.vcol.ref is None and v.mean is not None and count[v.vcol.metric] > 1 and v.mean == best[v.vcol.metric]
-            for v in values]
+            seen.setdefault(v.vcol.metric, []).append(v.mean)
+    # a metric on which every column ties has no best: marking them all would say nothing
+    best = {m: max(xs) for m, xs in seen.items() if len(xs) > 1 and max(xs) > min(xs)}
+    return [v.vcol.ref is None and v.mean is not None and v.mean == best.get(v.vcol.metric) for v in values]
 
 
 def results_table(table: Table) -> str:
