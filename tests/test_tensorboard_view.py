@@ -75,3 +75,19 @@ def test_sweep_jobs_log_under_clean_run_names(tmp_path, monkeypatch):
     twin = tb.run_log_dir(tmp_path / "sweep" / "1_m_d_c", "m/d/c model.k=3")
     assert twin == tmp_path / "sweep" / "tb" / "m" / "d" / "c model.k=3 (1_m_d_c)"
     assert tb.run_log_dir(tmp_path / "sweep" / "2", "../x") == tmp_path / "sweep" / "tb" / "_" / "x"
+
+
+def test_sweep_run_names_keep_only_the_swept_parameters(tmp_path, monkeypatch):
+    """Parameters every job of the sweep shares (given once, e.g. trainer=smoke) are left out of the name."""
+    import yaml
+
+    from ad.engine import tensorboard as tb
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"overrides": {"task": ["model.k=1,3", "trainer=smoke", "model.layers=[a,b]", "category=x,y"]}}}))
+    monkeypatch.setattr(tb, "_sweep_dir", lambda: sweep)
+    got = tb.run_log_dir(sweep / "0", "m/d/x model.k=3,trainer=smoke,model.layers=[a,b]")
+    assert got == sweep / "tb" / "m" / "d" / "x model.k=3"
+    assert tb.run_log_dir(sweep / "1", "m/d/y [unified] trainer=smoke") == sweep / "tb" / "m" / "d" / "y [unified]"

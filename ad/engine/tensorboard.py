@@ -112,7 +112,7 @@ def run_log_dir(run_dir: "str | Path", run_name: Optional[str]) -> Path:
     if sweep is None or not run_name:
         return run_dir / "tb"
     base = sweep / "tb"
-    safe = "/".join(_safe_part(p) for p in run_name.split("/"))
+    safe = "/".join(_safe_part(p) for p in _swept_only(run_name, sweep).split("/"))
     for name in (safe, f"{safe} ({run_dir.name})"):
         target = base / name
         target.mkdir(parents=True, exist_ok=True)
@@ -129,6 +129,43 @@ def run_log_dir(run_dir: "str | Path", run_name: Optional[str]) -> Path:
             f.write(str(run_dir.resolve()))
         return target
     return run_dir / "tb"
+
+
+def _swept_only(run_name: str, sweep: Path) -> str:
+    """The run name with only the parameters that vary across the sweep (`model.k=3`), not the ones every job
+    shares (`trainer=smoke`, given once on the command line): those say nothing about which run is which."""
+    head, sep, params = run_name.partition(" ")
+    varying = _sweep_keys(sweep)
+    if not sep or varying is None:
+        return run_name
+    unified = " [unified]" if params.startswith("[unified]") else ""
+    params = params[len("[unified]"):].strip() if unified else params
+    keep = [p for p in _split_params(params) if p.partition("=")[0].lstrip("+~") in varying]
+    return head + unified + (" " + ",".join(keep) if keep else "")
+
+
+def _split_params(params: str) -> List[str]:
+    import re
+
+    return [p for p in re.split(r",(?=[^,=\[\]]+=)", params) if p]
+
+
+def _sweep_keys(sweep: Path) -> Optional[set]:
+    """Keys given several values in the sweep (`a=1,2`, `range(...)`, sweeper params), from the multirun.yaml
+    Hydra writes before any job starts; None when unreadable (then every parameter is kept)."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        saved = OmegaConf.load(sweep / "multirun.yaml")
+        args = [str(o) for o in (OmegaConf.select(saved, "hydra.overrides.task") or [])]
+        params = OmegaConf.select(saved, "hydra.sweeper.params")
+        if params is not None:
+            args += [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=False).items()]
+        return {o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(args)
+                if o.is_sweep_override()}
+    except Exception:  # naming only: never fail a run over it
+        return None
 
 
 def _safe_part(part: str) -> str:
