@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ad.engine.visualize import contour
+from ad.visualize import contour
 
 
 def map_to_original(amap: np.ndarray, original_hw: Tuple[int, int], image_size: Sequence[int],

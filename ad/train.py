@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ad.config import register_resolvers
-from ad.engine.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
+from ad.launch.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
 from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exported: run names are part of the CLI)
 
 
@@ -45,7 +45,7 @@ def build_components(cfg: DictConfig, spec):
     from ad.config import dataset_categories
     from ad.data.unified import UnifiedData
     from ad.engine.pipeline import Components
-    from ad.engine.tensorboard import TensorBoardLogger, run_log_dir
+    from ad.loggers.tensorboard import TensorBoardLogger, run_log_dir
     from ad.engine.trainer import seed_everything
     from ad.errors import ConfigError
 
@@ -81,7 +81,7 @@ def build_components(cfg: DictConfig, spec):
 def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     """Run one experiment end to end and return its `RunRecord`; a failed run is a record, never an exception."""
     from ad.engine import pipeline
-    from ad.engine.records import RunInfo
+    from ad.rundir.records import RunInfo
 
     try:
         spec = build_spec(cfg, choices, overrides)
@@ -96,7 +96,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
 def format_summary(record, run_dir: Path) -> str:
     """The terminal block of a finished run: decisions at the run's own threshold first (what using the run
     would do), then the threshold-free metrics, F1max last and labelled a diagnostic."""
-    from ad.engine.records import operating_point
+    from ad.rundir.records import operating_point
 
     def f(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.4f}"

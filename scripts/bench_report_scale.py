@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ad.engine.maps_store import save_test_maps  # noqa: E402
+from ad.rundir.maps_store import save_test_maps  # noqa: E402
 from ad.metrics import image_auroc  # noqa: E402
 from ad.report import build_report  # noqa: E402
 from tests._fake_sweep import fake_results, make_job, write_predictions  # noqa: E402

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ad.engine.maps_store import MapsWriter, save_test_maps
+from ad.rundir.maps_store import MapsWriter, save_test_maps
 from ad.metrics import image_auroc
 from ad.report import build_report
 from tests._fake_sweep import fake_results, make_job, unified_results, write_predictions
@@ -232,7 +232,7 @@ def test_categories_are_collapsible_blocks_with_a_gist(report):
 def test_ground_truth_is_an_outline_on_the_image(report):
     """Anomalous images of the masked category carry a green outline on the border of their 8x8 mask block
     (measured against the source image, robust to JPEG noise); normal images carry none."""
-    from ad.engine.visualize import contour
+    from ad.visualize import contour
 
     mask = np.zeros((SIZE, SIZE), bool)
     mask[8:16, 8:16] = True
