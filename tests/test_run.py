@@ -161,12 +161,17 @@ def test_results_written_before_the_operating_point_existed_still_load(memory_ru
 def test_tensorboard_events_hold_scalars_images_histograms_hparams(memory_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, run_dir = memory_run
+    res, run_dir = memory_run
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert "final/image_auroc" in tags["scalars"] and "final/pixel_aupro" in tags["scalars"]
-    assert not any("threshold" in t or "max_fpr" in t for t in tags["scalars"])  # constants, raw scales
+    assert tags["scalars"] == []  # a memory model: no curves, and no single-point charts of final metrics
+    from tests.test_tensorboard_view import session_hparams
+
+    hp = session_hparams(acc)
+    assert hp["final/image_auroc"].number_value == pytest.approx(res.image.auroc)
+    assert hp["final/pixel_aupro"].number_value == pytest.approx(res.pixel.aupro)
+    assert not any("threshold" in k or "max_fpr" in k for k in hp)  # constants, raw scales
     assert {"test/overlays_best_and_worst", "test/score_histogram"} <= set(tags["images"])
     legend = acc.Tensors("test/overlays_legend/text_summary")[0].tensor_proto.string_val[0].decode()
     from ad.data.synthetic import DEFECT_TYPES

@@ -4,6 +4,7 @@ with the threshold; every overlay carries its `defect/file` caption inside the i
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ad.rundir.records import ImageMetrics, PixelMetrics, RunRecord, Thresholds, Validation
@@ -17,6 +18,13 @@ def _test_set(n=6, size=32):
     return PredictionSet(scores=rng.random(n) + labels, maps=rng.random((n, size, size)).astype(np.float32),
                          labels=labels, masks=np.zeros((n, size, size), np.uint8), has_mask=np.ones(n, bool),
                          paths=[f"/d/{i:03d}.png" for i in range(n)], defect_types=["good"] * n)
+
+
+def session_hparams(acc):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    return plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
 
 
 def test_final_metrics_once_and_captioned_overlays(tmp_path):
@@ -34,11 +42,13 @@ def test_final_metrics_once_and_captioned_overlays(tmp_path):
     log.close()
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     acc.Reload()
-    scalars = set(acc.Tags()["scalars"])
-    # exactly the HPARAMS metrics the record has: no constants (max_fpr), thresholds, F1max or validation stats
-    assert scalars == {"final/image_auroc", "final/image_ap", "final/image_f1", "final/pixel_auroc", "final/pixel_aupro", "final/mad",
-                       "final/validation_objective"}, scalars
-    assert [e.value for e in acc.Scalars("final/image_auroc")] == [np.float32(0.91)]  # one point, written once
+    # no single-point charts: a memory model has no scalar at all; its final metrics are HPARAMS columns
+    assert acc.Tags()["scalars"] == []
+    hp = session_hparams(acc)
+    assert {k: v.number_value for k, v in hp.items() if k.startswith("final/")} == pytest.approx({
+        "final/image_auroc": 0.91, "final/image_ap": 0.88, "final/image_f1": 0.6, "final/pixel_auroc": 0.97,
+        "final/pixel_aupro": 0.8, "final/mad": 0.85, "final/validation_objective": 0.7})
+    assert hp["model"].string_value == "m" and hp["seed"].number_value == 0
     assert acc.PluginTagToContent("hparams")
     texts = {t: acc.Tensors(t)[0].tensor_proto.string_val[0].decode() for t in acc.Tags()["tensors"]
              if t.endswith("text_summary")}
@@ -63,7 +73,7 @@ def test_sweep_jobs_log_under_clean_run_names(tmp_path, monkeypatch):
     """In a sweep, events go to <sweep>/tb/<run name>: TensorBoard then lists `patchcore/mvtec/bottle k=3`,
     not `3_patchcore_mvtec_bottle_k=3/tb`; an identical second job gets its folder appended; a job run again
     into its own folder replaces its events."""
-    from ad.engine import tensorboard as tb
+    from ad.loggers import tensorboard as tb
 
     assert tb.run_log_dir(tmp_path / "job", "m/d/c") == tmp_path / "job" / "tb"  # a single run
     monkeypatch.setattr(tb, "_sweep_dir", lambda: tmp_path / "sweep")
@@ -81,7 +91,7 @@ def test_sweep_run_names_keep_only_the_swept_parameters(tmp_path, monkeypatch):
     """Parameters every job of the sweep shares (given once, e.g. trainer=smoke) are left out of the name."""
     import yaml
 
-    from ad.engine import tensorboard as tb
+    from ad.loggers import tensorboard as tb
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()

@@ -17,9 +17,11 @@ log = logging.getLogger(__name__)
 
 
 # The final metrics in the HPARAMS table (compared across the runs of a sweep). TensorBoard's HPARAMS plugin reads
-# a metric's value from a scalar series of that tag, so these few are scalars, under one "final/" group; every
-# other final number (F1max diagnostics, thresholds, per-category values) is in the one text summary. Constants
-# (max_fpr) and raw thresholds (on each model's own score scale: meaningless across models) are never plotted.
+# a *metric* from a scalar series of its tag, which puts a single-dot chart per metric on the Scalars page; so
+# the final values are written as numeric columns of the HPARAMS entry itself (sortable, filterable and in the
+# parallel-coordinates view) and no scalar is written for them. Every other final number (F1max diagnostics,
+# thresholds, per-category values) is in the one text summary. Constants (max_fpr) and raw thresholds (on each
+# model's own score scale: meaningless across models) are never logged.
 HPARAM_METRICS = ("image.auroc", "image.ap", "image.f1", "pixel.auroc", "pixel.aupro", "pixel.f1", "mad",
                   "validation.objective")
 
@@ -239,10 +241,10 @@ class TensorBoardLogger:
         if self.writer is None:
             return
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-        hp_metrics = flatten_metrics(record)
-        if hp_metrics:
-            # run_name="." keeps the hparams in this run's directory instead of a timestamped sub-run.
-            self.writer.add_hparams(hp, hp_metrics, run_name=".")
+        hp.update(flatten_metrics(record))
+        # No metric dict: a metric would need a scalar series (a one-point chart); run_name="." keeps the entry
+        # in this run's directory instead of a timestamped sub-run.
+        self.writer.add_hparams(hp, {}, run_name=".")
         self.writer.add_text("summary", summary_markdown(record, self.category_rows))
         self.writer.flush()
 

@@ -15,8 +15,8 @@ details.cat{border:1px solid #ddd;border-radius:4px;margin:.6em 0;padding:0 .8em
 details.cat>summary{cursor:pointer;padding:.5em 0;font-size:15px}details.cat>summary h2{display:inline;border:0;font-size:1.15em}
 details.cat>summary .gist{color:#555;font-size:13px;margin-left:1em}
 td.best{background:#e3f4e6;box-shadow:inset 0 0 0 2px #0a7d20}
-table.gallery{width:100%;table-layout:fixed}.gallery img{width:100%;max-width:360px}
-.cscale{margin:4px auto 0;max-width:360px;font-size:11px;font-weight:400;color:#333}
+table.gallery{width:100%;table-layout:fixed}.gallery img{width:100%;max-width:280px}
+.cscale{margin:4px auto 0;max-width:280px;font-size:11px;font-weight:400;color:#333}
 .cscale .grad{position:relative;height:12px;border:1px solid #555}
 .cscale .thr{position:absolute;top:-3px;bottom:-3px;width:2px;margin-left:-1px;background:#fff;outline:1px solid #000}
 .cscale .thrlab{position:absolute;top:14px;transform:translateX(-50%);white-space:nowrap}
