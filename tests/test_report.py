@@ -217,7 +217,7 @@ def test_best_cell_per_row_is_marked(report):
                 checked += 1
             elif nums:
                 assert not any(m for _, m in vals)  # all tie: no best
-    assert checked >= 4
+    assert checked >= 3  # image AUROC of syn_a, syn_b and the mean (the fakes' pixel metrics all tie)
 
 
 def test_categories_are_collapsible_blocks_with_a_gist(report):
