@@ -503,3 +503,15 @@ def test_bars_put_models_side_by_side_on_a_fitted_axis(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["syn_disc", "syn_tiles", "mean"]
     heights = sorted(round(p.get_height(), 6) for p in ax.patches)
     assert heights == sorted([91.0, 95.0, 93.0, 94.0, 92.0, 94.5])  # 2 models x (2 categories + mean)
+
+
+def test_bold_marks_the_best_variant_within_each_category(sweep, tmp_path):
+    res = agg.aggregate([sweep], out=tmp_path / "o", metrics=METRICS, plots=False, bootstrap=0)
+    lines = res["markdown"].split("### synthetic per category", 1)[1].split("\n\n", 2)[1].splitlines()[2:]
+    for cat in ("syn_disc", "syn_tiles"):
+        for k, lbl in enumerate(("image AUROC", "pixel AUROC", "pixel AUPRO")):
+            means = {m: expected(m, cat, k)[0] for m in ("padim", "patchcore")}
+            for line in lines:
+                cells = [c.strip() for c in line.strip("|").split(" | ")]
+                if cells[0] == cat:
+                    assert cells[2 + k].startswith("**") == (means[cells[1]] == max(means.values())), (cat, lbl, line)

@@ -32,7 +32,7 @@ def _legend(table: Table, rows: Sequence[PrintedRow]) -> str:
     if table.duplicates:
         text += ("`‡`: the cell had identical re-runs (same configuration and seed); one is used, the repeats are "
                  "listed under Duplicate runs (they are not seeds and are never averaged in).\n")
-    text += "Bold: the best value of its column in that table.\n"
+    text += "Bold: the best value of its metric among the variants of the same category (or mean).\n"
     if any(v.published for v in values):
         text += ("`*`: the paper's own dataset mean (it does not list every category; the sweep covers all of "
                  "them).\n")

@@ -63,12 +63,17 @@ def _md_escape(text: str) -> str:
 
 def _md_table(table: Table, rows: Sequence[TidyRow], lead: Sequence[str] = (), lead_values: Sequence[Sequence[str]] = ()) -> str:
     """A Markdown table: lead columns (e.g. category), the variant keys, one column per metric; the best
-    measured value of each metric column in bold (when there are several)."""
+    measured value of each metric among the rows of one category (one lead value) in bold."""
     header = list(lead) + group_headers(table) + [metric_label(m) for m in table.metrics]
     lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
              "|" + "|".join(["---"] * (len(lead) + len(table.group)) + [":---:"] * len(table.metrics)) + "|"]
-    best = [_best(rows, k) for k in range(len(table.metrics))]
+    # the best is compared within one category (rows sharing their lead values), never across categories
+    groups: Dict[tuple, List[TidyRow]] = {}
     for i, r in enumerate(rows):
+        groups.setdefault(tuple(lead_values[i]) if lead_values else (), []).append(r)
+    bests = {g: [_best(rs, k) for k in range(len(table.metrics))] for g, rs in groups.items()}
+    for i, r in enumerate(rows):
+        best = bests[tuple(lead_values[i]) if lead_values else ()]
         keys = [str(v) if v is not None else "?" for v in r.column.key]
         if r.reference is not None:
             keys = [r.reference] + [""] * (len(keys) - 1)
