@@ -159,9 +159,8 @@ def plot_bars(table: Table, out_dir: Path) -> List[Path]:
             ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title=f"bars: {ci_note}",
                       title_fontsize=7)
             ax.grid(axis="y", alpha=0.3)
-            fig.tight_layout()
             p = out_dir / f"bars_{_slug(ds)}_{_slug(m.replace('.', '_'))}.png"
-            fig.savefig(p, format="png")
+            fig.savefig(p, format="png", bbox_inches="tight")  # the legend outside the axes stays in the image
             paths.append(p)
     return paths
 
