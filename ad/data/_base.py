@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from ad.data._cache import Decoded, DecodeCache, Prefetcher, resolve_decode_threads
 
 from ad.data._checks import DatasetConfigError, check_number, check_size, verify_samples
+from ad.data.leaks import check_disjoint
 from ad.errors import ConfigError, DataError
 
 try:  # libspng decodes PNGs ~1.7x faster than Pillow's zlib decoder, to the same pixels (tests/test_data.py)
@@ -89,7 +90,9 @@ def _fast_png(data: bytes) -> Optional[Image.Image]:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB (grey-scale and palette images become 3-channel)."""
+    """Open an image as 8-bit RGB by one rule per bit depth, the same for every file of a dataset (never by a
+    file's own min/max, which would stretch an under-exposed defect to full contrast): see `to_rgb8`.
+    Grey-scale and palette images become 3-channel."""
     try:
         source: "str | Path | io.BytesIO" = path
         if _spng is not None and str(path).lower().endswith(".png"):
@@ -100,18 +103,49 @@ def load_image(path: str | Path) -> Image.Image:
                 return fast
             source = io.BytesIO(data)
         with Image.open(source) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16/32-bit grey: scale to 8 bit by the file's own range instead of letting convert() clip.
-                arr = np.asarray(im, dtype=np.float64)
-                top = max(float(arr.max()), 1.0)
-                im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
-            return im.convert("RGB")
+            return to_rgb8(im, path)
     except FileNotFoundError:
         raise DataFileError(f"image file {path} does not exist; restore it or fix the dataset listing") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataFileError(f"image {path} is too large to decode safely ({_one_line(exc)}); downscale it "
+                            "(e.g. to at most 8000x8000) or crop it into tiles") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataFileError(
             f"cannot read image {path} ({exc.__class__.__name__}: {_one_line(exc)}); replace or remove the file"
         ) from None
+
+
+# Pixel modes by bit depth (Pillow's names). Everything else Pillow opens is 8 bits per channel.
+_MODES_16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb8(im: Image.Image, path: "str | Path" = "image") -> Image.Image:
+    """The one decoding rule (docs/reliability.md, "Image formats"), by bit depth:
+
+    - 8 bits per channel (grey, RGB, palette, 1-bit, CMYK ...): Pillow's conversion to RGB.
+    - 16-bit grey (`I;16*`; a 16-bit PNG opened as `I`): value / 257, rounded — the full 16-bit range onto
+      0..255 (an 8-bit value v stored as v·257 comes back as v).
+    - 32-bit float grey (`F`, e.g. a float TIFF): values must lie in [0, 1]; value · 255, rounded. A file with
+      values outside [0, 1] (or NaN) is refused: its range is not known.
+    - 32-bit integer grey (`I` from a TIFF): refused — no fixed range to map from; convert to 16 or 8 bit.
+    """
+    mode = im.mode
+    if mode in _MODES_16BIT or (mode == "I" and im.format == "PNG"):
+        arr = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = (float(np.nanmin(arr)), float(np.nanmax(arr))) if arr.size else (0.0, 0.0)
+        if np.isnan(arr).any() or lo < 0.0 or hi > 1.0:
+            raise DataFileError(
+                f"image {path} is a 32-bit float image with values in [{lo:g}, {hi:g}] (NaN: "
+                f"{bool(np.isnan(arr).any())}); float images must hold values in [0, 1] - rescale it to [0, 1] "
+                "or save it as 8/16-bit")
+        return Image.fromarray(np.rint(arr * 255.0).astype(np.uint8)).convert("RGB")
+    if mode == "I":
+        raise DataFileError(f"image {path} is a 32-bit integer image, which has no fixed range to map to 8 bits; "
+                            "save it as 16-bit or 8-bit (or as float in [0, 1])")
+    return im.convert("RGB")
 
 
 def load_mask(path: str | Path, image_size: tuple[int, int]) -> Image.Image:
@@ -129,7 +163,9 @@ def load_mask(path: str | Path, image_size: tuple[int, int]) -> Image.Image:
             arr = np.asarray(im)
     except FileNotFoundError:
         raise DataFileError(f"mask file {path} does not exist; restore it or remove it from the listing") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataFileError(f"mask {path} is too large to decode safely ({_one_line(exc)}); downscale it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataFileError(
             f"cannot read mask {path} ({exc.__class__.__name__}: {_one_line(exc)}); replace or remove the file"
         ) from None
@@ -243,6 +279,14 @@ def _center_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     left = (im.width - w) // 2
     top = (im.height - h) // 2
     return im.crop((left, top, left + w, top + h))
+
+
+def read_sample(sample: Sample) -> None:
+    """Read a sample's image and mask in full by the same rules as training (`load_image`, `load_mask`):
+    the pre-training check, which finds truncated files and unmappable pixel modes before any work."""
+    image = load_image(sample.path)
+    if sample.mask_path:
+        load_mask(sample.mask_path, image.size)
 
 
 def decode_sample(sample: Sample, transform: ImageTransform) -> Decoded:
@@ -422,11 +466,12 @@ class AnomalyDataModule:
             raise DataError(f"{self.name} '{self.category}': training split contains anomalous images")
         if not test:
             raise DataError(f"no test images found for {self.name} category '{self.category}' under {self.root}")
+        check_disjoint({"train": train, "test": test}, f"{self.name} '{self.category}'")
         train = choose_shots(train, self.shots, self.seed, f"{self.name} '{self.category}'")
         train, val, self.no_val_reason = self._hold_out(train)
         if self.no_val_reason:
             log.info("%s '%s': %s", self.name, self.category, self.no_val_reason)
-        verify_samples(train + val + test)
+        self.verify(train + val + test)
         self._splits = {"train": train, "val": val, "test": test}
         anomalous = [s for s in test if s.label == 1]
         unmasked = [s for s in anomalous if not s.mask_path]
@@ -473,9 +518,17 @@ class AnomalyDataModule:
         """K-fold (fit, held) splits of the training normals, deterministic for the data seed (`kfold_split`)."""
         return kfold_split(self.samples("train"), k, self.seed)
 
-    def verify(self) -> None:
-        """Header check of every image and mask of the splits (`verify_samples`); `setup()` runs it."""
-        verify_samples(self.samples("train") + self.samples("val") + self.samples("test"))
+    def verify(self, samples: Optional[Sequence[Sample]] = None) -> None:
+        """The pre-training check of every image and mask of the splits (`verify_samples`): headers, mask
+        sizes, then a full read of each file by the training decoder (files already in the decode cache,
+        unchanged since, were read in full before and are skipped). `setup()` runs it."""
+        if samples is None:
+            samples = self.samples("train") + self.samples("val") + self.samples("test")
+        verify_samples(samples, read=self._read_unless_cached, threads=max(1, self.decode_threads))
+
+    def _read_unless_cached(self, sample: Sample) -> None:
+        if not self.cache.has(sample):
+            read_sample(sample)
 
     def samples(self, split: str) -> List[Sample]:
         self.setup()

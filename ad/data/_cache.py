@@ -265,6 +265,18 @@ class DecodeCache:
         except OSError:
             return False
 
+    def has(self, sample) -> bool:
+        """True when `sample`'s files, unchanged, are already decoded in memory or on disk (so they were read in
+        full before: the pre-training check may skip them)."""
+        if not self.memory:
+            return False
+        try:
+            key, prefix = self.key(sample)
+        except OSError:
+            return False
+        return _STORE.get(key, self.generation) is not None or (
+            self.disk is not None and self.disk.path(key, prefix).is_file())
+
     def load(self, sample) -> Decoded:
         if not self.memory:
             return self._decode(sample)
