@@ -79,6 +79,9 @@ def _fast_png(data: bytes) -> Optional[Image.Image]:
     if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 26 or data[24] != 8 \
             or data[25] not in (0, 2):
         return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        return None  # Pillow applies its decompression-bomb limit (one rule for every decoder)
     try:
         arr = _spng.load(data, "L" if data[25] == 0 else "RGB")
     except Exception:  # truncated or corrupt: Pillow raises the error the caller reports
