@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ad.errors import ADError, ConfigError
+from ad.io.outdir import prepare_out_dir
 from ad.values import positive_int
 
 USAGE = "usage: python -m ad.predict run_dir=<run dir> input=<image or folder> [out=<dir>] [batch_size=16] [device=auto] [overlays=true]"
@@ -48,6 +49,7 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
         meta = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated or corrupt: RuntimeError / EOFError / UnpicklingError
         raise ConfigError(f"{path} is unreadable ({exc.__class__.__name__}); re-run the training into this dir") from None
+    check_model_file(meta, path)
     cfg = dict(meta["model_config"])
     if isinstance(cfg.get("backbone"), dict):
         # The fitted weights are in the state dict: don't require the pretrained files on this machine.
@@ -75,6 +77,21 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
             first = first or exc
     raise ConfigError(f"{path} does not match the code's model '{meta.get('model_name')}': "
                       f"{str(first).splitlines()[0]}") from None
+
+
+def check_model_file(meta: Any, path: Path) -> None:
+    """Refuse a model.pt of another file-format version (or not a model file at all) in one line: its keys
+    may mean something else, and a silently misread threshold or input size would score wrongly."""
+    from ad.engine.outputs import MODEL_FILE_VERSION
+
+    if not isinstance(meta, dict) or "state_dict" not in meta or "model_config" not in meta:
+        raise ConfigError(f"{path} is not an ad model file (no state_dict/model_config); pass the run dir of an "
+                          "ad.train run")
+    version = meta.get("version")
+    if version != MODEL_FILE_VERSION:
+        raise ConfigError(f"{path} has model-file format version {version!r}; this ad reads version "
+                          f"{MODEL_FILE_VERSION}: re-run the training with this version (or score with the ad "
+                          "version that wrote it)")
 
 
 def _require_ok_run(run_dir: Path) -> None:
@@ -140,15 +157,12 @@ def _flag(key: str, value: str) -> bool:
 
 
 def _device(value: str) -> torch.device:
-    from ad.engine.trainer import resolve_device
+    from ad.engine.trainer import checked_device
 
     try:
-        device = resolve_device(value)
-    except RuntimeError:
-        raise ConfigError(f"device={value!r} is not a device; use device=auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={value} but no CUDA GPU is available here; use device=cpu or device=auto")
-    return device
+        return checked_device(value)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("trainer.device", "device")) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,9 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_overlays = _flag("overlays", args.get("overlays", "true"))
         device = _device(args.get("device", "auto"))
         out = Path(args.get("out") or Path(args["run_dir"]) / "predict")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out={out} is an existing file; pass a folder (created if missing) for the outputs")
         model, meta = load_run(args["run_dir"], device)
         paths = gather_inputs(Path(args["input"]), exclude=out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_out_dir(out, "out=")
         res = predict_paths(model, meta, paths, batch_size, device)
         threshold = meta["image_threshold"]
         rows = []

@@ -127,9 +127,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("ad-report: --bootstrap must be >= 0, --max-images >= 1 and --thumb >= 16", file=sys.stderr)
         return 2
     try:
+        prepare_out_dir(args.out)
         res = build_report(args.dirs, Path(args.out), [m.strip() for m in args.metrics.split(",") if m.strip()],
                            args.bootstrap, args.seed, args.baseline, args.max_images, args.thumb)
-    except AggregateError as e:
+    except (AggregateError, ConfigError) as e:
         print(f"ad-report: {e}", file=sys.stderr)
         return 2
     print(f"ad-report: wrote {res['index']} ({res['bytes'] / 1e6:.1f} MB, {res['seconds']:.1f} s)", file=sys.stderr)
