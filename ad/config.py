@@ -76,21 +76,14 @@ def job_params_suffix(task_overrides: Any) -> str:
     return f"{shown}_h{hashlib.sha1(chr(10).join(hidden).encode('utf-8')).hexdigest()[:8]}"
 
 
-def claim_sweep_dir(base: str) -> str:
-    """`${ad_sweep_dir:<base>}`: a sweep directory of its own. In a multirun, the first of `<base>`, `<base>_2`,
-    `<base>_3`, ... that this process creates (mkdir is atomic: two sweeps started in the same second get two
-    directories, never one shared). The value is cached in the config, so every job of the sweep (also in
+def claim_sweep_dir(base: str, mode: Any = None) -> str:
+    """`${ad_sweep_dir:<base>,${hydra.mode}}`: a sweep directory of its own. In a multirun, the first of `<base>`,
+    `<base>_2`, `<base>_3`, ... that this process creates (mkdir is atomic: two sweeps started in the same second
+    get two directories, never one shared). The value is cached in the config, so every job of the sweep (also in
     joblib/submitit workers, which receive a copy) sees the same directory. Outside a multirun it is `base`
     unchanged and nothing is created. An explicit `hydra.sweep.dir=<dir>` replaces the whole pattern, and then
     reusing the directory is the user's choice (resume)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001 - no Hydra context (compose in tests): nothing to claim
-        multirun = False
-    if not multirun:
+    if str(mode).rsplit(".", 1)[-1] != "MULTIRUN":
         return base
     Path(base).parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ad.aggregate.cli import DEFAULT_BOOTSTRAP, _check_metrics, build, find_baseline
 from ad.aggregate.intervals import RunCache
+from ad.errors import ConfigError
+from ad.io.outdir import prepare_out_dir
 from ad.aggregate.jobs import AggregateError, collect_jobs
 from ad.aggregate.plots import plot_cd_diagrams, plot_heatmap
 from ad.aggregate.ranking import rankings
