@@ -70,6 +70,29 @@ def test_job_dir_names_differ_for_jobs_differing_only_in_keys_left_out_of_the_na
     assert job_params_suffix(["model.lr=0.1", "hydra.launcher.n_jobs=2"]) == "_model.lr=0.1"
 
 
+def test_a_sweep_dir_is_claimed_once_per_sweep(tmp_path, monkeypatch):
+    """The resolver behind hydra.sweep.dir: in a multirun each call claims a fresh directory (two sweeps of the
+    same second), outside one it only names the pattern and creates nothing."""
+    from omegaconf import OmegaConf
+
+    from ad.config import CONFIG_DIR, claim_sweep_dir
+
+    base = str(tmp_path / "multirun" / "2026-01-01_00-00-00")
+    assert claim_sweep_dir(base, "RUN") == base and not (tmp_path / "multirun").exists()
+    assert claim_sweep_dir(base, "RunMode.MULTIRUN") == base and claim_sweep_dir(base, "MULTIRUN") == base + "_2"
+    hydra_yaml = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml")
+    assert OmegaConf.to_container(hydra_yaml)["sweep"]["dir"].startswith("${ad_sweep_dir:multirun/${now:")
+    assert OmegaConf.to_container(hydra_yaml)["sweep"]["dir"].endswith(",${hydra.mode}}")
+    # one sweep: its jobs' configs are copies of the master's and resolve to the same, cached directory
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.create({"hydra": {"mode": "MULTIRUN", "sweep": {"dir": "${ad_sweep_dir:x,${hydra.mode}}"}}})
+    first = cfg.hydra.sweep.dir
+    job = OmegaConf.create(OmegaConf.to_container(cfg))
+    OmegaConf.copy_cache(cfg, job)
+    assert first == "x" and job.hydra.sweep.dir == first and cfg.hydra.sweep.dir == first
+
+
+@pytest.mark.slow
 def test_two_sweeps_started_in_the_same_second_get_their_own_dirs(synthetic_root, tmp_path):
     """Both sweeps resolve the same timestamped name (here a fixed one: the same second, for certain); each
     claims its own directory, runs its job there and its summary counts only its own job."""
