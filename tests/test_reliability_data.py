@@ -49,6 +49,28 @@ def test_every_mode_decodes_like_the_8bit_rendering_of_the_same_scene(tmp_path, 
     np.testing.assert_array_equal(np.asarray(load_image(path)), reference, err_msg=kind)
 
 
+def _png16_rgb(rgb16: np.ndarray, path: Path) -> Path:
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\0" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_sixteen_bit_colour_decodes_like_the_8bit_rendering(tmp_path):
+    scene = np.stack([_scene(), 255 - _scene(), _scene() // 2], axis=-1)
+    reference = np.asarray(load_image(_save(Image.fromarray(scene), tmp_path / "ref.png")))
+    got = np.asarray(load_image(_png16_rgb(scene.astype(np.uint16) * 257, tmp_path / "rgb16.png")))
+    np.testing.assert_array_equal(got, reference)
+
+
 def test_sixteen_bit_images_keep_their_exposure_across_files(tmp_path):
     """Two 16-bit files of one dataset map by the same rule: a dark file stays darker than a bright one."""
     dark, bright = _scene().astype(np.uint16) * 257, (_scene().astype(np.uint16) * 257) * 4

@@ -126,16 +126,17 @@ def to_rgb8(im: Image.Image, path: "str | Path" = "image") -> Image.Image:
     """The one decoding rule (docs/reliability.md, "Image formats"), by bit depth:
 
     - 8 bits per channel (grey, RGB, palette, 1-bit, CMYK ...): Pillow's conversion to RGB.
-    - 16-bit grey (`I;16*`; a 16-bit PNG opened as `I`): value / 257, rounded — the full 16-bit range onto
-      0..255 (an 8-bit value v stored as v·257 comes back as v).
+    - 16 bits per channel: the high byte, value // 256 — the full 16-bit range onto 0..255 (an 8-bit value v
+      stored as v·257 comes back as v). Pillow already reads 16-bit colour PNG/TIFF this way; 16-bit grey
+      (`I;16*`, or a 16-bit PNG opened as `I`) is converted here by the same rule.
     - 32-bit float grey (`F`, e.g. a float TIFF): values must lie in [0, 1]; value · 255, rounded. A file with
       values outside [0, 1] (or NaN) is refused: its range is not known.
     - 32-bit integer grey (`I` from a TIFF): refused — no fixed range to map from; convert to 16 or 8 bit.
     """
     mode = im.mode
     if mode in _MODES_16BIT or (mode == "I" and im.format == "PNG"):
-        arr = np.asarray(im, dtype=np.float64)
-        return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)).convert("RGB")
+        arr = np.asarray(im).astype(np.int64)
+        return Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8)).convert("RGB")
     if mode == "F":
         arr = np.asarray(im, dtype=np.float64)
         lo, hi = (float(np.nanmin(arr)), float(np.nanmax(arr))) if arr.size else (0.0, 0.0)
