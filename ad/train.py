@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ad.config import register_resolvers
 from ad.errors import Terminated
-from ad.engine.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
+from ad.launch.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
 from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exported: run names are part of the CLI)
 
 
@@ -54,7 +54,7 @@ def build_components(cfg: DictConfig, spec):
     from ad.config import dataset_categories
     from ad.data.unified import UnifiedData
     from ad.engine.pipeline import Components
-    from ad.engine.tensorboard import TensorBoardLogger
+    from ad.loggers.tensorboard import TensorBoardLogger
     from ad.engine.trainer import seed_everything
     from ad.errors import ConfigError
 
@@ -109,7 +109,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
 
 def _run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     from ad.engine import pipeline
-    from ad.engine.records import RunInfo
+    from ad.engine.guard import record_failure
+    from ad.rundir.records import RunInfo, RunRecord
 
     try:
         spec = build_spec(cfg, choices, overrides)
@@ -117,7 +118,7 @@ def _run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: Lis
         info = RunInfo(model=choices.get("model"), dataset=choices.get("dataset"),
                        category=OmegaConf.select(cfg, "dataset.category", default=None, throw_on_missing=False),
                        params=swept_params(overrides))
-        return pipeline.record_failure(info, exc, Path(run_dir))
+        return record_failure(RunRecord(run=info), exc, Path(run_dir))
     return pipeline.run_experiment(spec, lambda: build_components(cfg, spec), Path(run_dir))
 
 

@@ -276,7 +276,7 @@ def test_tensorboard_that_cannot_write_never_fails_the_run(synthetic_root, tmp_p
     """A read-only tb/ (simulated: root ignores permission bits) at the start or at the very end of a run."""
     import torch.utils.tensorboard as tb
 
-    from ad.engine.tensorboard import TensorBoardLogger
+    from ad.loggers.tensorboard import TensorBoardLogger
 
     if where == "open":
         def refuse(*args, **kwargs):
@@ -306,16 +306,16 @@ def test_nan_loss_is_one_line_without_traceback(synthetic_root, tmp_path, monkey
 def test_disk_full_is_one_line_without_traceback(synthetic_root, tmp_path, monkeypatch, caplog):
     import errno
 
-    from ad.engine import outputs
+    from ad.rundir import modelfile
 
-    real = outputs.atomic_write
+    real = modelfile.atomic_write
 
     def full(path, write, binary=False):
         if Path(path).name == "model.pt":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, write, binary)
 
-    monkeypatch.setattr(outputs, "atomic_write", full)
+    monkeypatch.setattr(modelfile, "atomic_write", full)
     res, run_dir = run_in_process(tmp_path, [*PADIM, "category=syn_disc", f"dataset.root={synthetic_root}"])
     assert res.status == "failed" and res.error.startswith("No space left on device writing")
     assert "model.pt" in res.error and "free space" in res.error
