@@ -179,7 +179,7 @@ def register_plugins() -> None:
 
 
 def main() -> None:
-    from ad.cli_overrides import override_problem
+    from ad.launch.overrides import override_problem
 
     problem = override_problem(sys.argv[1:])
     if problem:

@@ -327,7 +327,7 @@ def test_disk_full_is_one_line_without_traceback(synthetic_root, tmp_path, monke
 @pytest.mark.parametrize("value,phrase", [("/data/a,b", "a comma separates sweep values"),
                                           ("/data/bäd", "non-ASCII character(s) ä")])
 def test_paths_hydra_cannot_take_unquoted_are_explained(value, phrase):
-    from ad.cli_overrides import override_problem
+    from ad.launch.overrides import override_problem
 
     msg = override_problem(["trainer=smoke", f"dataset.root={value}"])
     assert phrase in msg and f"\"dataset.root='{value}'\"" in msg and "\n" not in msg
