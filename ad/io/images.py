@@ -66,9 +66,14 @@ def _fast_png(data: bytes) -> Optional[Image.Image]:
     return image.convert("RGB") if image.mode == "L" else image
 
 
+def decode_png(data: bytes) -> Optional[Image.Image]:
+    """An 8-bit grey or RGB PNG's bytes through libspng when it is installed, else None (read with Pillow)."""
+    return _fast_png(data) if _spng is not None else None
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open an image as 8-bit RGB by one rule per bit depth, the same for every file of a dataset (never by a
-    file's own min/max, which would stretch an under-exposed defect to full contrast): see `to_rgb8`.
+    file's own min/max, which would stretch an under-exposed defect to full contrast): see `to_rgb`.
     Grey-scale and palette images become 3-channel."""
     try:
         source: "str | Path | io.BytesIO" = path
@@ -80,7 +85,7 @@ def load_image(path: str | Path) -> Image.Image:
                 return fast
             source = io.BytesIO(data)
         with Image.open(source) as im:
-            return to_rgb8(im, path)
+            return to_rgb(im, path)
     except FileNotFoundError:
         raise DataFileError(f"image file {path} does not exist; restore it or fix the dataset listing") from None
     except Image.DecompressionBombError as exc:
@@ -96,8 +101,9 @@ def load_image(path: str | Path) -> Image.Image:
 _MODES_16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def to_rgb8(im: Image.Image, path: "str | Path" = "image") -> Image.Image:
-    """The one decoding rule (docs/reliability.md, "Image formats"), by bit depth:
+def to_rgb(im: Image.Image, path: "str | Path" = "image") -> Image.Image:
+    """The one decoding rule of every image `ad` reads (training, ad.predict, ad.deploy; docs/reliability.md,
+    "Image formats"): 8-bit RGB, by bit depth:
 
     - 8 bits per channel (grey, RGB, palette, 1-bit, CMYK ...): Pillow's conversion to RGB.
     - 16 bits per channel: the high byte, value // 256 — the full 16-bit range onto 0..255 (an 8-bit value v
