@@ -2,7 +2,6 @@
 histogram with the threshold, PR curve, captioned overlays (`defect/file`)."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
