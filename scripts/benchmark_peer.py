@@ -176,7 +176,7 @@ def patch_peer_rd() -> None:
     import anomalib.models.image.reverse_distillation.torch_model as rd
 
     from ad.backbones import FeatureExtractor
-    from ad.models._distillation import MirroredDecoder, OneClassBottleneck
+    from ad.models.distillation._distillation import MirroredDecoder, OneClassBottleneck
 
     probe = FeatureExtractor(BACKBONE, (1, 2, 3), frozen=True)  # channels / strides only (weights unused)
     ch, red = probe.channels, probe.reductions

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # noqa: E402
 
-from ad.data._base import load_image  # noqa: E402
+from ad.io.images import load_image  # noqa: E402
 from make_mvtec_like import _add_defect, _rng  # noqa: E402
 
 VERSION = 1

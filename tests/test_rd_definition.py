@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter
 
 from ad.backbones import BackboneConfig
 from ad.errors import ConfigError
-from ad.models.reverse_distillation import ReverseDistillation, anomaly_map, flat_cosine_loss, position_cosine_loss
+from ad.models.distillation.reverse_distillation import ReverseDistillation, anomaly_map, flat_cosine_loss, position_cosine_loss
 
 
 def _pyramid():

@@ -4,8 +4,16 @@ A frozen pretrained encoder (teacher) gives multi-scale features; a trainable on
 multi-scale fusion + a residual one-class embedding block) compresses them into a low-resolution code, and a
 student *decoder* mirroring the encoder restores the teacher's features from that code. Distilling "in reverse"
 (abstract code → detailed features) keeps the student from reproducing anomalous patterns the code does not
-carry. Loss and map are the per-pixel cosine distance 1 − cos(t, s): loss = Σ_scales mean over positions,
-map = Σ_scales upsampled distance, smoothed with a Gaussian (σ = 4); image score = max of the map.
+carry.
+
+Loss (reference code, hq-deng/RD4AD `loss_fucntion`, also anomalib's): per scale, each sample's whole feature
+map is flattened to one vector and the loss is 1 − cos(vec t, vec s), averaged over the batch and summed over
+scales. This is not the mean of the per-position cosine distance: the flattened form weights each position by
+its feature energy, so the student is pushed hardest where the teacher's features are strong and weak
+background positions do not dominate the objective (`loss="position"` keeps the per-position mean; see
+docs/peer_comparison.md for what it costs).
+Map: per scale 1 − cos(t, s) at every position, upsampled to the image, summed over scales, smoothed with a
+Gaussian (σ = 4); image score = max of the smoothed map.
 """
 from __future__ import annotations
 
