@@ -7,17 +7,24 @@ predictions.csv, history.csv, model.pt, tb/ and train.log.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ad.config import register_resolvers
+from ad.errors import Terminated
 from ad.launch.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
 from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exported: run names are part of the CLI)
+
+
+SEED_MAX = 2**32 - 1
 
 
 def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
@@ -26,7 +33,8 @@ def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
     from ad.values import number
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    seed = number(cfg.seed, "seed", int)
+    # numpy seeds take 32 bits; the per-epoch data-order generator multiplies the seed (ad.engine.trainer)
+    seed = number(cfg.seed, "seed", int, low=0, high=SEED_MAX)
     setting = str(OmegaConf.select(cfg, "setting.name", default="single"))
     consumer = ("hparams_search" if choices.get("hparams_search")
                 else "optuna sweeper" if "optuna" in str(choices.get("hydra/sweeper", "")) else None)
@@ -75,8 +83,31 @@ def build_components(cfg: DictConfig, spec):
                       model_factory=fresh_model)
 
 
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises `ad.errors.Terminated` (a KeyboardInterrupt) in the main thread: the run is
+    recorded as interrupted like Ctrl-C, checkpoints kept. Elsewhere (a worker thread) signals can't be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     """Run one experiment end to end and return its `RunRecord`; a failed run is a record, never an exception."""
+    with sigterm_interrupts():
+        return _run(cfg, run_dir, choices, overrides)
+
+
+def _run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     from ad.engine import pipeline
     from ad.engine.guard import record_failure
     from ad.rundir.records import RunInfo, RunRecord
@@ -148,13 +179,21 @@ def register_plugins() -> None:
 
 
 def main() -> None:
+    from ad.launch.overrides import override_problem
+
+    problem = override_problem(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     register_resolvers()
     register_plugins()
     try:
-        _hydra_main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        with sigterm_interrupts():
+            _hydra_main()
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print("interrupted (SIGTERM)" if term else "interrupted", file=sys.stderr)
+        sys.exit(143 if term else 130)
     sys.exit(_EXIT["code"])
 
 

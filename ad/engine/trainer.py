@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ad.errors import ConfigError
+from ad.errors import ConfigError, TrainingDiverged
 from ad.values import non_negative_int, positive_int
 from ad.io import atomic_write
 from ad.engine.scoring import PredictionSet, score_loader
@@ -45,6 +45,32 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+PRECISIONS = ("auto", "fp32", "amp")
+DEVICE_KINDS = ("auto", "cpu", "cuda", "cuda:<n>", "mps")
+
+
+def checked_device(device: Any) -> torch.device:
+    """`trainer.device` as a torch device this machine has, or one ConfigError line naming what is here."""
+    try:
+        dev = resolve_device(str(device))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"trainer.device={device!r} is not a device; use {', '.join(DEVICE_KINDS)}") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"trainer.device={device} but this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1}); "
+                              "use one of those or trainer.device=auto")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"trainer.device={device} but Apple MPS is not available here; use trainer.device=auto or cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"trainer.device={device}: device kind '{dev.type}' is not supported by ad; use "
+                          f"{', '.join(DEVICE_KINDS)}")
+    return dev
 
 
 def progress_enabled(setting: "str | bool") -> bool:
@@ -155,12 +181,10 @@ class Trainer:
         self.num_workers = non_negative_int(num_workers, "trainer.num_workers")
         num_threads = positive_int(num_threads or None, "trainer.num_threads", optional=True, null_means="torch's default")
         self.gradient_clip_val = gradient_clip_val
-        try:
-            self.device = resolve_device(device)
-        except RuntimeError:
-            raise ConfigError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:<n>") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
+        self.device = checked_device(device)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)} (amp = float16 "
+                              "autocast on CUDA, bfloat16 on CPU; fp32 = full precision); set e.g. trainer.precision=amp")
         self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -315,7 +339,7 @@ class Trainer:
         run.step += 1
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise FloatingPointError(f"training loss became {value} at step {run.step}; lower the learning rate or "
+            raise TrainingDiverged(f"training loss became {value} at step {run.step}; lower the learning rate or "
                                      "enable trainer.gradient_clip_val")
         return value
 
