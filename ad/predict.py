@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ad.errors import ADError, ConfigError
+from ad.io.outdir import prepare_out_dir
 from ad.values import positive_int
 
 USAGE = "usage: python -m ad.predict run_dir=<run dir> input=<image or folder> [out=<dir>] [batch_size=16] [device=auto] [overlays=true]"
@@ -48,6 +49,9 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
         meta = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated or corrupt: RuntimeError / EOFError / UnpicklingError
         raise ConfigError(f"{path} is unreadable ({exc.__class__.__name__}); re-run the training into this dir") from None
+    from ad.rundir.modelfile import check_model_file
+
+    check_model_file(meta, path)
     from ad.registry import current_target
 
     cfg = dict(meta["model_config"])
@@ -142,20 +146,49 @@ def _flag(key: str, value: str) -> bool:
 
 
 def _device(value: str) -> torch.device:
-    from ad.engine.trainer import resolve_device
+    from ad.engine.trainer import checked_device
 
     try:
-        device = resolve_device(value)
-    except RuntimeError:
-        raise ConfigError(f"device={value!r} is not a device; use device=auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={value} but no CUDA GPU is available here; use device=cpu or device=auto")
-    return device
+        return checked_device(value)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("trainer.device", "device")) from None
+
+
+def write_overlay(path: Path, source: Path, amap: np.ndarray, meta: Dict[str, Any], score: float,
+                  decision: Optional[bool]) -> str:
+    """The image's overlay PNG at the input's own size (see `ad.predict_overlay`); returns its file name."""
+    from ad.data import ImageTransform, load_image
+    from ad.visualize import display_map
+    from ad.predict_overlay import decision_overlay, map_to_original
+
+    original = np.asarray(load_image(source).convert("RGB"))
+    transform = ImageTransform(meta["data"]["image_size"] or 256, meta["data"].get("center_crop"))
+    shown = display_map(amap, meta.get("pixel_normalization"))
+    full, valid = map_to_original(shown, original.shape[:2], transform.image_size, transform.center_crop)
+    level = 0.5 if meta.get("pixel_normalization") else None  # normalisation puts the pixel threshold at 0.5
+    Image.fromarray(decision_overlay(original, full, valid, score=score, decision=decision,
+                                     image_threshold=meta["image_threshold"], level=level)).save(path)
+    return path.name
+
+
+def summary_lines(rows: List[Dict[str, Any]], threshold: Optional[float], out: Path) -> str:
+    """A line per flagged image (score, threshold, path, overlay), then the totals."""
+    if threshold is None:
+        return (f"{len(rows)} images scored; the run has no threshold (it had no held-out normal image), so no "
+                f"decisions; wrote {out / 'predictions.csv'}")
+    lines = []
+    for r in rows:
+        if bool(r["is_anomalous"]):
+            shown = f"  -> {out / r['overlay']}" if r.get("overlay") else ""
+            lines.append(f"ANOMALOUS  score {r['score']:.4g} >= {threshold:.4g}  {r['path']}{shown}")
+    n_bad = len(lines)
+    lines.append(f"{len(rows)} images scored: {n_bad} anomalous, {len(rows) - n_bad} normal (image threshold "
+                 f"{threshold:.6g}); wrote {out / 'predictions.csv'}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ad.io import write_csv
-    from ad.visualize import display_map, overlay
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -167,9 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_overlays = _flag("overlays", args.get("overlays", "true"))
         device = _device(args.get("device", "auto"))
         out = Path(args.get("out") or Path(args["run_dir"]) / "predict")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out={out} is an existing file; pass a folder (created if missing) for the outputs")
         model, meta = load_run(args["run_dir"], device)
         paths = gather_inputs(Path(args["input"]), exclude=out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_out_dir(out, "out=")
         res = predict_paths(model, meta, paths, batch_size, device)
         threshold = meta["image_threshold"]
         rows = []
@@ -177,18 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = {"path": str(p), "score": float(res["scores"][i]), "normalized_score": float(res["normalized"][i]),
                    "is_anomalous": res["is_anomalous"][i]}
             if write_overlays:
-                name = f"{i:05d}_{p.stem}.png"
-                Image.fromarray(overlay(res["images"][i], display_map(res["maps"][i], meta.get("pixel_normalization")))).save(out / name)
-                row["overlay"] = name
+                row["overlay"] = write_overlay(out / f"{i:05d}_{p.stem}.png", p, res["maps"][i], meta,
+                                               row["score"], None if threshold is None else bool(row["is_anomalous"]))
             rows.append(row)
         cols = ["path", "score", "normalized_score", "is_anomalous"] + (["overlay"] if write_overlays else [])
         write_csv(out / "predictions.csv", rows, cols)
-        if threshold is None:
-            print(f"{len(rows)} images scored; the run has no threshold (it had no held-out normal image), so "
-                  f"no decisions; wrote {out / 'predictions.csv'}")
-        else:
-            n_bad = sum(bool(r["is_anomalous"]) for r in rows)
-            print(f"{len(rows)} images scored, {n_bad} anomalous (threshold {threshold:.6g}); wrote {out / 'predictions.csv'}")
+        print(summary_lines(rows, threshold, out), flush=True)
         return 0
     except ADError as exc:
         print(f"error: {exc}", file=sys.stderr)

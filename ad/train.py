@@ -7,17 +7,23 @@ predictions.csv, history.csv, model.pt, tb/ and train.log.
 """
 from __future__ import annotations
 
+import signal
 import sys
-from functools import partial
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ad.config import register_resolvers
+from ad.errors import Terminated
 from ad.launch.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
 from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exported: run names are part of the CLI)
+
+
+SEED_MAX = 2**32 - 1
 
 
 def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
@@ -26,7 +32,8 @@ def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
     from ad.values import number
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    seed = number(cfg.seed, "seed", int)
+    # numpy seeds take 32 bits; the per-epoch data-order generator multiplies the seed (ad.engine.trainer)
+    seed = number(cfg.seed, "seed", int, low=0, high=SEED_MAX)
     setting = str(OmegaConf.select(cfg, "setting.name", default="single"))
     consumer = ("hparams_search" if choices.get("hparams_search")
                 else "optuna sweeper" if "optuna" in str(choices.get("hydra/sweeper", "")) else None)
@@ -46,7 +53,7 @@ def build_components(cfg: DictConfig, spec):
     from ad.config import dataset_categories
     from ad.data.unified import UnifiedData
     from ad.engine.pipeline import Components
-    from ad.loggers.tensorboard import TensorBoardLogger
+    from ad.loggers.tensorboard import TensorBoardLogger, run_log_dir
     from ad.engine.trainer import seed_everything
     from ad.errors import ConfigError
 
@@ -70,13 +77,40 @@ def build_components(cfg: DictConfig, spec):
         data = instantiate(cfg.dataset).setup()
         categories = {spec.category: data}
     model = fresh_model()  # after the data checks: a bad dataset fails before any slow model build
-    logger = partial(TensorBoardLogger, **OmegaConf.to_container(cfg.logger, resolve=True))
+    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True)
+
+    def logger(default_dir: Path) -> TensorBoardLogger:  # in a sweep: <sweep>/tb/<run name>, see run_log_dir
+        return TensorBoardLogger(run_log_dir(default_dir.parent, spec.name), **logger_cfg)
+
     return Components(data=data, model=model, trainer=trainer, logger_factory=logger, categories=categories,
                       model_factory=fresh_model)
 
 
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises `ad.errors.Terminated` (a KeyboardInterrupt) in the main thread: the run is
+    recorded as interrupted like Ctrl-C, checkpoints kept. Elsewhere (a worker thread) signals can't be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     """Run one experiment end to end and return its `RunRecord`; a failed run is a record, never an exception."""
+    with sigterm_interrupts():
+        return _run(cfg, run_dir, choices, overrides)
+
+
+def _run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     from ad.engine import pipeline
     from ad.engine.guard import record_failure
     from ad.rundir.records import RunInfo, RunRecord
@@ -106,28 +140,44 @@ def finished_before(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], ove
 
 
 def format_summary(record, run_dir: Path) -> str:
+    """The terminal block of a finished run: decisions at the run's own threshold first (what using the run
+    would do), then the threshold-free metrics, F1max last and labelled a diagnostic."""
+    from ad.rundir.records import operating_point
+
     def f(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
-    lines = [f"run      {record.run.run_name or record.run.model}  [{record.status}]"]
+    lines = [f"run         {record.run.run_name or record.run.model}  [{record.status}]"]
     if record.status != "ok":
-        lines.append(f"error    {record.error}")
+        lines.append(f"error       {record.error}")
     else:
-        for name, row in ((c.category, c) for c in record.category_rows()) if record.categories else []:
-            lines.append(f"  {name:<14s} image AUROC {f(row.metric('image.auroc'))}  pixel AUROC "
-                         f"{f(row.metric('pixel.auroc'))}  AUPRO {f(row.metric('pixel.aupro'))}  mAD {f(row.mad)}")
-        label = "mean" if record.categories else "image"
-        img, pix = record.image, record.pixel
-        lines.append(f"{label:<8s} image AUROC {f(img.auroc)}  AP {f(img.ap)}  F1max {f(img.f1_max)}" if record.categories
-                     else f"image    AUROC {f(img.auroc)}  AP {f(img.ap)}  F1max {f(img.f1_max)}")
-        if pix:
-            lines.append(f"pixel    AUROC {f(pix.auroc)}  AUPRO {f(pix.aupro)}  AP {f(pix.ap)}  mAD {f(record.mad)}")
+        op = record.operating_point or operating_point(record)
+        if op is None or op.no_threshold:
+            lines.append("decisions   none: " + (op.no_threshold if op else "no test metrics"))
         else:
-            lines.append("pixel    n/a (no ground-truth masks)")
+            mean = " (mean over categories)" if record.categories else ""
+            lines.append(f"decisions at the run's threshold, fitted on {op.threshold_fitted_on or 'held-out normals'}{mean}")
+            for name, at in (("image", op.image), ("pixel", op.pixel)):
+                if at is not None:
+                    lines.append(f"  {name:<9s} precision {f(at.precision)}  recall {f(at.recall)}  F1 {f(at.f1)}"
+                                 f"  (threshold {'n/a' if at.threshold is None else f'{at.threshold:.4g}'})")
+            if op.pixel is None:
+                lines.append("  pixel     n/a (no ground-truth masks)")
+        for name, row in ((c.category, c) for c in record.category_rows()) if record.categories else []:
+            lines.append(f"  {name:<14s} image AUROC {f(row.metric('image.auroc'))}  F1 {f(row.metric('image.f1'))}  "
+                         f"pixel AUROC {f(row.metric('pixel.auroc'))}  AUPRO {f(row.metric('pixel.aupro'))}  mAD {f(row.mad)}")
+        img, pix = record.image, record.pixel
+        lines.append(f"ranking     image AUROC {f(img.auroc)}  AP {f(img.ap)}")
+        if pix:
+            lines.append(f"            pixel AUROC {f(pix.auroc)}  AUPRO {f(pix.aupro)}  AP {f(pix.ap)}  mAD {f(record.mad)}")
+        else:
+            lines.append("            pixel n/a (no ground-truth masks)")
+        diag = f"image {f(img.f1_max)}" + (f", pixel {f(pix.f1_max)}" if pix else "")
+        lines.append(f"diagnostic  F1max {diag} (threshold chosen on the test labels: not a deployable result)")
         t = record.timing
-        lines.append(f"time     fit {t.fit_s:.1f} s, predict {t.ms_per_image:.1f} ms/image, "
+        lines.append(f"time        fit {t.fit_s:.1f} s, predict {t.ms_per_image:.1f} ms/image, "
                      f"peak RSS {record.memory.peak_rss_mb:.0f} MB")
-    lines.append(f"outputs  {run_dir}")
+    lines.append(f"outputs     {run_dir}")
     if (run_dir / "tb").is_dir():
         lines.append(f"tensorboard --logdir {run_dir / 'tb'}")
     return "\n".join(lines)
@@ -173,13 +223,21 @@ def register_plugins() -> None:
 
 
 def main() -> None:
+    from ad.launch.overrides import override_problem
+
+    problem = override_problem(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     register_resolvers()
     register_plugins()
     try:
-        _hydra_main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        with sigterm_interrupts():
+            _hydra_main()
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print("interrupted (SIGTERM)" if term else "interrupted", file=sys.stderr)
+        sys.exit(143 if term else 130)
     sys.exit(_EXIT["code"])
 
 

@@ -9,14 +9,18 @@ from typing import Any, Optional, Type
 from ad.errors import ConfigError
 
 
+def _fmt(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"  # integers in full: 4294967295, not 4.29497e+09
+
+
 def _range(low: Optional[float], high: Optional[float], high_open: bool) -> str:
     if low is None and high is None:
         return ""
     if high is None:
-        return f" >= {low:g}"
+        return f" >= {_fmt(low)}"
     if low is None:
-        return f" <= {high:g}"
-    return f" in [{low:g}, {high:g}{')' if high_open else ']'}"
+        return f" <= {_fmt(high)}"
+    return f" in [{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
 
 
 def _parse(value: Any, kind: type):

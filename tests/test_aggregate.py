@@ -56,16 +56,53 @@ def sweep(tmp_path: Path) -> Path:
     return root
 
 
-def md_table(md: str) -> tuple[list[str], list[list[str]]]:
+def md_cells(md: str) -> dict:
+    """The tidy tables of results.md as {(dataset, category or "mean"): {"<variant> · <metric>": text}}; the
+    variant is written like a column label ("padim", "padim seed=0", "PatchCore-25% (paper)"), bold removed."""
+    from ad.aggregate.table import metric_label
+
+    out: dict = {}
+    place = None
     lines = md.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith("| dataset | category |"))
-    header = [c.strip() for c in lines[start].strip("|").split(" | ")]
-    rows = []
-    for l in lines[start + 2:]:
-        if not l.startswith("|"):
-            break
-        rows.append([c.strip() for c in l.strip().strip("|").split(" | ")])
-    return header, rows
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("## ") or line.startswith("### "):
+            title = line.lstrip("#").strip()
+            if title.startswith("All datasets"):
+                place = ("all", "mean")
+            elif " — mean over " in title:
+                place = (title.split(" — ")[0], "mean")
+            elif title.endswith(" per category"):
+                place = (title[: -len(" per category")], None)
+            elif " / " in title:
+                place = tuple(title.split(" / ", 1))
+            else:
+                place = None
+        elif line.startswith("| ") and place is not None and i + 1 < len(lines) and lines[i + 1].startswith("|-"):
+            header = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            is_metric = [h in {metric_label(m) for m in ALL_METRICS} for h in header]
+            first_metric = is_metric.index(True)
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip().replace("**", "") for c in lines[i].strip().strip("|").split(" | ")]
+                row = dict(zip(header, cells))
+                key = (place[0], row["category"] if place[1] is None else place[1])
+                variant_keys = [h for h in header[:first_metric] if h != "category"]
+                parts = [row[h] for h in variant_keys if row[h] != ""]
+                if parts and parts[0].endswith("(paper)"):
+                    variant = parts[0]
+                else:
+                    variant = " ".join(v if h in ("model", "backbone") else f"{h}={v}" for h, v in zip(variant_keys, parts))
+                for h, c in zip(header[first_metric:], cells[first_metric:]):
+                    out.setdefault(key, {})[f"{variant} · {h}"] = c
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+ALL_METRICS = ["image.auroc", "pixel.auroc", "pixel.aupro", "mad", "image.ap", "image.f1"]
 
 
 def expected(model: str, cat: str, k: int) -> tuple[float, float]:
@@ -81,15 +118,13 @@ def test_markdown_rows_cells_and_failures(sweep, tmp_path):
     res = agg.aggregate([sweep], out=tmp_path / "out", metrics=METRICS)
     md = res["markdown"]
     assert (tmp_path / "out" / "results.md").read_text() == md
-    header, rows = md_table(md)
-    assert header == ["dataset", "category"] + [f"{m} · {lbl}" for m in ("padim", "patchcore")
-                                                for lbl in ("image AUROC", "pixel AUROC", "pixel AUPRO")]
-    assert [r[:2] for r in rows] == [
-        ["mvtec", "bottle"], ["**mvtec**", "**mean**"],
-        ["synthetic", "syn_disc"], ["synthetic", "syn_tiles"], ["**synthetic**", "**mean**"],
-        ["**all**", "**mean**"],
-    ]
-    by = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in rows}
+    by = md_cells(md)
+    # one table per dataset; a one-category dataset (mvtec: bottle) has no "mean" row repeating it
+    assert list(by) == [("mvtec", "bottle"), ("synthetic", "mean"), ("synthetic", "syn_disc"),
+                        ("synthetic", "syn_tiles"), ("all", "mean")]
+    assert set(by[("synthetic", "mean")]) == {f"{m} · {lbl}" for m in ("padim", "patchcore")
+                                               for lbl in ("image AUROC", "pixel AUROC", "pixel AUPRO")}
+    assert "| model | image AUROC | pixel AUROC | pixel AUPRO |" in md  # metrics are columns, models are rows
     # per-category cells: mean ± sample std over the two seeds
     for model in ("patchcore", "padim"):
         for cat in ("syn_disc", "syn_tiles"):
@@ -104,12 +139,11 @@ def test_markdown_rows_cells_and_failures(sweep, tmp_path):
     assert by[("mvtec", "bottle")]["padim · image AUROC"] == "failed"
     assert by[("mvtec", "bottle")]["patchcore · image AUROC"] == pct(BOTTLE_PATCHCORE)
     assert by[("mvtec", "bottle")]["patchcore · pixel AUROC"] == "n/a"
-    assert by[("**mvtec**", "**mean**")]["padim · image AUROC"] == "—"
     # overall mean: padim has 2 of 3 categories (bottle failed) -> marked incomplete, failed job excluded
     padim_all = statistics.mean([expected("padim", c, 0)[0] for c in ("syn_disc", "syn_tiles")])
-    assert by[("**all**", "**mean**")]["padim · image AUROC"] == f"{pct(padim_all)} (2/3)"
+    assert by[("all", "mean")]["padim · image AUROC"] == f"{pct(padim_all)} (2/3)"
     pc_all = statistics.mean([expected("patchcore", c, 0)[0] for c in ("syn_disc", "syn_tiles")] + [BOTTLE_PATCHCORE])
-    assert by[("**all**", "**mean**")]["patchcore · image AUROC"] == pct(pc_all)
+    assert by[("all", "mean")]["patchcore · image AUROC"] == pct(pc_all)
 
     # failed and missing jobs are listed with their dirs and errors
     section = md.split("## Failed or missing jobs (2)", 1)[1]
@@ -165,10 +199,9 @@ def test_csv_means_exclude_failures(sweep, tmp_path):
 
 def test_group_by_seed_gives_one_column_per_seed(sweep, tmp_path):
     res = agg.aggregate([sweep], out=tmp_path / "o", metrics=["image.auroc"], group=["model", "seed"], plots=False)
-    header, rows = md_table(res["markdown"])
-    assert header[2:] == [f"{m} seed={s} · image AUROC" for m in ("padim", "patchcore") for s in (0, 1, 2)
-                          if not (m == "patchcore" and s == 2)]
-    by = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in rows}
+    by = md_cells(res["markdown"])
+    assert list(by[("synthetic", "syn_disc")]) == [f"{m} seed={s} · image AUROC" for m in ("padim", "patchcore")
+                                                   for s in (0, 1, 2) if not (m == "patchcore" and s == 2)]
     assert by[("synthetic", "syn_tiles")]["padim seed=1 · image AUROC"] == pct(SYN[("padim", "syn_tiles", 1)][0])
     assert by[("synthetic", "syn_disc")]["padim seed=2 · image AUROC"] == "missing"
     assert "±" not in by[("synthetic", "syn_disc")]["patchcore seed=0 · image AUROC"]
@@ -200,21 +233,20 @@ def test_reference_columns_from_published_yaml(tmp_path):
              category="syn_disc")
     res = agg.aggregate([tmp_path / "sw"], out=tmp_path / "o", metrics=["image.auroc", "pixel.auroc"],
                         reference=True, plots=False)
-    header, rows = md_table(res["markdown"])
-    assert header[2:4] == ["padim · image AUROC", "padim · pixel AUROC"]
-    header = header[:2] + header[4:]
-    rows = [r[:2] + r[4:] for r in rows]
+    by = md_cells(res["markdown"])
+    assert list(by[("synthetic", "syn_disc")]) == ["padim · image AUROC", "padim · pixel AUROC"]
     published = yaml.safe_load(agg.REFERENCE_FILE.read_text())["entries"]["patchcore_25"]["results"]["mvtec"]
     ref_img = published["image.auroc"]["per_category"]
-    # pixel AUROC: the paper gives only its 15-category mean, not comparable with 2 categories -> no column
-    assert header[2:] == ["patchcore · image AUROC", "PatchCore-25% (paper) · image AUROC", "patchcore · pixel AUROC"]
-    by = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in rows}
+    # pixel AUROC: the paper gives only its 15-category mean, not comparable with 2 categories -> no value
+    assert by[("mvtec", "bottle")] == {
+        "patchcore · image AUROC": pct(0.97), "patchcore · pixel AUROC": "n/a",
+        "PatchCore-25% (paper) · image AUROC": f"{ref_img['bottle']:.1f}", "PatchCore-25% (paper) · pixel AUROC": "—"}
     assert by[("mvtec", "bottle")]["PatchCore-25% (paper) · image AUROC"] == f"{ref_img['bottle']:.1f}"
     assert by[("mvtec", "carpet")]["PatchCore-25% (paper) · image AUROC"] == f"{ref_img['carpet']:.1f}"
     # the paper column's mean covers the same categories as the measured mean
-    assert by[("**mvtec**", "**mean**")]["PatchCore-25% (paper) · image AUROC"] == \
+    assert by[("mvtec", "mean")]["PatchCore-25% (paper) · image AUROC"] == \
         f"{100 * statistics.mean([ref_img['bottle'] / 100, ref_img['carpet'] / 100]):.1f}"
-    assert by[("synthetic", "syn_disc")]["PatchCore-25% (paper) · image AUROC"] == ""  # patchcore never ran there
+    assert not any(k.startswith("PatchCore") for k in by[("synthetic", "syn_disc")])  # patchcore never ran there
     assert "Roth" in res["markdown"] and "CVPR 2022" in res["markdown"] and "Defard" not in res["markdown"]
     # a named subset; an unknown name is a one-line error naming the available entries
     assert agg.load_references(names=["reverse_distillation"])[0].label == "RD"
@@ -233,9 +265,7 @@ def test_paper_mean_shown_only_for_the_full_category_set(tmp_path):
                  dataset="mvtec", category=cat)
     res = agg.aggregate([tmp_path / "sw"], out=tmp_path / "o", metrics=["image.auroc", "pixel.auroc"],
                         reference=["draem"], plots=False)
-    header, rows = md_table(res["markdown"])
-    mean_row = dict(zip(header[2:], rows[-1][2:]))
-    assert rows[-1][:2] == ["**mvtec**", "**mean**"]
+    mean_row = md_cells(res["markdown"])[("mvtec", "mean")]
     published = yaml.safe_load(agg.REFERENCE_FILE.read_text())["entries"]["draem"]["results"]["mvtec"]
     # per-category list: the mean of the list over the same categories; mean-only metric: the paper's mean, `*`
     assert mean_row["DRAEM (paper) · image AUROC"] == f"{statistics.mean(published['image.auroc']['per_category'].values()):.1f}"
@@ -280,7 +310,8 @@ def test_plots_are_valid_pngs(sweep, tmp_path):
     out = tmp_path / "out"
     res = agg.aggregate([sweep], out=out, metrics=METRICS)
     pngs = {p.name for p in out.glob("*.png")}
-    assert pngs == {"bars_padim.png", "bars_patchcore.png", "heatmap_image_auroc.png"}
+    assert pngs == {f"bars_{d}_{m.replace('.', '_')}.png" for d in ("mvtec", "synthetic") for m in METRICS} | {
+        "heatmap_image_auroc.png"}
     for name in pngs:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_SIGNATURE
@@ -310,7 +341,7 @@ def test_script_wrapper(sweep, tmp_path):
                            str(tmp_path / "o"), "--metrics", "image.auroc", "--group", "model", "--no-plots"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "| dataset | category | padim · image AUROC | patchcore · image AUROC |" in proc.stdout
+    assert "## synthetic — mean over 2 categories" in proc.stdout and "| model | image AUROC |" in proc.stdout
 
 
 def test_bad_input_is_one_line_error(tmp_path, capsys, sweep):
@@ -391,3 +422,96 @@ def test_metric_vs_shots_plot(tmp_path):
     assert png.read_bytes()[:8] == PNG_SIGNATURE and f"]({png.name})" in res["markdown"]
     with Image.open(png) as im:
         assert im.size[0] > 300
+
+
+def test_identical_reruns_are_duplicates_not_seeds(sweep, tmp_path):
+    """A job repeated with the same configuration and seed is used once (no '± 0.0' as if it were seeds),
+    flagged ‡ in its cell and listed with the job it repeats."""
+    make_job(sweep / "2024-01-03_08-00-00", "0_patchcore_mvtec_bottle", ["model=patchcore", "category=bottle"],
+             fake_results("patchcore", "mvtec", "bottle", 0, 0.5), model="patchcore", dataset="mvtec", category="bottle")
+    res = agg.aggregate([sweep], out=tmp_path / "o", metrics=METRICS, plots=False, bootstrap=0)
+    table = res["table"]
+    assert [(str(d.path.parent.name), str(f.path.parent.name)) for d, f in table.duplicates] == [
+        ("2024-01-03_08-00-00", "2024-01-02_09-00-00")]
+    col = next(c for c in table.columns if c.model == "patchcore")
+    cell = table.cell(("mvtec", "bottle"), col, "image.auroc")
+    assert cell.values == [BOTTLE_PATCHCORE] and cell.std is None and len(cell.duplicates) == 1
+    assert md_cells(res["markdown"])[("mvtec", "bottle")]["patchcore · image AUROC"] == f"{pct(BOTTLE_PATCHCORE)} ‡"
+    assert "## Duplicate runs (1)" in res["markdown"]
+    # seeds stay seeds: the synthetic cells still average their two seeds
+    assert table.cell(("synthetic", "syn_tiles"), col, "image.auroc").n == 2
+    df = agg.load(sweep)
+    dup = df[df.duplicate_of.notna()]
+    assert len(dup) == 1 and dup.iloc[0]["duplicate_of"].endswith("2024-01-02_09-00-00/0_patchcore_mvtec_bottle")
+
+
+def test_load_gives_a_dataframe_of_every_job_and_category(sweep):
+    df = agg.load([sweep])
+    assert len(df) == 11 and sorted(df.status) == ["failed", "missing"] + ["ok"] * 9
+    ok = df[(df.status == "ok") & (df.dataset == "synthetic")]
+    # a notebook one-liner reproduces the table's cell means
+    means = ok.groupby(["model", "category"])["image.auroc"].mean()
+    for (model, cat), v in means.items():
+        assert v == pytest.approx(expected(model, cat, 0)[0])
+    assert set(ok.seed) == {0, 1} and ok["timing.fit_s"].eq(1.5).all()
+    failed = df[df.status == "failed"].iloc[0]
+    assert failed["error"] == BAD_ROOT_ERROR and math.isnan(failed["image.auroc"])
+
+
+def test_long_csv_has_one_line_per_variant_category_and_metric(sweep, tmp_path):
+    import pandas as pd
+
+    agg.aggregate([sweep], out=tmp_path / "o", metrics=METRICS, plots=False, bootstrap=0)
+    long = pd.read_csv(tmp_path / "o" / "results_long.csv")
+    cat = long[(long.scope == "category") & (long.dataset == "synthetic")]
+    assert len(cat) == 2 * 2 * 3  # models x categories x metrics
+    row = cat[(cat.model == "padim") & (cat.category == "syn_tiles") & (cat.metric == "pixel.aupro")].iloc[0]
+    m, s = expected("padim", "syn_tiles", 2)
+    assert row["mean"] == pytest.approx(m) and row["std"] == pytest.approx(s) and row["n"] == 2
+    means = long[(long.scope == "dataset_mean") & (long.dataset == "synthetic") & (long.metric == "image.auroc")]
+    assert set(means.model) == {"padim", "patchcore"}
+    assert not len(long[(long.scope == "dataset_mean") & (long.dataset == "mvtec")])  # one category: no mean
+
+
+def test_bars_put_models_side_by_side_on_a_fitted_axis(tmp_path):
+    """Per dataset and metric one chart; 91 vs 95 is visible because the axis is fitted, not 0-100."""
+    from ad.aggregate.plots import plot_bars
+
+    for i, (model, cat, v) in enumerate([("a", "syn_disc", 0.91), ("b", "syn_disc", 0.95), ("a", "syn_tiles", 0.93),
+                                         ("b", "syn_tiles", 0.94)]):
+        make_job(tmp_path / "sw", f"{i}", [f"model={model}", f"category={cat}"],
+                 fake_results(model, "synthetic", cat, 0, v), model=model, dataset="synthetic", category=cat)
+    table = agg.build(agg.collect_jobs([tmp_path / "sw"]), ["image.auroc"], bootstrap=0)
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    original = plt.Figure.savefig
+
+    def keep(fig, *a, **k):
+        captured["ax"] = fig.axes[0]
+        return original(fig, *a, **k)
+
+    plt.Figure.savefig = keep
+    try:
+        (png,) = plot_bars(table, tmp_path)
+    finally:
+        plt.Figure.savefig = original
+    assert png.name == "bars_synthetic_image_auroc.png" and png.read_bytes()[:8] == PNG_SIGNATURE
+    ax = captured["ax"]
+    lo, hi = ax.get_ylim()
+    assert 85 < lo < 91 and 95 < hi <= 100  # fitted around 91..95 %, not 0..100
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["syn_disc", "syn_tiles", "mean"]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == sorted([91.0, 95.0, 93.0, 94.0, 92.0, 94.5])  # 2 models x (2 categories + mean)
+
+
+def test_bold_marks_the_best_variant_within_each_category(sweep, tmp_path):
+    res = agg.aggregate([sweep], out=tmp_path / "o", metrics=METRICS, plots=False, bootstrap=0)
+    lines = res["markdown"].split("### synthetic per category", 1)[1].split("\n\n", 2)[1].splitlines()[2:]
+    for cat in ("syn_disc", "syn_tiles"):
+        for k, lbl in enumerate(("image AUROC", "pixel AUROC", "pixel AUPRO")):
+            means = {m: expected(m, cat, k)[0] for m in ("padim", "patchcore")}
+            for line in lines:
+                cells = [c.strip() for c in line.strip("|").split(" | ")]
+                if cells[0] == cat:
+                    assert cells[2 + k].startswith("**") == (means[cells[1]] == max(means.values())), (cat, lbl, line)

@@ -15,7 +15,7 @@ from ad import aggregate as agg
 from ad.rundir.maps_store import save_test_maps
 from ad.stats import bootstrap_image, bootstrap_pixel, delong_test
 from tests._fake_sweep import fake_results, make_job, unified_results, write_predictions
-from tests.test_aggregate import md_table as _md
+from tests.test_aggregate import md_cells
 
 N_NORM, N_ANOM = 60, 40
 SEP = {"strong": 1.6, "mid": 0.9, "weak": 0.4}  # class separation of each fake model's scores
@@ -122,10 +122,9 @@ def test_baseline_marks_and_delong_p(sweep, tmp_path):
     assert float(rows[("synthetic", "syn_c")]["strong | image.auroc | p_vs_baseline"]) == pytest.approx(p, abs=1e-12)
     assert p < 0.05
     assert rows[("synthetic", "syn_c")]["weak | image.auroc | p_vs_baseline"] == ""  # the baseline itself
-    header, table_rows = _md(res["markdown"])
-    by = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in table_rows}
+    by = md_cells(res["markdown"])
     assert by[("synthetic", "syn_c")]["strong · image AUROC"].endswith("▲")
-    assert by[("**synthetic**", "**mean**")]["strong · image AUROC"].endswith("▲")
+    assert by[("synthetic", "mean")]["strong · image AUROC"].endswith("▲")
     assert "▲" not in by[("synthetic", "syn_c")]["weak · image AUROC"]
     assert "significantly better / worse than the baseline `weak`" in res["markdown"]
     with pytest.raises(agg.AggregateError, match="--baseline 'nope' matches no column; choose one of"):
@@ -156,8 +155,25 @@ def test_rankings_and_cd_diagram(sweep, tmp_path):
     values = [[_auroc(*_scores(m, c, 0)[1:]) for m in ("mid", "strong", "weak")] for c in ("syn_a", "syn_b", "syn_c")]
     chi2 = stats.friedmanchisquare(*np.array(values).T).statistic
     assert f"Friedman χ² = {chi2:.2f}" in res["markdown"]
-    assert "| mid | strong |" in res["markdown"]  # Wilcoxon pairs
-    assert "[" not in _md(res["markdown"])[1][0][2]  # --bootstrap 0: no intervals
+    # 3 categories: no Wilcoxon p can be below 0.25, so no table of p-values that look like results
+    assert "Wilcoxon signed-rank test: too few categories (3): its smallest possible p-value is 0.25" in res["markdown"]
+    assert "| mid | strong |" not in res["markdown"]
+    assert not any("[" in v for v in md_cells(res["markdown"])[("synthetic", "syn_a")].values())  # --bootstrap 0
+
+
+def test_wilcoxon_pairs_from_six_categories_and_its_power_limits():
+    """The exact Wilcoxon test's smallest two-sided p is 2/2^n: 0.0625 with 5 categories (cannot reject at 5 %),
+    0.03125 with 6; scipy agrees on a sample whose differences all have one sign."""
+    from ad.aggregate.ranking import friedman_min_p, wilcoxon_min_p
+
+    for n in (5, 6, 8):
+        a = np.arange(n, dtype=float) + 1.0
+        assert wilcoxon_min_p(n) == pytest.approx(stats.wilcoxon(a + a, a).pvalue)
+    assert wilcoxon_min_p(5) > 0.05 > wilcoxon_min_p(6)
+    # Friedman: every category ranking the methods alike gives the largest statistic n (k - 1)
+    x = np.array([[3.0, 2.0, 1.0]] * 3)
+    assert friedman_min_p(3, 3) == pytest.approx(stats.friedmanchisquare(*x.T).pvalue)
+    assert friedman_min_p(2, 3) > 0.05
 
 
 def test_unified_runs_give_category_rows_and_a_setting_column(tmp_path):
@@ -198,7 +214,6 @@ def test_mad_metric(tmp_path):
     res["pixel"]["f1_max"] = 0.5
     make_job(root, "0", ["model=m"], res, model="m", dataset="synthetic", category="syn_a")
     out = agg.aggregate([root], out=tmp_path / "o", metrics=["image.auroc", "mad"], plots=False, bootstrap=0)
-    header, rows = _md(out["markdown"])
-    assert header[-1] == "m · mAD"
     # mAD = mean of image AUROC/AP/F1max, pixel AUROC/AP/F1max, AUPRO
-    assert rows[0][-1] == f"{100 * np.mean([0.9, 0.9, 0.85, 0.8, 0.41, 0.5, 0.7]):.1f}"
+    assert md_cells(out["markdown"])[("synthetic", "syn_a")]["m · mAD"] == \
+        f"{100 * np.mean([0.9, 0.9, 0.85, 0.8, 0.41, 0.5, 0.7]):.1f}"

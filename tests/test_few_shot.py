@@ -26,6 +26,12 @@ def test_one_training_image_runs_without_inventing_a_threshold(model, tmp_path):
     assert res.image.auroc is not None and res.image.threshold is None and res.image.f1 is None
     assert res.thresholds.image is None and res.thresholds.source == "no held-out normals"
     assert any("no threshold" in n for n in res.notes)
+    # the summary at the operating point says there is none instead of printing an ordinary block
+    from ad.train import format_summary
+
+    assert res.operating_point.no_threshold and res.operating_point.image is None
+    text = format_summary(res, run_dir)
+    assert "decisions   none: no threshold" in text and "precision" not in text
     with open(run_dir / "predictions.csv") as f:
         assert all(r["is_anomalous"] == "" for r in csv.DictReader(f))
 

@@ -113,7 +113,7 @@ def test_every_referenced_file_exists_and_nothing_is_fetched(report):
 
 def test_sections_tables_and_failures(report):
     text = report["index"].read_text()
-    for sid in ("summary", "results", "rankings", "cat_synthetic_syn_a", "cat_synthetic_syn_b", "failed"):
+    for sid in ("summary", "operating", "results", "rankings", "cat_synthetic_syn_a", "cat_synthetic_syn_b", "failed"):
         assert f"id='{sid}'" in text
     assert "<table id=results>" in text and "<span class=ci>[" in text  # intervals in the table
     assert "DataError: no such category" in text
@@ -122,7 +122,7 @@ def test_sections_tables_and_failures(report):
 
 
 def _gallery(text: str, cat: str) -> str:
-    return text.split(f"id='cat_synthetic_{cat}'", 1)[1].split("<h2", 1)[0]
+    return text.split(f"id='cat_synthetic_{cat}'", 1)[1].split("</details>", 1)[0]
 
 
 def test_gallery_shows_every_model_for_the_same_images_in_order(report, sweep):
@@ -133,9 +133,8 @@ def test_gallery_shows_every_model_for_the_same_images_in_order(report, sweep):
         assert len(rows) == 10
         for r in rows:
             assert r.count("alt='heatmap'") == len(MODELS) + 1  # each model's map (and the unified run's)
-            assert ("alt='mask'" in r) == has_masks
-        if not has_masks:
-            assert "no mask" in g
+            assert "alt='mask'" not in r  # ground truth is an outline on the image, not a column of black squares
+        assert ("no mask" in g) == (not has_masks)
     # order: images where the decisions differ first (rows marked dis), then by how wrong the worst model is
     g = _gallery(text, "syn_a")
     flags = ["class=dis" in r.split(">", 1)[0] for r in g.split("<table class=gallery>", 1)[1].split("<tr")[2:]]
@@ -196,3 +195,73 @@ def test_real_browser_renders_report_with_every_image(report, tmp_path):
         assert im.size == (1200, 1600)
         # a rendered page, not a blank one: many distinct colours (heatmaps, text)
         assert len(np.unique(np.asarray(im.convert("RGB").resize((200, 260))).reshape(-1, 3), axis=0)) > 500
+
+
+def test_best_cell_per_row_is_marked(report):
+    """In every row of the results table, the cell holding the highest value of its metric is marked (ties
+    all marked), computed here from the row's own numbers."""
+    text = report["index"].read_text()
+    table = text.split("<table id=results>", 1)[1].split("</table>", 1)[0]
+    header = re.findall(r"<th>([^<]*)</th>", table.split("</tr>", 1)[0])[2:]
+    checked = 0
+    for tr in table.split("</tr>")[1:-1]:
+        cells = re.findall(r"<td( class=best[^>]*)?>(.*?)</td>", tr)[2:]
+        by_metric: dict = {}
+        for h, (cls, body) in zip(header, cells):
+            num = re.match(r"(\d+\.\d)", re.sub(r"<[^>]+>", "", body))
+            by_metric.setdefault(h.split(" · ")[-1], []).append((float(num.group(1)) if num else None, bool(cls)))
+        for vals in by_metric.values():
+            nums = [v for v, _ in vals if v is not None]
+            if len(nums) > 1 and max(nums) > min(nums):
+                assert [m for _, m in vals] == [v is not None and v == max(nums) for v, _ in vals]
+                checked += 1
+            elif nums:
+                assert not any(m for _, m in vals)  # all tie: no best
+    assert checked >= 3  # image AUROC of syn_a, syn_b and the mean (the fakes' pixel metrics all tie)
+
+
+def test_categories_are_collapsible_blocks_with_a_gist(report):
+    text = report["index"].read_text()
+    blocks = re.findall(r"<details class=cat id='(cat_[^']+)'( open)?><summary><h2>[^<]+</h2><span class=gist>(.*?)</span>",
+                        text)
+    assert [b[0] for b in blocks] == ["cat_synthetic_syn_a", "cat_synthetic_syn_b", "cat_synthetic_syn_c"]
+    assert all(b[1] == " open" for b in blocks)  # few categories (<= 3): open
+    assert all(b[2].startswith("image.auroc: ") for b in blocks[:2]) and blocks[2][2] == ""  # syn_c only failed
+
+
+def test_ground_truth_is_an_outline_on_the_image(report):
+    """Anomalous images of the masked category carry a green outline on the border of their 8x8 mask block
+    (measured against the source image, robust to JPEG noise); normal images carry none."""
+    from ad.visualize import contour
+
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[8:16, 8:16] = True
+    ring = contour(mask)
+    text = report["index"].read_text()
+    g = _gallery(text, "syn_a")
+    rows = g.split("<table class=gallery>", 1)[1].split("</table>", 1)[0].split("<tr")[2:]
+    seen = set()
+    for r in rows:
+        src = re.search(r"src='assets/([^']+_img\.jpg)'", r).group(1)
+        name = re.search(r"alt='([^']+)'", r).group(1)  # defect/file
+        thumb = np.asarray(Image.open(report["index"].parent / "assets" / src).convert("RGB")).astype(float)
+        assert thumb.shape[:2] == (SIZE, SIZE)
+        greenness = thumb[..., 1] - (thumb[..., 0] + thumb[..., 2]) / 2
+        anomalous = "(anomalous)" in r
+        seen.add(anomalous)
+        if anomalous:
+            assert greenness[ring].mean() > 80 and abs(greenness[~mask].mean()) < 20, name
+        else:
+            assert abs(greenness[ring].mean()) < 40, name
+    assert seen == {True, False}
+    # each model's colour scale is HTML text: the threshold and the range are readable at any zoom
+    assert g.count("<div class=cscale>") == len(MODELS) + 1 and "threshold 0.9" in g
+
+
+def test_report_of_a_big_sweep_starts_closed(tmp_path):
+    """More categories than --open-categories: every category block starts closed."""
+    from ad.report.html import page
+
+    html = page("t", [("a", "A", "x"), ("cat_1", "c1", "y"), ("cat_2", "c2", "z")], collapsible=["cat_1", "cat_2"])
+    assert "<details class=cat id='cat_1'><summary>" in html and " open" not in html
+    assert "href='#a'" in html and "href='#cat_1'" not in html  # the nav lists the sections, not 15 categories

@@ -114,16 +114,71 @@ def test_predictions_csv_matches_metrics(memory_run):
         assert (float(r["normalized_score"]) >= 0.5) == (float(r["score"]) >= thr)
 
 
+def test_operating_point_is_first_and_matches_the_decisions_in_predictions_csv(memory_run):
+    """results.json opens with precision/recall/F1 at the run's threshold (recomputed here with sklearn from
+    predictions.csv), F1max only as a labelled diagnostic; the terminal block shows the same numbers first."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from ad.rundir.records import load_record
+    from ad.train import format_summary
+
+    res, run_dir = memory_run
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert list(saved)[:4] == ["schema_version", "status", "error", "run"] and list(saved)[4] == "operating_point"
+    op = saved["operating_point"]
+    with open(run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    y = [int(r["label"]) for r in rows]
+    d = [int(r["is_anomalous"]) for r in rows]
+    assert op["image"]["threshold"] == res.thresholds.image
+    assert op["image"]["precision"] == pytest.approx(precision_score(y, d, zero_division=0.0))
+    assert op["image"]["recall"] == pytest.approx(recall_score(y, d))
+    assert op["image"]["f1"] == pytest.approx(f1_score(y, d))
+    assert op["pixel"]["f1"] == pytest.approx(saved["pixel"]["f1"]) and op["pixel"]["threshold"] == res.thresholds.pixel
+    assert op["image_f1_max_diagnostic"] == saved["image"]["f1_max"] and op["no_threshold"] is None
+    assert op["threshold_fitted_on"] == "3 validation normals"
+    text = format_summary(load_record(run_dir), run_dir).splitlines()
+    assert text[1] == "decisions at the run's threshold, fitted on 3 validation normals"
+    assert text[2].split() == ["image", "precision", f"{op['image']['precision']:.4f}", "recall",
+                               f"{op['image']['recall']:.4f}", "F1", f"{op['image']['f1']:.4f}", "(threshold",
+                               f"{res.thresholds.image:.4g})"]
+    assert text[3].split()[0] == "pixel" and any(line.startswith("diagnostic  F1max") for line in text)
+
+
+def test_results_written_before_the_operating_point_existed_still_load(memory_run, tmp_path):
+    from ad.rundir.records import load_record, operating_point
+    from ad.train import format_summary
+
+    res, run_dir = memory_run
+    old = json.loads((run_dir / "results.json").read_text())
+    del old["operating_point"]
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    rec = load_record(tmp_path)
+    assert rec.operating_point is None and operating_point(rec) == res.operating_point
+    assert format_summary(rec, tmp_path) == format_summary(res, tmp_path)
+
+
 def test_tensorboard_events_hold_scalars_images_histograms_hparams(memory_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, run_dir = memory_run
+    res, run_dir = memory_run
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert "test/image/auroc" in tags["scalars"] and "test/pixel/aupro" in tags["scalars"]
-    assert "test/overlays_best_and_worst" in tags["images"]
-    assert {"test/scores_normal", "test/scores_anomalous"} <= set(tags["histograms"])
+    assert tags["scalars"] == []  # a memory model: no curves, and no single-point charts of final metrics
+    from tests.test_tensorboard_view import session_hparams
+
+    hp = session_hparams(acc)
+    assert hp["final/image_auroc"].number_value == pytest.approx(res.image.auroc)
+    assert hp["final/pixel_aupro"].number_value == pytest.approx(res.pixel.aupro)
+    assert not any("threshold" in k or "max_fpr" in k for k in hp)  # constants, raw scales
+    assert {"test/overlays_best_and_worst", "test/score_histogram"} <= set(tags["images"])
+    legend = acc.Tensors("test/overlays_legend/text_summary")[0].tensor_proto.string_val[0].decode()
+    from ad.data.synthetic import DEFECT_TYPES
+
+    heads = [line.split(": ", 1)[1].split(" ", 1)[0] for line in legend.split("  \n")]
+    assert heads and all(h.split("/")[0] in ("good", *DEFECT_TYPES) and h.endswith(".png") for h in heads), legend
+    assert "summary/text_summary" in tags["tensors"]
     assert "test/pr_curve" in tags["tensors"]
     plugins = acc.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins
@@ -171,6 +226,63 @@ def test_predict_reproduces_test_scores(memory_run, tmp_path):
     assert len(pngs) == len(expected)
 
 
+def test_predict_keeps_the_input_size_and_prints_each_flagged_image(memory_run, tmp_path, capsys):
+    """A 400x300 input comes back as a 400x300 overlay (not squashed square); every image flagged anomalous
+    gets its own line with score, threshold and path; the overlay carries the decision banner."""
+    from PIL import Image
+
+    from ad.predict import main as predict_main
+
+    res, run_dir = memory_run
+    with open(run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    src = tmp_path / "in"
+    src.mkdir()
+    for k, r in enumerate(rows[-3:]):  # anomalous test images (normals come first), one made 400x300
+        im = Image.open(r["path"]).convert("RGB")
+        (im.resize((400, 300)) if k == 0 else im).save(src / f"{k}.png")
+    out = tmp_path / "pred"
+    assert predict_main([f"run_dir={run_dir}", f"input={src}", f"out={out}"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    with open(out / "predictions.csv") as f:
+        pred = list(csv.DictReader(f))
+    flagged = [r for r in pred if r["is_anomalous"] == "1"]
+    lines = [line for line in printed if line.startswith("ANOMALOUS")]
+    assert len(lines) == len(flagged) and all(any(r["path"] in line for line in lines) for r in flagged)
+    for r, line in zip(flagged, lines):
+        assert f"score {float(r['score']):.4g} >= {res.thresholds.image:.4g}" in line
+    assert printed[-1].startswith(f"3 images scored: {len(flagged)} anomalous, {3 - len(flagged)} normal")
+    big = Image.open(out / pred[0]["overlay"])
+    assert big.size == (400, 300)
+    top = np.asarray(big)[:8, :200].astype(int)
+    assert top.mean() < np.asarray(Image.open(src / "0.png"))[:8, :200].mean()  # the dark decision banner
+
+
+def test_overlay_maps_go_back_to_the_input_geometry():
+    """A hot block in the model's square frame lands where it is in the original picture: resize only, and
+    resize + centre crop (outside the crop nothing is drawn)."""
+    from ad.predict_overlay import decision_overlay, map_to_original
+
+    amap = np.zeros((64, 64), np.float32)
+    amap[16:32, 32:48] = 1.0  # rows 1/4..1/2, columns 1/2..3/4 of the frame
+    full, valid = map_to_original(amap, (300, 400), (64, 64))
+    assert full.shape == (300, 400) and valid.all()
+    hot = np.argwhere(full > 0.5)
+    assert abs(hot[:, 0].min() - 75) <= 3 and abs(hot[:, 0].max() - 149) <= 3
+    assert abs(hot[:, 1].min() - 200) <= 3 and abs(hot[:, 1].max() - 299) <= 3
+    # resized to 80x80 then centre-cropped to 64x64: the map covers rows/cols 8..72 of the 80 frame
+    full, valid = map_to_original(amap, (160, 160), (80, 80), (64, 64))
+    assert not valid[:15].any() and valid[17:143, 17:143].all() and not valid[145:].any()
+    hot = np.argwhere(full > 0.5)
+    assert abs(hot[:, 0].min() - 2 * (8 + 16)) <= 3 and abs(hot[:, 1].min() - 2 * (8 + 32)) <= 3
+    image = np.full((300, 400, 3), 128, np.uint8)
+    shown = decision_overlay(image, map_to_original(amap, (300, 400), (64, 64))[0], None, score=2.0, decision=True,
+                             image_threshold=1.0)
+    assert shown.shape == (300, 400, 3)
+    white = np.all(shown == 255, axis=-1)
+    assert white[60:170, 190:310].any() and not white[200:280, 20:150].any()  # the contour is around the block
+
+
 def test_predict_errors_are_one_line(tmp_path, capsys):
     from ad.predict import main as predict_main
 
@@ -188,8 +300,8 @@ def test_bad_root_records_failure(tmp_path):
 
 def _cli(args, tmp_path, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "AD_ROOT": str(tmp_path)}
-    return subprocess.run([sys.executable, "-m", "ad.train", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600, **kw)
+    kw.setdefault("capture_output", True)
+    return subprocess.run([sys.executable, "-m", "ad.train", *args], cwd=tmp_path, env=env, text=True, timeout=600, **kw)
 
 
 def test_cli_help_and_cfg_job(tmp_path):
@@ -272,6 +384,41 @@ def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path, target):
     loaded, _ = load_run(tmp_path)
     assert loaded.feature_extractor.folded_batchnorms == 0
     assert torch.allclose(loaded.predict(x[:2]).scores, model.predict(x[:2]).scores)
+
+
+def test_progress_goes_to_a_redirected_log_and_train_log(synthetic_root, tmp_path):
+    """`python -m ad.train ... > log 2>&1` on a trained model: run-level `epoch k/N ... ETA` lines in the log,
+    and the same lines in train.log."""
+    import re
+
+    with open(tmp_path / "log", "w") as log:
+        out = _cli(["model=stfpm", "category=syn_disc", f"dataset.root={synthetic_root}", "backbone.pretrained=false",
+                    *FAST, "trainer.max_steps=null", "trainer.max_epochs=2", "trainer.progress_interval=0",
+                    "hydra.run.dir=" + str(tmp_path / "run")], tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                   capture_output=False)
+    text = (tmp_path / "log").read_text()
+    assert out.returncode == 0, text
+    assert re.search(r"epoch 1/2, elapsed \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d: train loss", text), text
+    assert re.search(r"epoch 1/2: 1/\d+ batches \(\d+%\), elapsed \d+:\d\d:\d\d, ETA", text), text
+    assert re.search(r"scoring test images: \d+/\d+ batches done in", text), text
+    train_log = (tmp_path / "run" / "train.log").read_text()
+    assert re.search(r"epoch 2/2, elapsed", train_log) and "scoring test images" in train_log
+
+
+def test_memory_model_reports_progress(synthetic_root, tmp_path, caplog):
+    """A memory model (no epochs to count) reports its feature collection and scoring as k/N lines."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="ad"):
+        res, _ = run_in_process(tmp_path, ["model=padim", "category=syn_disc", f"dataset.root={synthetic_root}",
+                                           "backbone.pretrained=false", *FAST, "trainer.batch_size=4",
+                                           "trainer.progress_interval=0"])
+    assert res.status == "ok", res.error
+    lines = [r.getMessage() for r in caplog.records]
+    n = -(-res.counts.train // 4)
+    assert f"collecting features: 1/{n} batches ({100 // n}%)" in "\n".join(lines)
+    assert any(line.startswith(f"collecting features: {n}/{n} batches done in") for line in lines), lines
+    assert any(line.startswith("scoring test images: ") and "ETA" in line for line in lines), lines
 
 
 def test_checkpoint_identity_from_before_the_family_layout_still_matches(tmp_path):

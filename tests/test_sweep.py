@@ -139,13 +139,15 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
     for (model, cat), (job, r) in results.items():
         assert r["status"] == "ok" and r["error"] is None and r["run"]["dataset"] == "synthetic", (model, cat, r["error"])
         assert 0.0 <= r["image"]["auroc"] <= 1.0 and 0.0 <= r["pixel"]["aupro"] <= 1.0
-    # `tensorboard --logdir <sweep dir>`: one run per job, named by its directory, each with an HPARAMS entry
+    # `tensorboard --logdir <sweep dir>/tb`: one run per job, named by what it is (the parameters every job
+    # shares, trainer=smoke etc., left out; no job number, no trailing /tb), each with an HPARAMS entry
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     mux = EventMultiplexer()
-    mux.AddRunsFromDirectory(str(multirun / "good"))
+    mux.AddRunsFromDirectory(str(multirun / "good" / "tb"))
     mux.Reload()
-    assert {run.split("/")[0] for run in mux.Runs()} == {job.name for job, _ in results.values()}
+    assert set(mux.Runs()) == {f"{m}/synthetic/{c}" for m in ("patchcore", "padim") for c in ("syn_disc", "syn_tiles")}
+    assert not any((job / "tb").exists() for job, _ in results.values())
     for run in mux.Runs():
         assert mux.GetAccumulator(run).PluginTagToContent("hparams"), f"no hparams for {run}"
     failed = list((multirun / "broken").glob("*/results.json"))
@@ -159,21 +161,15 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
     assert proc.returncode == 0, proc.stderr
     md = (out / "results.md").read_text()
     assert md.strip() in proc.stdout
-    lines = md.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith("| dataset | category |"))
-    header = [c.strip() for c in lines[start].strip("|").split(" | ")]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
-    assert header == ["dataset", "category"] + [f"{m} · {lbl}" for m in ("padim", "patchcore")
-                                                for lbl in ("image AUROC", "pixel AUROC", "pixel AUPRO")]
-    assert [r[:2] for r in rows] == [["mvtec", "bottle"], ["**mvtec**", "**mean**"], ["synthetic", "syn_disc"],
-                                     ["synthetic", "syn_tiles"], ["**synthetic**", "**mean**"], ["**all**", "**mean**"]]
-    by = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in rows}
+    from tests.test_aggregate import md_cells
+
+    by = md_cells(md)
+    assert list(by) == [("mvtec", "bottle"), ("synthetic", "mean"), ("synthetic", "syn_disc"), ("synthetic", "syn_tiles"),
+                        ("all", "mean")]
+    assert set(by[("synthetic", "mean")]) == {f"{m} · {lbl}" for m in ("padim", "patchcore")
+                                               for lbl in ("image AUROC", "pixel AUROC", "pixel AUPRO")}
     assert by[("mvtec", "bottle")]["patchcore · image AUROC"] == "failed"
-    assert by[("mvtec", "bottle")]["padim · image AUROC"] == "—"
+    assert "padim · image AUROC" not in by[("mvtec", "bottle")]  # padim never ran on mvtec: no row
     for (model, cat), (_, r) in results.items():
         text = by[("synthetic", cat)][f"{model} · image AUROC"]  # the value and its bootstrap interval
         assert text.split(" [")[0] == f"{100 * r['image']['auroc']:.1f}" and " [" in text, text
@@ -190,7 +186,7 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
             for row in (("synthetic", "mean"), ("all", "mean")):  # the failed bottle job never enters a mean
                 assert float(csv_rows[row][f"{model} | {metric} | mean"]) == pytest.approx(want, abs=1e-12)
     assert csv_rows[("all", "mean")]["patchcore | image.auroc | n_failed"] == "1"
-    for name in ("bars_patchcore.png", "bars_padim.png", "heatmap_image_auroc.png"):
+    for name in ("bars_synthetic_image_auroc.png", "bars_synthetic_pixel_aupro.png", "heatmap_image_auroc.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     assert "\\begin{tabular}" in (out / "results.tex").read_text()
 

@@ -94,14 +94,21 @@ def test_predict_reproduces_per_category_scores(unified_run, tmp_path):
         assert pred[r["path"]] == pytest.approx(float(r["score"]), rel=1e-5, abs=1e-6)
 
 
-def test_tensorboard_has_scalars_per_category(unified_run):
+def test_tensorboard_has_categories_in_its_summary_not_as_single_points(unified_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, run_dir = unified_run
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
-    scalars = set(acc.Tags()["scalars"])
-    assert {f"test/{c}/image/auroc" for c in CATS} <= scalars and "test/mean/mad" in scalars
+    tags = acc.Tags()
+    # the means in the HPARAMS table; per category: a histogram chart each and rows of the one text summary
+    assert tags["scalars"] == []
+    from tests.test_tensorboard_view import session_hparams
+
+    assert "final/mad" in session_hparams(acc)
+    assert {f"test/{c}/score_histogram" for c in CATS} <= set(tags["images"])
+    summary = acc.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert all(f"| {c} |" in summary for c in CATS)
 
 
 def test_same_image_scores_the_same_through_test_objective_and_predict(unified_run, tmp_path):
@@ -135,8 +142,8 @@ def test_aggregator_shows_unified_beside_single(unified_run, synthetic_root, tmp
     jobs = agg.collect_jobs([run_dir, single_dir])
     table = agg.build_table(jobs, metrics=["image.auroc", "mad"])
     md = agg.render_markdown(table)
-    header = next(l for l in md.splitlines() if l.startswith("| dataset | category |"))
-    assert "setting=unified" in header and "setting=single" in header, header
-    tiles = next(l for l in md.splitlines() if l.startswith("| synthetic | syn_tiles |"))
-    cells = [c.strip() for c in tiles.strip("|").split("|")][2:]
-    assert f"{100 * single.image.auroc:.1f}" in cells
+    from tests.test_aggregate import md_cells
+
+    tiles = md_cells(md)[("synthetic", "syn_tiles")]  # the single and the unified run, one row each
+    assert tiles["padim setting=single · image AUROC"].split(" ")[0] == f"{100 * single.image.auroc:.1f}"
+    assert "padim setting=unified · image AUROC" in tiles

@@ -5,16 +5,19 @@
 
 Every job directory below the given directories (a directory with `.hydra/` or `results.json`) is read:
 `results.json` through the typed run records (`ad.rundir.records`), `.hydra/overrides.yaml`,
-`.hydra/config.yaml` and `.hydra/hydra.yaml`. Rows are (dataset, category) — a unified run contributes one row
-per evaluated category; columns are the groups of `--group` (default: the model, the setting when any run is
-unified, plus every parameter that varies between jobs of the same category, seeds excepted) × the chosen
-metrics. Jobs that fall in the same cell (seeds, or parameters left out of `--group`) are averaged: mean ±
-sample standard deviation, with a 95 % stratified bootstrap interval recomputed from the runs' saved
-predictions.csv / test_maps.npz.
+`.hydra/config.yaml` and `.hydra/hydra.yaml`. The printed tables are tidy: one table per dataset, one row per
+variant — the groups of `--group` (default: the model, the setting when any run is unified, plus every
+parameter that varies between jobs of the same category, seeds excepted) — and the chosen metrics as columns;
+a unified run contributes to every category it evaluates. Jobs that fall in the same cell (seeds, or
+parameters left out of `--group`) are averaged: mean ± sample standard deviation, with a 95 % stratified
+bootstrap interval recomputed from the runs' saved predictions.csv / test_maps.npz. Identical re-runs (same
+configuration and seed) are flagged as duplicates and used once. In a notebook, `load(dirs)` gives a pandas
+DataFrame of every job and category.
 
 A job whose `results.json` says `status: failed`, or that has no `results.json` (crashed, killed, still
 running), is listed explicitly and never enters a mean. Outputs in `--out` (default: the first sweep dir):
-results.md, results.csv (the table), jobs.csv (one row per job and category), results.tex, bars_<column>.png,
+results.md, results_long.csv (one line per dataset, category or mean, variant and metric), results.csv (the
+wide per-category table), jobs.csv (one row per job and category), results.tex, bars_<dataset>_<metric>.png,
 heatmap_image_auroc.png, cd_<dataset>_<metric>.png.
 
 Modules: `jobs` (finding and reading job dirs), `references` (published numbers), `table` (the table model and
@@ -37,6 +40,7 @@ from ad.aggregate.jobs import (
 )
 from ad.aggregate.latex import latex_escape, render_latex
 from ad.aggregate.markdown import render_markdown
+from ad.aggregate.tidy import load, long_rows, render_tidy_markdown, write_long_csv
 from ad.aggregate.plots import HEATMAP_METRIC, plot_bars, plot_cd_diagrams, plot_heatmap, plot_trends, trend_series
 from ad.aggregate.references import REFERENCE_FILE, Reference, dataset_size, load_references
 from ad.aggregate.table import (

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ad.aggregate.csv_out import write_jobs_csv, write_results_csv
+from ad.errors import ConfigError
+from ad.io.outdir import prepare_out_dir
 from ad.aggregate.intervals import RunCache, annotate
 from ad.aggregate.jobs import AggregateError, Job, collect_jobs
 from ad.aggregate.latex import render_latex
@@ -16,6 +18,7 @@ from ad.aggregate.plots import HEATMAP_METRIC, plot_bars, plot_cd_diagrams, plot
 from ad.aggregate.ranking import ranking_section
 from ad.aggregate.references import REFERENCE_FILE, Reference, load_references
 from ad.aggregate.table import DEFAULT_METRICS, Column, Table, build_table
+from ad.aggregate.tidy import write_long_csv
 
 DEFAULT_BOOTSTRAP = 1000
 
@@ -93,6 +96,8 @@ def aggregate(dirs: Sequence[os.PathLike | str] = ("multirun",), out: Optional[o
     paths["md"].write_text(md, encoding="utf-8")
     paths["csv"] = out_dir / "results.csv"
     write_results_csv(table, paths["csv"])
+    paths["long_csv"] = out_dir / "results_long.csv"
+    write_long_csv(table, paths["long_csv"])
     paths["jobs_csv"] = out_dir / "jobs.csv"
     write_jobs_csv(table, paths["jobs_csv"])
     paths["tex"] = out_dir / "results.tex"
@@ -164,10 +169,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("ad-aggregate: --bootstrap must be >= 0 (0 turns the intervals off)", file=sys.stderr)
         return 2
     try:
+        if args.out is not None:
+            prepare_out_dir(args.out)
         res = aggregate(args.dirs, out=args.out, metrics=_split_list(args.metrics), group=group,
                         reference=reference, reference_file=Path(args.reference_file), plots=not args.no_plots,
                         bootstrap=args.bootstrap, seed=args.seed, baseline=args.baseline, cd_metric=args.cd_metric)
-    except AggregateError as e:
+    except (AggregateError, ConfigError) as e:
         print(f"ad-aggregate: {e}", file=sys.stderr)
         return 2
     if not args.quiet:

@@ -1,4 +1,5 @@
-"""results.md: the table, the legend, published sources, failed jobs, significance tests and plots."""
+"""results.md: tidy tables per dataset, the legend, published sources, failed and duplicate jobs, significance
+tests and plots."""
 from __future__ import annotations
 
 import io
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ad.aggregate.table import PrintedRow, Table, printed_rows, value_columns
+from ad.aggregate.tidy import render_tidy_markdown
 
 
 def _md_escape(text: str) -> str:
@@ -27,6 +29,10 @@ def _legend(table: Table, rows: Sequence[PrintedRow]) -> str:
         text += (f"`▲` / `▼`: significantly better / worse than the baseline `{table.baseline.label}` "
                  f"(two-sided p < {table.alpha:g}; DeLong's test for image AUROC of single runs, paired bootstrap "
                  "otherwise, on the same test images).\n")
+    if table.duplicates:
+        text += ("`‡`: the cell had identical re-runs (same configuration and seed); one is used, the repeats are "
+                 "listed under Duplicate runs (they are not seeds and are never averaged in).\n")
+    text += "Bold: the best value of its metric among the variants of the same category (or mean).\n"
     if any(v.published for v in values):
         text += ("`*`: the paper's own dataset mean (it does not list every category; the sweep covers all of "
                  "them).\n")
@@ -36,7 +42,6 @@ def _legend(table: Table, rows: Sequence[PrintedRow]) -> str:
 def render_markdown(table: Table, sources: Sequence[Path] = (), plots: Sequence[str] = (),
                     extra_sections: Sequence[str] = ()) -> str:
     vcols = value_columns(table)
-    header = ["dataset", "category"] + [vc.header for vc in vcols]
     rows = printed_rows(table)
     n_ok = sum(j.status == "ok" for j in table.jobs)
     n_failed = sum(j.status == "failed" for j in table.jobs)
@@ -51,13 +56,7 @@ def render_markdown(table: Table, sources: Sequence[Path] = (), plots: Sequence[
     if table.replicate_keys:
         out.write(f"; runs differing only in {', '.join(table.replicate_keys)} are averaged")
     out.write(".\n\n")
-    out.write("| " + " | ".join(_md_escape(h) for h in header) + " |\n")
-    out.write("|" + "|".join(["---", "---"] + [":---:"] * len(vcols)) + "|\n")
-    for r in rows:
-        first, second = r.label
-        if r.kind != "category":
-            first, second = f"**{first}**", f"**{second}**"
-        out.write("| " + " | ".join(_md_escape(c) for c in [first, second] + [v.text for v in r.values]) + " |\n")
+    out.write(render_tidy_markdown(table))
     out.write("\n" + _legend(table, rows))
     refs = {vc.ref.name: vc.ref for vc in vcols if vc.ref is not None}
     if refs:
@@ -76,6 +75,11 @@ def render_markdown(table: Table, sources: Sequence[Path] = (), plots: Sequence[
                 j.error or ""]) + " |\n")
     else:
         out.write("None.\n")
+    if table.duplicates:
+        out.write(f"\n## Duplicate runs ({len(table.duplicates)})\n\nIdentical configuration and seed as an earlier "
+                  "job: left out of every mean and spread.\n\n| job | repeats |\n|---|---|\n")
+        for dup, first in table.duplicates:
+            out.write(f"| `{_md_escape(str(dup.path))}` | `{_md_escape(str(first.path))}` |\n")
     for section in extra_sections:
         out.write("\n" + section.rstrip() + "\n")
     if plots:

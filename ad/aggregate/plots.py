@@ -99,54 +99,69 @@ def _slug(text: str) -> str:
 
 
 def plot_bars(table: Table, out_dir: Path) -> List[Path]:
-    """Per column group (model): one bar per category and metric, error bars = std, paper values as ticks."""
+    """Per dataset and metric: the models side by side in each category (and the mean over categories), error
+    bars = the 95 % bootstrap interval (the std over seeds when intervals are off), × = failed/missing, and a
+    y axis fitted to the values (91 vs 95 must be visible, not lost in a 0-100 axis)."""
+    import numpy as np
+
     paths = []
-    labels = [f"{d}/{c}" for d, c in table.rows]
-    n_m = len(table.metrics)
-    for col in table.columns:
-        fig = _figure(max(6.0, 0.55 * len(labels) * max(n_m, 1) ** 0.5 + 2.0) + 2.5, 4.2)
-        ax = fig.add_subplot(1, 1, 1)
-        width = 0.8 / max(n_m, 1)
-        scale_pct = all(is_fraction(m) for m in table.metrics)
-        for k, m in enumerate(table.metrics):
-            xs, ys, errs, marks = [], [], [], []
-            for i, r in enumerate(table.rows):
-                c = table.cell(r, col, m)
-                x = i - 0.4 + width * (k + 0.5)
-                if c.mean is None:
-                    if c.n_failed or c.n_missing:
-                        marks.append(x)
-                    continue
-                f = 100.0 if scale_pct else 1.0
-                xs.append(x)
-                ys.append(c.mean * f)
-                errs.append((c.std or 0.0) * f)
-            ax.bar(xs, ys, width=width * 0.95, yerr=errs, capsize=2, label=metric_label(m))
-            for x in marks:
-                ax.text(x, 1.0, "×", ha="center", va="bottom", color="red", fontsize=11)
-            for ref in col.references:
-                rx = [i - 0.4 + width * (k + 0.5) for i, r in enumerate(table.rows)
-                      if ref.value(r[0], m, r[1]) is not None]
-                ry = [ref.value(r[0], m, r[1]) * (100.0 if scale_pct else 1.0) for r in table.rows
-                      if ref.value(r[0], m, r[1]) is not None]
-                if rx:
-                    ax.scatter(rx, ry, marker="_", s=200, color="black", zorder=3,
-                               label=f"{ref.label} (paper) {metric_label(m)}")
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
-        ax.set_xlim(-0.6, len(labels) - 0.4)
-        if scale_pct:
-            ax.set_ylim(0, 105)
-            ax.set_ylabel("%")
-        ax.set_title(f"{col.label}  (× = failed/missing)" if any(
-            table.cell(r, col, m).mean is None and (table.cell(r, col, m).n_failed or table.cell(r, col, m).n_missing)
-            for r in table.rows for m in table.metrics) else col.label)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        p = out_dir / f"bars_{_slug(col.label)}.png"
-        fig.savefig(p, format="png")
-        paths.append(p)
+    for ds in table.datasets:
+        rows = table.dataset_rows(ds)
+        cols = [c for c in table.columns if table.has_jobs(rows, c)]
+        if not cols:
+            continue
+        groups = [(r[1], [r]) for r in rows] + ([("mean", rows)] if len(rows) > 1 else [])
+        for m in table.metrics:
+            f = 100.0 if is_fraction(m) else 1.0
+            fig = _figure(min(18.0, max(7.0, 0.35 * len(groups) * len(cols) + 3.5)), 4.2)
+            ax = fig.add_subplot(1, 1, 1)
+            width = 0.8 / len(cols)
+            lows, highs = [], []
+            for k, col in enumerate(cols):
+                xs, ys, err_lo, err_hi, marks = [], [], [], [], []
+                for i, (_, grp) in enumerate(groups):
+                    x = i - 0.4 + width * (k + 0.5)
+                    if len(grp) == 1:
+                        c = table.cell(grp[0], col, m)
+                        mean, std, ci, bad = c.mean, c.std, c.stat.ci, bool(c.n_failed or c.n_missing)
+                    else:
+                        mc = table.mean_cell(grp, col, m)
+                        mean, std, ci, bad = mc.mean, mc.std, mc.stat.ci, False
+                    if mean is None:
+                        if bad:
+                            marks.append(x)
+                        continue
+                    lo, hi = ci if ci is not None else (mean - (std or 0.0), mean + (std or 0.0))
+                    xs.append(x)
+                    ys.append(mean * f)
+                    err_lo.append(max(0.0, (mean - lo) * f))
+                    err_hi.append(max(0.0, (hi - mean) * f))
+                    lows.append(lo * f)
+                    highs.append(hi * f)
+                ax.bar(xs, ys, width=width * 0.92, yerr=[err_lo, err_hi], capsize=2, label=col.label)
+                for x in marks:
+                    ax.text(x, 0.02, "×", ha="center", va="bottom", color="red", fontsize=11,
+                            transform=ax.get_xaxis_transform())
+            if lows:
+                lo, hi = min(lows), max(highs)
+                pad = max(0.5 * f / 100.0, 0.08 * (hi - lo))
+                top = 100.0 + 1e-9 if f == 100.0 else None
+                ax.set_ylim(max(0.0, lo - pad) if f == 100.0 else lo - pad,
+                            min(top, hi + pad) if top is not None else hi + pad)
+            ax.set_xticks(range(len(groups)))
+            ax.set_xticklabels([g for g, _ in groups], rotation=45 if len(groups) > 6 else 0,
+                               ha="right" if len(groups) > 6 else "center", fontsize=8)
+            if len(groups) > 1 and len(rows) > 1:
+                ax.axvline(len(groups) - 1.5, color="grey", lw=0.6, ls=":")
+            ax.set_ylabel(metric_label(m) + (" (%)" if f == 100.0 else ""))
+            ci_note = "95 % bootstrap interval" if any(table.cell(r, c, m).stat.ci for r in rows for c in cols) else "± std over seeds"
+            ax.set_title(f"{ds}: {metric_label(m)} (axis fitted to the values)", fontsize=9)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title=f"bars: {ci_note}",
+                      title_fontsize=7)
+            ax.grid(axis="y", alpha=0.3)
+            p = out_dir / f"bars_{_slug(ds)}_{_slug(m.replace('.', '_'))}.png"
+            fig.savefig(p, format="png", bbox_inches="tight")  # the legend outside the axes stays in the image
+            paths.append(p)
     return paths
 
 
@@ -206,6 +221,10 @@ def rank_table(table: Table, dataset: Optional[str], metric: str):
     cols = [c for c in table.columns if any(table.cell(r, c, metric).mean is not None for r in rows)]
     full = [r for r in rows if all(table.cell(r, c, metric).mean is not None for c in cols)]
     if len(cols) < 3 or len(full) < 2:
+        return None
+    from ad.aggregate.ranking import friedman_min_p
+
+    if friedman_min_p(len(full), len(cols)) >= table.alpha:  # no test result to draw: the ranking says why
         return None
     return [c.label for c in cols], [[table.cell(r, c, metric).mean for c in cols] for r in full]
 

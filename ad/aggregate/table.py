@@ -119,6 +119,7 @@ class Cell:
     n_missing: int = 0
     n_na: int = 0  # successful jobs without this metric (e.g. pixel metrics without masks)
     stat: Stat = field(default_factory=Stat)
+    duplicates: List[Job] = field(default_factory=list)  # identical re-runs of a run already in the cell
 
     @property
     def mean(self) -> Optional[float]:
@@ -162,6 +163,7 @@ class Table:
     baseline: Optional[Column] = None
     mean_stats: Dict[Tuple[Tuple[Row, ...], Tuple, str], Stat] = field(default_factory=dict)
     alpha: float = 0.05
+    duplicates: List[Tuple[Job, Job]] = field(default_factory=list)  # (duplicate, the run it repeats)
 
     @property
     def datasets(self) -> List[str]:
@@ -236,9 +238,21 @@ def build_table(jobs: Sequence[Job], metrics: Sequence[str] = DEFAULT_METRICS,
         columns.append(Column(key=key, label=column_label(group, key), model=model, references=refs))
 
     cells: Dict[Tuple[Row, Tuple, str], Cell] = {}
+    # A second ok run with the same column and replicate values (same seed, same everything) repeats the
+    # first: averaging it in would count one result twice and show a spread of 0 as if it were seeds.
+    first_of: Dict[Tuple, Job] = {}
+    duplicates: List[Tuple[Job, Job]] = []
     for j in jobs:
         ck = tuple(j.get(k) for k in group)
         rep = tuple(j.get(k) for k in replicate_keys)
+        if j.status == "ok":
+            seen = first_of.setdefault((ck, rep, tuple(j.rows)), j)
+            if seen is not j:
+                duplicates.append((j, seen))
+                for row in j.rows:
+                    for m in metrics:
+                        cells.setdefault((row, ck, m), Cell()).duplicates.append(j)
+                continue
         for row in j.rows:
             for m in metrics:
                 c = cells.setdefault((row, ck, m), Cell())
@@ -253,7 +267,7 @@ def build_table(jobs: Sequence[Job], metrics: Sequence[str] = DEFAULT_METRICS,
                     c.replicates.append(rep)
                     c.runs.append((j, row[1]))
     return Table(group=group, metrics=list(metrics), rows=rows, columns=columns, cells=cells, jobs=list(jobs),
-                 replicate_keys=replicate_keys)
+                 replicate_keys=replicate_keys, duplicates=duplicates)
 
 
 # ------------------------------------------------------------------------------------- printed rows
@@ -302,6 +316,8 @@ def cell_text(metric: str, c: Cell) -> str:
     text += _stat_text(metric, c.stat)
     if c.n_failed or c.n_missing:
         text += " †"
+    if c.duplicates:
+        text += " ‡"
     return text
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ad.errors import DataError
-from ad.io.images import IMAGE_EXTENSIONS, decode_png, to_rgb
+from ad.io.images import IMAGE_EXTENSIONS, DataFileError, decode_png, to_rgb
 
 ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
 
@@ -40,9 +40,11 @@ def decode(data: bytes, name: str = "upload", max_pixels: Optional[int] = None) 
     try:
         with Image.open(io.BytesIO(data)) as im:
             _check_pixels(im, name, max_pixels)
-            return to_rgb(im)
+            return to_rgb(im, name)
     except ImageInputError:
         raise
+    except DataFileError as exc:  # a pixel mode the one decoding rule refuses (e.g. 32-bit integer grey)
+        raise ImageInputError(str(exc).replace("image image ", "image ")) from None
     except Image.DecompressionBombError:
         raise ImageTooLargeError(f"{name} declares more pixels than Pillow's safety limit; send a smaller image") from None
     except UnidentifiedImageError:
@@ -94,7 +96,7 @@ def _from_array(arr: np.ndarray) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.dtype == np.uint16 and arr.ndim == 2:
-        return to_rgb(Image.fromarray(arr.astype(np.int32), "I"))
+        return to_rgb(Image.fromarray(arr))  # mode I;16: the 16-bit rule of every file
     if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
         raise ImageInputError(f"array of shape {arr.shape} and dtype {arr.dtype} is not an image; pass uint8 "
                               "H×W (grey) or H×W×3 (RGB) pixels")

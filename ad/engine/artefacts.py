@@ -90,7 +90,9 @@ def visualizations(dataset: Any, test: PredictionSet, cal: Calibration, n: int) 
 
     picks = pick_visualizations(test.labels, test.scores, n)
     return [{"image": dataset[i]["image"].numpy(), "map": display_map(test.maps[i], cal.pixel_normalization),
-             "mask": test.masks[i] if test.has_mask[i] else None, "caption": f"{Path(test.paths[i]).name} {cap}",
-             "name": Path(test.paths[i]).name, "score": float(test.scores[i]), "label": int(test.labels[i]),
+             "mask": test.masks[i] if test.has_mask[i] else None,
+             # defect/file: file names repeat across defect folders (every folder has a 000.png)
+             "caption": f"{test.defect_types[i]}/{Path(test.paths[i]).name} {cap}",
+             "name": f"{test.defect_types[i]}/{Path(test.paths[i]).name}", "score": float(test.scores[i]), "label": int(test.labels[i]),
              "decision": None if cal.image_threshold is None else bool(test.scores[i] >= cal.image_threshold)}
             for i, cap in picks]

@@ -12,6 +12,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from ad.engine.progress import DEFAULT_INTERVAL_S
 from ad.models.base import AnomalyModel
 
 
@@ -50,13 +51,13 @@ class PredictionSet:
 
 
 def score_loader(model: AnomalyModel, loader: Iterable[Mapping[str, Any]], device: torch.device, use_amp: bool,
-                 progress: bool = False, desc: str = "predicting") -> PredictionSet:
-    from tqdm.auto import tqdm
+                 progress: bool = False, desc: str = "predicting", interval: float = DEFAULT_INTERVAL_S) -> PredictionSet:
+    from ad.engine.progress import track
 
     model.to(device).eval()
     t0 = time.perf_counter()
     scores, maps, labels, masks, has_mask, paths, defects, cats = [], [], [], [], [], [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in track(loader, desc, bar=progress, interval=interval):
         s, m = predict_batch(model, batch["image"], device, use_amp)
         scores.append(s)
         maps.append(m)

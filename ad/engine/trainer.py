@@ -19,11 +19,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ad.errors import ConfigError
-from ad.values import non_negative_int, positive_int
+from ad.errors import ConfigError, TrainingDiverged
+from ad.values import non_negative_int, number, positive_int
 from ad.io import atomic_write
+from ad.engine.progress import DEFAULT_INTERVAL_S, EpochClock, hms, track
 from ad.engine.scoring import PredictionSet, score_loader
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec
 
@@ -45,6 +45,32 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+PRECISIONS = ("auto", "fp32", "amp")
+DEVICE_KINDS = ("auto", "cpu", "cuda", "cuda:<n>", "mps")
+
+
+def checked_device(device: Any) -> torch.device:
+    """`trainer.device` as a torch device this machine has, or one ConfigError line naming what is here."""
+    try:
+        dev = resolve_device(str(device))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"trainer.device={device!r} is not a device; use {', '.join(DEVICE_KINDS)}") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"trainer.device={device} but this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1}); "
+                              "use one of those or trainer.device=auto")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"trainer.device={device} but Apple MPS is not available here; use trainer.device=auto or cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"trainer.device={device}: device kind '{dev.type}' is not supported by ad; use "
+                          f"{', '.join(DEVICE_KINDS)}")
+    return dev
 
 
 def progress_enabled(setting: "str | bool") -> bool:
@@ -119,6 +145,7 @@ class _FitState:
     identity: Optional[Dict[str, Any]]
     logger: Any
     step: int = 0
+    clock: Optional[EpochClock] = None  # run-level "epoch k/N, ETA"
 
 
 class Trainer:
@@ -142,6 +169,7 @@ class Trainer:
         limit_test: Optional[int] = None,
         log_every_n_steps: int = 10,
         progress_bar: "str | bool" = "auto",
+        progress_interval: float = DEFAULT_INTERVAL_S,
         num_visualizations: int = 8,
         seed: int = 0,
         callbacks: Sequence[Any] = (),
@@ -155,12 +183,10 @@ class Trainer:
         self.num_workers = non_negative_int(num_workers, "trainer.num_workers")
         num_threads = positive_int(num_threads or None, "trainer.num_threads", optional=True, null_means="torch's default")
         self.gradient_clip_val = gradient_clip_val
-        try:
-            self.device = resolve_device(device)
-        except RuntimeError:
-            raise ConfigError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:<n>") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
+        self.device = checked_device(device)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)} (amp = float16 "
+                              "autocast on CUDA, bfloat16 on CPU; fp32 = full precision); set e.g. trainer.precision=amp")
         self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -173,6 +199,7 @@ class Trainer:
             for k, v in (("train", limit_train), ("val", limit_val), ("test", limit_test)))
         self.log_every_n_steps = positive_int(log_every_n_steps, "trainer.log_every_n_steps")
         self.progress = progress_enabled(progress_bar)
+        self.progress_interval = number(progress_interval, "trainer.progress_interval", float, low=0.0)
         self.num_visualizations = int(num_visualizations)
         self.seed = int(seed)
         self.callbacks = list(callbacks)
@@ -230,6 +257,9 @@ class Trainer:
             model.on_fit_start(data.dataloader("train", self.eval_batch_size, limit=self.limit_train,
                                                num_workers=self.num_workers))
         run.result.epochs = start_epoch
+        planned = budget.max_epochs if budget.max_epochs is not None else (
+            -(-budget.max_steps // max(1, budget.steps_per_epoch)) if budget.max_steps else None)
+        run.clock = EpochClock(planned, start_epoch, early_stopping=stopper.enabled)
         for epoch in range(start_epoch, max_epochs):
             if budget.max_steps is not None and run.step >= budget.max_steps:
                 break
@@ -249,11 +279,14 @@ class Trainer:
         for epoch in range(epochs):
             loader = data.dataloader("train", budget.batch_size, shuffle=model.shuffle_train, num_workers=self.num_workers,
                                      limit=self.limit_train, generator=self._epoch_generator(epoch))
+            what = "collecting features" + (f" (pass {epoch + 1}/{epochs})" if epochs > 1 else "")
             with torch.no_grad():
-                for batch in tqdm(loader, desc="collecting features", disable=not self.progress, leave=False):
+                for batch in track(loader, what, bar=self.progress, interval=self.progress_interval):
                     model.training_step(self._to_device(batch))
         model.eval()
-        model.on_fit_end(self.val_loader(data))
+        t_end = time.perf_counter()
+        model.on_fit_end(self.val_loader(data))  # e.g. PatchCore's coreset: often the longest part of a fit
+        log.info("fitting the model's statistics (on_fit_end) took %s", hms(time.perf_counter() - t_end))
         return FitResult(epochs=epochs, budget=budget, fit_s=time.perf_counter() - t0)
 
     def _epoch_generator(self, epoch: int) -> torch.Generator:
@@ -284,11 +317,11 @@ class Trainer:
                                  limit=self.limit_train, generator=self._epoch_generator(epoch), drop_last=True)
         run.model.train()
         losses: List[float] = []
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not self.progress, leave=False, total=len(loader))
-        for batch in bar:
+        total = run.clock.total if run.clock is not None else None
+        what = f"epoch {epoch + 1}" + (f"/{total}" if total else "")
+        for batch in track(loader, what, total=len(loader), bar=self.progress, interval=self.progress_interval):
             value = self._optimisation_step(run, self._to_device(batch))
             losses.append(value)
-            bar.set_postfix(loss=f"{value:.4f}")
             if run.logger is not None and run.step % self.log_every_n_steps == 0:
                 run.logger.scalar("train/loss_step", value, run.step)
                 run.logger.scalar("train/lr", spec.optimizer.param_groups[0]["lr"], run.step)
@@ -315,7 +348,7 @@ class Trainer:
         run.step += 1
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise FloatingPointError(f"training loss became {value} at step {run.step}; lower the learning rate or "
+            raise TrainingDiverged(f"training loss became {value} at step {run.step}; lower the learning rate or "
                                      "enable trainer.gradient_clip_val")
         return value
 
@@ -339,7 +372,8 @@ class Trainer:
             if val_loss is not None:
                 run.logger.scalar("val/loss", val_loss, epoch)
             run.logger.scalar("train/lr_epoch", lr, epoch)
-        log.info("epoch %d: train loss %.5f%s", epoch, train_loss, f", val loss {val_loss:.5f}" if val_loss is not None else "")
+        log.info("%s: train loss %.5f%s", run.clock.text(epoch) if run.clock is not None else f"epoch {epoch + 1}",
+                 train_loss, f", val loss {val_loss:.5f}" if val_loss is not None else "")
         self._call("on_epoch_end", self, run.model, epoch, train_loss, val_loss)
         max_steps = result.budget.max_steps
         done = stop or (max_steps is not None and run.step >= max_steps) or epoch + 1 >= max_epochs
@@ -403,7 +437,7 @@ class Trainer:
 
     def predict(self, model: AnomalyModel, loader, desc: str = "predicting") -> PredictionSet:
         """Score every batch of `loader` through the one prediction path (`ad.engine.scoring`)."""
-        return score_loader(model, loader, self.device, self.use_amp, self.progress, desc)
+        return score_loader(model, loader, self.device, self.use_amp, self.progress, desc, self.progress_interval)
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]:

@@ -47,6 +47,6 @@ class SweepSummary(Callback):
             print(f"  {j['status']:8s} {j['job']}: {j['error']}{where}", flush=True)
         if bad:
             print(f"re-run only these: repeat the command with hydra.sweep.dir={sweep_dir} skip_finished=true", flush=True)
-        print(f"tensorboard --logdir {sweep_dir}\npython scripts/aggregate_results.py {sweep_dir}", flush=True)
+        print(f"tensorboard --logdir {sweep_dir / 'tb'}\npython scripts/aggregate_results.py {sweep_dir}", flush=True)
         if bad:
             EXIT["code"] = 1

@@ -11,13 +11,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ad.aggregate.cli import DEFAULT_BOOTSTRAP, _check_metrics, build, find_baseline
 from ad.aggregate.intervals import RunCache
+from ad.errors import ConfigError
+from ad.io.outdir import prepare_out_dir
 from ad.aggregate.jobs import AggregateError, collect_jobs
 from ad.aggregate.plots import plot_cd_diagrams, plot_heatmap
 from ad.aggregate.ranking import rankings
 from ad.aggregate.table import DEFAULT_METRICS, Table, build_table
 from ad.report import html
 from ad.report.figures import score_histograms
-from ad.report.gallery import colour_bar, model_runs, render_gallery, select_images
+from ad.report.gallery import colour_scale_html, model_runs, render_gallery, select_images
 
 ASSETS = "assets"
 
@@ -45,20 +47,35 @@ def _category_section(table: Table, cache: RunCache, row, assets: Path, max_imag
         parts.append("<h3>Per-defect image AUROC (%)</h3>" + defects)
     items = select_images(runs, max_images)
     render_gallery(runs, items, assets, prefix, thumb)
-    bars = [colour_bar(r, assets / f"bar_{prefix}_m{m}.png") if r.maps is not None else None
-            for m, r in enumerate(runs)]
+    scales = [colour_scale_html(r) if r.maps is not None else None for r in runs]
     n_dis = sum(g.disagreement for g in items)
     parts.append(f"<h3>Gallery ({len(items)} images: {n_dis} where the models disagree first, then the worst "
-                 "cases)</h3><p class=note>One run per column (its lowest seed). Heatmaps use one colour scale "
-                 "per model for the whole category (bar above each column); the white line is the model's pixel "
-                 "threshold, green the ground-truth outline; decisions use the image threshold fitted on "
-                 "validation normals.</p>" + html.gallery(runs, items, bars))
+                 "cases; --gallery-rows sets how many)</h3><p class=note>One run per column (its lowest seed). "
+                 "Heatmaps use one colour scale per model for the whole category (bar under each model's name); "
+                 "the white line is the model's pixel threshold, the green outline on the test image the ground "
+                 "truth; decisions use the image threshold fitted on validation normals.</p>"
+                 + html.gallery(runs, items, scales))
     return "\n".join(parts)
+
+
+def _gist(table: Table, row, metric: str) -> str:
+    """One line beside a closed category: each column's value of `metric`, the best in bold."""
+    vals = [(c.label, table.cell(row, c, metric).mean) for c in table.columns]
+    vals = [(label, v) for label, v in vals if v is not None]
+    if not vals:
+        return ""
+    top = max(v for _, v in vals)
+    return f"{html.escape(metric)}: " + ", ".join(
+        (f"<b>{html.escape(label)} {100 * v:.1f}</b>" if v == top and len(vals) > 1 else f"{html.escape(label)} {100 * v:.1f}")
+        for label, v in vals)
 
 
 def build_report(dirs: Sequence[Path], out: Path, metrics: Sequence[str] = DEFAULT_METRICS,
                  bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, baseline: Optional[str] = None,
-                 max_images: int = 24, thumb: int = 128, cd_metric: str = "image.auroc") -> Dict[str, Any]:
+                 max_images: int = 8, thumb: int = 256, cd_metric: str = "image.auroc",
+                 open_categories: Optional[int] = None) -> Dict[str, Any]:
+    """index.html + assets/ in `out`. `max_images`: gallery rows per category; categories are collapsible
+    blocks, open when there are at most `open_categories` of them (default 3) so a big sweep starts short."""
     t0 = time.perf_counter()
     jobs = collect_jobs([Path(d) for d in dirs])
     _check_metrics(jobs, metrics)
@@ -74,21 +91,55 @@ def build_report(dirs: Sequence[Path], out: Path, metrics: Sequence[str] = DEFAU
         shutil.rmtree(assets)  # no stale thumbnails of an earlier build
     assets.mkdir(parents=True)
     best: Dict[str, str] = {}
-    sections = [("summary", "Summary", ""), ("results", "Results", html.results_table(table) + _legend(table))]
+    sections = [("summary", "Summary", ""),
+                 ("operating", "At the operating point", _operating_point(jobs, table.group)),
+                 ("results", "Results", html.results_table(table) + _legend(table))]
     heat = plot_heatmap(table, assets)
     cds = plot_cd_diagrams(table, assets, cd_metric)
     plots = "".join(f"<img src='{ASSETS}/{p.name}' alt='{p.stem}'>" for p in ([heat] if heat else []) + list(cds.values()))
     sections.append(("rankings", "Rankings and critical differences",
                      plots + html.rankings(rankings(table, cd_metric), cd_metric)))
+    cat_ids, gists = [], {}
+    gist_metric = cd_metric if cd_metric in table.metrics else table.metrics[0]
     for row in table.rows:
         sid = _slug(f"cat_{row[0]}_{row[1]}")
+        cat_ids.append(sid)
+        gists[sid] = _gist(table, row, gist_metric)
         sections.append((sid, f"{row[0]} / {row[1]}", _category_section(table, cache, row, assets, max_images, thumb)))
     sections.append(("failed", f"Failed or missing jobs ({len(table.problems())})", html.failed_jobs(table.problems())))
     sections[0] = ("summary", "Summary", _summary_text(table, jobs, cd_metric, best))
+    limit = 3 if open_categories is None else open_categories
     index = out / "index.html"
-    index.write_text(html.page("Anomaly detection report", sections), encoding="utf-8")
+    index.write_text(html.page("Anomaly detection report", sections, collapsible=cat_ids,
+                               open_ids=cat_ids if len(cat_ids) <= limit else (), gists=gists), encoding="utf-8")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"index": index, "table": table, "seconds": time.perf_counter() - t0, "bytes": size, "best": best}
+
+
+OPERATING_METRICS = ("image.precision", "image.recall", "image.f1", "pixel.f1", "image.f1_max")
+
+
+def _operating_point(jobs, group) -> str:
+    """Precision / recall / F1 at each run's own threshold (what using it would decide), mean over categories
+    per dataset; F1max (threshold chosen on the test labels) only as the diagnostic last column."""
+    table = build_table(jobs, OPERATING_METRICS, group)
+    from ad.aggregate.tidy import group_headers, variant_rows
+
+    out = ["<p class=note>In %. Decisions at the threshold each run fitted on held-out normals; runs without a "
+           "threshold (no held-out normal) have none. F1max picks its threshold on the test labels: a diagnostic "
+           "of separability, not a result.</p>"]
+    labels = {"image.precision": "image precision", "image.recall": "image recall", "image.f1": "image F1",
+              "pixel.f1": "pixel F1", "image.f1_max": "image F1max (diagnostic)"}
+    for ds in table.datasets:
+        rows = table.dataset_rows(ds)
+        trs = [t for t in variant_rows(table, rows, ds, mean=len(rows) > 1) if t.reference is None]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in group_headers(table))
+        head += "".join(f"<th>{labels[m]}</th>" for m in table.metrics)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(k))}</td>" for k in t.column.key)
+                       + "".join(f"<td>{html.value_html(v)}</td>" for v in t.values) + "</tr>" for t in trs)
+        what = f"mean over {len(rows)} categories" if len(rows) > 1 else rows[0][1]
+        out.append(f"<h3>{html.escape(ds)} ({html.escape(what)})</h3><table><tr>{head}</tr>{body}</table>")
+    return "".join(out)
 
 
 def _summary_text(table: Table, jobs, metric: str, best: Dict[str, str]) -> str:
@@ -116,20 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples for the intervals (0: none; default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     p.add_argument("--baseline", default=None, help="column to test against (default: the best column overall)")
-    p.add_argument("--max-images", type=int, default=24, help="gallery images per category (default %(default)s)")
-    p.add_argument("--thumb", type=int, default=128, help="thumbnail size in pixels (default %(default)s)")
+    p.add_argument("--gallery-rows", "--max-images", dest="max_images", type=int, default=8,
+                   help="gallery rows (images) per category (default %(default)s)")
+    p.add_argument("--thumb", type=int, default=256, help="thumbnail size in pixels (default %(default)s)")
+    p.add_argument("--open-categories", type=int, default=3,
+                   help="category blocks start open when there are at most this many (default %(default)s)")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.bootstrap < 0 or args.max_images < 1 or args.thumb < 16:
-        print("ad-report: --bootstrap must be >= 0, --max-images >= 1 and --thumb >= 16", file=sys.stderr)
+        print("ad-report: --bootstrap must be >= 0, --gallery-rows >= 1 and --thumb >= 16", file=sys.stderr)
         return 2
     try:
+        prepare_out_dir(args.out)
         res = build_report(args.dirs, Path(args.out), [m.strip() for m in args.metrics.split(",") if m.strip()],
-                           args.bootstrap, args.seed, args.baseline, args.max_images, args.thumb)
-    except AggregateError as e:
+                           args.bootstrap, args.seed, args.baseline, args.max_images, args.thumb,
+                           open_categories=args.open_categories)
+    except (AggregateError, ConfigError) as e:
         print(f"ad-report: {e}", file=sys.stderr)
         return 2
     print(f"ad-report: wrote {res['index']} ({res['bytes'] / 1e6:.1f} MB, {res['seconds']:.1f} s)", file=sys.stderr)

@@ -39,8 +39,8 @@ class GalleryImage:
     disagreement: bool
     worst: float  # the largest "how wrong" over the models: 1 = the worst-ranked image of its class
     per_model: List[Dict[str, object]]  # {score, decision, correct, heatmap (file name or None)}
-    image: Optional[str] = None
-    mask: Optional[str] = None
+    image: Optional[str] = None  # the test image with its ground truth as a green outline
+    has_truth: bool = False  # a mask (or "normal: no defect pixel") was known for this image
 
 
 def _first_run(cell_runs: Sequence[Tuple[Job, str]]) -> Optional[Tuple[Job, str]]:
@@ -163,26 +163,27 @@ def render_gallery(runs: List[ModelRun], items: List[GalleryImage], out_dir: Pat
             if mask is not None and mask.any():
                 shown[contour(mask)] = (0, 255, 0)
             g.image = _thumb(shown, out_dir / f"{prefix}_{k}_img.jpg", size)
-        if mask is not None:
-            g.mask = _thumb((mask[..., None] * np.array([255, 255, 255])).astype(np.uint8),
-                            out_dir / f"{prefix}_{k}_gt.png", size)
+        g.has_truth = mask is not None
         for m, r in enumerate(runs):
             heat = _heatmap(r, g.path, img)
             if heat is not None:
                 g.per_model[m]["heatmap"] = _thumb(heat, out_dir / f"{prefix}_{k}_m{m}.jpg", size)
 
 
-def colour_bar(run: ModelRun, path: Path) -> str:
-    """A small horizontal colour bar of the model's heatmap scale with its pixel threshold marked."""
-    from ad.stats.cd_diagram import figure
+def colour_scale_html(run: ModelRun) -> str:
+    """The model's heatmap colour scale as an HTML bar (crisp text at any zoom, unlike a small PNG): the
+    gradient, its range in the model's own units and the pixel threshold marked."""
+    from html import escape
 
-    fig = figure(2.6, 0.55)
-    ax = fig.add_axes((0.05, 0.45, 0.9, 0.35))
-    ax.imshow(np.linspace(0, 1, 256)[None, :], aspect="auto", cmap="jet", extent=(run.scale[0], run.scale[1], 0, 1))
-    ax.set_yticks([])
-    ax.tick_params(labelsize=6)
-    if run.pixel_threshold is not None:
-        ax.axvline(run.pixel_threshold, color="white", lw=2)
-        ax.axvline(run.pixel_threshold, color="black", lw=0.8)
-    fig.savefig(path, format="png")
-    return path.name
+    from matplotlib import colormaps
+
+    lo, hi = run.scale
+    stops = ", ".join("rgb({},{},{}) {:.0f}%".format(*(int(255 * c) for c in colormaps["jet"](t)[:3]), 100 * t)
+                      for t in np.linspace(0, 1, 11))
+    mark = ""
+    if run.pixel_threshold is not None and hi > lo:
+        x = 100.0 * min(1.0, max(0.0, (run.pixel_threshold - lo) / (hi - lo)))
+        mark = (f"<span class=thr style='left:{x:.1f}%' title='pixel threshold {run.pixel_threshold:.4g}'></span>"
+                f"<span class=thrlab style='left:{x:.1f}%'>threshold {run.pixel_threshold:.3g}</span>")
+    return (f"<div class=cscale><div class=grad style='background:linear-gradient(to right, {stops})'>{mark}</div>"
+            f"<div class=ends><span>{escape(f'{lo:.3g}')}</span><span>{escape(f'{hi:.3g}')}</span></div></div>")

@@ -9,14 +9,24 @@ from ad.aggregate.table import MARKERS, Table, Value, fmt_number, printed_rows, 
 from ad.report.gallery import GalleryImage, ModelRun
 
 CSS = """
-body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:1.5em;color:#222;max-width:1500px}
+body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:1.5em;color:#222}img{max-width:100%}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}h3{margin-bottom:.3em}
+details.cat{border:1px solid #ddd;border-radius:4px;margin:.6em 0;padding:0 .8em}
+details.cat>summary{cursor:pointer;padding:.5em 0;font-size:15px}details.cat>summary h2{display:inline;border:0;font-size:1.15em}
+details.cat>summary .gist{color:#555;font-size:13px;margin-left:1em}
+td.best{background:#e3f4e6;box-shadow:inset 0 0 0 2px #0a7d20}
+table.gallery{width:100%;table-layout:fixed}.gallery img{width:100%;max-width:280px}
+.cscale{margin:4px auto 0;max-width:280px;font-size:11px;font-weight:400;color:#333}
+.cscale .grad{position:relative;height:12px;border:1px solid #555}
+.cscale .thr{position:absolute;top:-3px;bottom:-3px;width:2px;margin-left:-1px;background:#fff;outline:1px solid #000}
+.cscale .thrlab{position:absolute;top:14px;transform:translateX(-50%);white-space:nowrap}
+.cscale .ends{display:flex;justify-content:space-between;margin-top:16px}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:3px 6px;text-align:center;vertical-align:top}
 th{background:#f4f4f4}tr.mean td{background:#fafafa;font-weight:600}
 .ci{color:#666;font-size:11px}.up{color:#0a7d20;font-weight:700}.down{color:#c0261b;font-weight:700}
 .muted{color:#777}.err{color:#c0261b;font-family:monospace;font-size:12px;text-align:left}
-.gallery td{font-size:11px}.gallery img{display:block;margin:0 auto;width:128px;height:auto}
+.gallery td{font-size:12px}.gallery img{display:block;margin:0 auto;height:auto}
 .ok{color:#0a7d20}.bad{color:#c0261b;font-weight:700}.dis{background:#fff4e0}
 nav a{margin-right:1em}.note{font-size:12px;color:#555;max-width:1100px}
 """
@@ -29,7 +39,10 @@ IMAGE_CHECK = ("window.addEventListener('load',function(){var a=Array.prototype.
                "var s=document.getElementById('img-status');s.setAttribute('data-broken',bad.length);"
                "s.textContent=bad.length?bad.length+' of '+a.length+' images failed to load (keep assets/ next to "
                "index.html): '+bad.map(function(i){return i.getAttribute('src');}).join(', ')"
-               ":'All '+a.length+' images loaded.';});")
+               ":'All '+a.length+' images loaded.';"
+               # page height and load time, for `scripts/bench_report_scale.py` (read from the DOM)
+               "s.setAttribute('data-height',document.documentElement.scrollHeight);"
+               "s.setAttribute('data-load-ms',Math.round(performance.now()));});")
 
 
 def value_html(v: Value) -> str:
@@ -54,13 +67,27 @@ def value_html(v: Value) -> str:
     return out
 
 
+def best_in_row(values: Sequence[Value]) -> List[bool]:
+    """Per value: whether it is the best measured one of its metric in this row (ties all marked, unless every
+    column ties; paper numbers and rows with a single value are never marked)."""
+    seen: Dict[str, List[float]] = {}
+    for v in values:
+        if v.vcol.ref is None and v.mean is not None:
+            seen.setdefault(v.vcol.metric, []).append(v.mean)
+    # a metric on which every column ties has no best: marking them all would say nothing
+    best = {m: max(xs) for m, xs in seen.items() if len(xs) > 1 and max(xs) > min(xs)}
+    return [v.vcol.ref is None and v.mean is not None and v.mean == best.get(v.vcol.metric) for v in values]
+
+
 def results_table(table: Table) -> str:
     vcols = value_columns(table)
     head = "".join(f"<th>{escape(vc.header)}</th>" for vc in vcols)
     rows = [f"<table id=results><tr><th>dataset</th><th>category</th>{head}</tr>"]
     for r in printed_rows(table):
         cls = " class=mean" if r.kind != "category" else ""
-        cells = "".join(f"<td>{value_html(v)}</td>" for v in r.values)
+        marks = best_in_row(r.values)
+        cells = "".join(f"<td class=best title='best in this row'>{value_html(v)}</td>" if b else f"<td>{value_html(v)}</td>"
+                        for v, b in zip(r.values, marks))
         rows.append(f"<tr{cls}><td>{escape(r.label[0])}</td><td>{escape(r.label[1])}</td>{cells}</tr>")
     return "\n".join(rows) + "</table>"
 
@@ -105,6 +132,10 @@ def rankings(ranks: Dict[str, Dict], metric: str) -> str:
         if f is not None:
             ranked = ", ".join(f"{escape(m)} {v:.2f}" for m, v in sorted(f.ranks.items(), key=lambda kv: kv[1]))
             head += f"<p>Friedman χ² = {f.chi2:.2f}, p = {f.p:.3g}; CD = {f.cd:.2f}; ranks: {ranked}</p>"
+        head += "".join(f"<p class=muted>{escape(n)}</p>" for n in r.get("notes", []))
+        if r["pairs"] is None:
+            out.append(head)
+            continue
         rows = "".join(f"<tr><td>{escape(p['a'])}</td><td>{escape(p['b'])}</td><td>{100 * p['mean_diff']:+.2f}</td>"
                        f"<td>{p['p']:.3g}</td><td>{p['p_holm']:.3g}</td></tr>" for p in r["pairs"])
         out.append(head + "<table><tr><th>a</th><th>b</th><th>mean a − b (points)</th><th>p</th><th>p (Holm)</th>"
@@ -141,29 +172,44 @@ def _img(name: Optional[str], alt: str) -> str:
     return f"<img src='assets/{escape(name)}' alt='{escape(alt)}'>" if name else "<span class=muted>—</span>"
 
 
-def gallery(runs: Sequence[ModelRun], items: List[GalleryImage], bars: Sequence[Optional[str]]) -> str:
-    head = "".join(f"<th>{escape(r.column.label)}<br>{_img(b, 'colour scale') if b else ''}</th>"
-                   for r, b in zip(runs, bars))
-    rows = [f"<table class=gallery><tr><th>test image</th><th>ground truth</th>{head}</tr>"]
+def gallery(runs: Sequence[ModelRun], items: List[GalleryImage], scales: Sequence[Optional[str]]) -> str:
+    """One row per image: the test image (ground truth as a green outline on it), then each model's heatmap
+    with its score and decision; each model's colour scale under its name."""
+    head = "".join(f"<th>{escape(r.column.label)}{b or ''}</th>" for r, b in zip(runs, scales))
+    rows = [f"<table class=gallery><tr><th>test image (green: ground truth)</th>{head}</tr>"]
     for g in items:
-        name = escape(g.path.rsplit("/", 1)[-1])
+        name = escape("/".join(g.path.rsplit("/", 2)[-2:]))
         truth = "anomalous" if g.label else "normal"
         cells = []
         for per in g.per_model:
-            verdict = "anomalous" if per["decision"] else "normal"
-            cls = "ok" if per["correct"] else "bad"
+            if per["decision"] is None:
+                verdict, cls, mark = "no threshold", "muted", ""
+            else:
+                verdict = "anomalous" if per["decision"] else "normal"
+                cls, mark = ("ok", "✓") if per["correct"] else ("bad", "✗")
             cells.append(f"<td>{_img(per['heatmap'], 'heatmap')}score {per['score']:.4g}<br>"
-                         f"<span class={cls}>{verdict} {'✓' if per['correct'] else '✗'}</span></td>")
+                         f"<span class={cls}>{verdict} {mark}</span></td>")
         cls = " class=dis" if g.disagreement else ""
-        rows.append(f"<tr{cls}><td>{_img(g.image, name)}{name}<br>{escape(g.defect_type)} ({truth})</td>"
-                    f"<td>{_img(g.mask, 'mask') if g.mask else '<span class=muted>no mask</span>'}</td>"
+        note = "" if g.has_truth or not g.label else " <span class=muted>(no mask)</span>"
+        rows.append(f"<tr{cls}><td>{_img(g.image, name)}{name}<br>{escape(g.defect_type)} ({truth}){note}</td>"
                     + "".join(cells) + "</tr>")
     return "\n".join(rows) + "</table>"
 
 
-def page(title: str, sections: Sequence[tuple]) -> str:
-    nav = "".join(f"<a href='#{sid}'>{escape(h)}</a>" for sid, h, _ in sections)
-    body = "".join(f"<h2 id='{sid}'>{escape(h)}</h2>\n{html}\n" for sid, h, html in sections)
+def page(title: str, sections: Sequence[tuple], collapsible: Sequence[str] = (), open_ids: Sequence[str] = (),
+         gists: Optional[Dict[str, str]] = None) -> str:
+    """The page: sections in order; those in `collapsible` (the categories) are <details> blocks, open when in
+    `open_ids`, with a one-line gist beside the title so a closed block still says what is inside."""
+    gists = gists or {}
+    nav = "".join(f"<a href='#{sid}'>{escape(h)}</a>" for sid, h, _ in sections if sid not in collapsible)
+    body = []
+    for sid, h, html in sections:
+        if sid in collapsible:
+            gist = f"<span class=gist>{gists[sid]}</span>" if sid in gists else ""
+            body.append(f"<details class=cat id='{sid}'{' open' if sid in open_ids else ''}><summary><h2>{escape(h)}</h2>"
+                        f"{gist}</summary>\n{html}\n</details>\n")
+        else:
+            body.append(f"<h2 id='{sid}'>{escape(h)}</h2>\n{html}\n")
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1><nav>{nav}</nav>\n{body}"
+            f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1><nav>{nav}</nav>\n{''.join(body)}"
             f"<p id=img-status class=note></p><script>{IMAGE_CHECK}</script></body></html>\n")

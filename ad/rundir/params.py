@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 # directory names (conf/hydra/default.yaml builds them with the ${ad_job_params:} resolver, which reads this)
 # and the aggregator's column grouping. An entry matches the key itself and every key below it; entries
 # ending in "." are pure prefixes.
-NOT_PARAMS = ("hydra.", "sweep", "+sweep", "hparams_search", "+hparams_search", "launcher", "trainer.progress_bar",
+NOT_PARAMS = ("hydra.", "sweep", "+sweep", "hparams_search", "+hparams_search", "launcher", "trainer.progress_bar", "trainer.progress_interval",
               "trainer.num_threads", "trainer.num_workers", "trainer.device", "trainer.resume", "dataset.root", "dataset.cache",
               "dataset.decode_threads", "dataset.pin_memory", "dataset.cache_dir", "dataset.cache_mb", "paths.",
               "logger.", "evaluation.save_maps", "evaluation.save_maps_max_side",

@@ -40,6 +40,8 @@ class RunInfo:
     params: Dict[str, str] = field(default_factory=dict)  # swept / command-line hyper-parameters
     run_name: Optional[str] = None
     tag: Optional[str] = None
+    data_root: Optional[str] = None  # the resolved dataset root(s) the run read
+    data_fingerprint: Optional[str] = None  # of the listed files (paths, splits, sizes, mtimes): ad.data.identity
 
 
 @dataclass
@@ -96,6 +98,20 @@ class AtThreshold:
     precision: Optional[float] = None
     recall: Optional[float] = None
     f1: Optional[float] = None
+
+
+@dataclass
+class OperatingPoint:
+    """What the run would decide in use: precision/recall/F1 on the test set at the run's own thresholds (fitted
+    on held-out normals), the first thing results.json, the terminal summary and the report show. F1max is the
+    test-optimal F1 (its threshold chosen on the test labels): a diagnostic of separability, not a result."""
+
+    threshold_fitted_on: Optional[str] = None  # "21 validation normals"; null when the run has no threshold
+    image: Optional[AtThreshold] = None
+    pixel: Optional[AtThreshold] = None  # null without ground-truth masks
+    image_f1_max_diagnostic: Optional[float] = None
+    pixel_f1_max_diagnostic: Optional[float] = None
+    no_threshold: Optional[str] = None  # why there are no decisions (e.g. a 1-shot run: no held-out normal)
 
 
 @dataclass
@@ -193,6 +209,7 @@ class RunRecord:
     status: str = "running"  # running | ok | failed | interrupted
     error: Optional[str] = None  # one line when not ok
     run: RunInfo = field(default_factory=RunInfo)
+    operating_point: Optional[OperatingPoint] = None  # added in place within schema 2: older files lack it
     counts: Optional[Counts] = None
     image: Optional[ImageMetrics] = None  # unified runs: the mean over categories
     pixel: Optional[PixelMetrics] = None
@@ -245,6 +262,34 @@ class CategoryRow:
         holder = getattr(self, section, None) if section in ("image", "pixel") else None
         value = getattr(holder, key, None) if holder is not None else None
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+NO_THRESHOLD = ("no threshold: the run had no held-out normal image to fit one on (a single training image "
+                "cannot be both fitted on and held out); only threshold-free metrics (AUROC, AP, AUPRO) apply")
+
+
+def operating_point(record: RunRecord) -> Optional[OperatingPoint]:
+    """The record's operating point, derived from its image/pixel sections and thresholds (also for files
+    written before results.json carried one). None for a run without test metrics (failed)."""
+    if record.image is None:
+        return None
+    th = record.thresholds
+    image_th = th.image if th is not None else record.image.threshold
+    if image_th is None:
+        return OperatingPoint(image_f1_max_diagnostic=record.image.f1_max,
+                              pixel_f1_max_diagnostic=record.pixel.f1_max if record.pixel else None,
+                              no_threshold=NO_THRESHOLD)
+
+    def at(m: Any, threshold: Optional[float]) -> Optional[AtThreshold]:
+        if m is None:
+            return None
+        return AtThreshold(threshold=threshold, precision=m.precision, recall=m.recall, f1=m.f1)
+
+    pixel_th = th.pixel if th is not None else (record.pixel.threshold if record.pixel else None)
+    return OperatingPoint(threshold_fitted_on=th.fitted_on if th is not None else None,
+                          image=at(record.image, image_th), pixel=at(record.pixel, pixel_th),
+                          image_f1_max_diagnostic=record.image.f1_max,
+                          pixel_f1_max_diagnostic=record.pixel.f1_max if record.pixel else None)
 
 
 def mad(image: Optional[ImageMetrics], pixel: Optional[PixelMetrics]) -> Optional[float]:

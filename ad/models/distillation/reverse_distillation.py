@@ -4,14 +4,23 @@ A frozen pretrained encoder (teacher) gives multi-scale features; a trainable on
 multi-scale fusion + a residual one-class embedding block) compresses them into a low-resolution code, and a
 student *decoder* mirroring the encoder restores the teacher's features from that code. Distilling "in reverse"
 (abstract code → detailed features) keeps the student from reproducing anomalous patterns the code does not
-carry. Loss and map are the per-pixel cosine distance 1 − cos(t, s): loss = Σ_scales mean over positions,
-map = Σ_scales upsampled distance, smoothed with a Gaussian (σ = 4); image score = max of the map.
+carry.
+
+Loss (reference code, hq-deng/RD4AD `loss_fucntion`, also anomalib's): per scale, each sample's whole feature
+map is flattened to one vector and the loss is 1 − cos(vec t, vec s), averaged over the batch and summed over
+scales. This is not the mean of the per-position cosine distance: the flattened form weights each position by
+its feature energy, so the student is pushed hardest where the teacher's features are strong and weak
+background positions do not dominate the objective (`loss="position"` keeps the per-position mean; see
+docs/peer_comparison.md for what it costs).
+Map: per scale 1 − cos(t, s) at every position, upsampled to the image, summed over scales, smoothed with a
+Gaussian (σ = 4); image score = max of the smoothed map.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
@@ -30,13 +39,17 @@ class ReverseDistillation(AnomalyModel):
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (1, 2, 3),
         embedding_channels: int | None = None,
-        oce_blocks: int = 1,
+        oce_blocks: int = 3,
         decoder_blocks: "int | Sequence[int]" = (3, 4, 6),
         sigma: float = 4.0,
         lr: float = 0.005,
         betas: Sequence[float] = (0.5, 0.999),
+        loss: str = "flat",
     ) -> None:
         super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"model.loss={loss!r} is not one of {sorted(LOSSES)}; use 'flat' (the reference code's)")
+        self.loss = loss
         cfg = as_backbone_config(backbone)
         self.backbone_name = cfg.name
         self.teacher = FeatureExtractor(cfg, layers, frozen=True)
@@ -68,14 +81,15 @@ class ReverseDistillation(AnomalyModel):
         params = list(self.bottleneck.parameters()) + list(self.decoder.parameters())
         return OptimizerSpec(optimizer=torch.optim.Adam(params, lr=self.lr, betas=self.betas))
 
-    def _distances(self, images: torch.Tensor) -> List[torch.Tensor]:
+    def _pyramids(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """(teacher, student) features, shallowest first, the student's on the teacher's grid."""
         teacher = self.teacher(images)
         student = self.decoder(self.bottleneck(teacher))
         # Decoder resolutions are exact powers of two; odd input sizes are aligned on the teacher's grid.
-        return [cosine_distance_map(t, upsample_to(s, t.shape[-2:])) for t, s in zip(teacher, student)]
+        return teacher, [upsample_to(s, t.shape[-2:]) for t, s in zip(teacher, student)]
 
     def _loss(self, images: torch.Tensor) -> torch.Tensor:
-        return sum(d.mean() for d in self._distances(images))
+        return LOSSES[self.loss](*self._pyramids(images))
 
     def training_step(self, batch: Dict[str, Any]) -> torch.Tensor:
         return self._loss(batch["image"])
@@ -86,7 +100,27 @@ class ReverseDistillation(AnomalyModel):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        size = images.shape[-2:]
-        maps = sum(upsample_to(d, size) for d in self._distances(images))
-        maps = gaussian_blur2d(maps, self.sigma)
+        maps = anomaly_map(*self._pyramids(images), size=images.shape[-2:], sigma=self.sigma)
         return Prediction(scores=max_score(maps), maps=maps)
+
+
+def flat_cosine_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_scales mean_batch [1 − cos(vec t_b, vec s_b)], each sample's [C,h,w] map flattened to one vector."""
+    return sum(
+        (1.0 - F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)).mean() for t, s in zip(teacher, student)
+    )
+
+
+def position_cosine_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_scales mean over samples and positions of 1 − cos(t, s) along channels (every position weighs alike)."""
+    return sum(cosine_distance_map(t, s).mean() for t, s in zip(teacher, student))
+
+
+LOSSES = {"flat": flat_cosine_loss, "position": position_cosine_loss}
+
+
+def anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], size: Sequence[int],
+                sigma: float) -> torch.Tensor:
+    """[B,H,W]: Σ_scales of 1 − cos(t, s) per position, each bilinearly upsampled to `size`, then Gaussian(σ)."""
+    maps = sum(upsample_to(cosine_distance_map(t, s), size) for t, s in zip(teacher, student))
+    return gaussian_blur2d(maps, sigma)
