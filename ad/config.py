@@ -135,6 +135,10 @@ def folder_name(path: Any) -> str:
 
 
 def register_resolvers() -> None:
+    """The `${ad_*:}` resolvers and the `adschema://` config source that conf/config.yaml uses."""
+    from ad.schema.source import register as register_schema_source
+
+    register_schema_source()
     if not OmegaConf.has_resolver("ad_params"):
         OmegaConf.register_new_resolver("ad_params", _params_suffix)
     if not OmegaConf.has_resolver("ad_job_params"):

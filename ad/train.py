@@ -21,12 +21,15 @@ from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exporte
 
 
 def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
-    """The run's identity and evaluation settings, checked before any work starts."""
-    from ad.engine.settings import EvalSettings, RunSpec, identity_of
-    from ad.values import number
+    """The run's identity and settings, checked against the schemas before any work starts (the command line
+    was checked before Hydra made the run dir: `ad.schema.preflight`; this covers jobs whose values a sweeper
+    samples, and callers of `run`)."""
+    from ad.engine.settings import EvalSettings, RunSpec, TrainerSettings, identity_of
+    from ad.schema.check import validate
 
+    validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    seed = number(cfg.seed, "seed", int)
+    seed = int(config["seed"])
     setting = str(OmegaConf.select(cfg, "setting.name", default="single"))
     consumer = ("hparams_search" if choices.get("hparams_search")
                 else "optuna sweeper" if "optuna" in str(choices.get("hydra/sweeper", "")) else None)
@@ -36,6 +39,7 @@ def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
         tag=cfg.get("tag"), objective_consumer=consumer, model_config=config["model"],
         data_config={"image_size": config["dataset"].get("image_size"), "center_crop": config["dataset"].get("center_crop")},
         config=config, identity=identity_of(config),
+        trainer=TrainerSettings(**{k: v for k, v in config["trainer"].items() if k != "_target_"}),
     )
 
 
@@ -47,17 +51,18 @@ def build_components(cfg: DictConfig, spec):
     from ad.data.unified import UnifiedData
     from ad.engine.pipeline import Components
     from ad.engine.tensorboard import TensorBoardLogger
-    from ad.engine.trainer import seed_everything
+    from ad.engine.trainer import Trainer, seed_everything, set_num_threads
     from ad.errors import ConfigError
 
     def fresh_model():
         # Seeded right before it is built: the model and every cross-fitting fold model start from the same
         # initial weights (random-init backbones included), so their scores share one scale.
-        seed_everything(spec.seed, bool(cfg.trainer.deterministic))
+        seed_everything(spec.seed, spec.trainer.deterministic)
         return instantiate(cfg.model)
 
-    seed_everything(spec.seed, bool(cfg.trainer.deterministic))
-    trainer = instantiate(cfg.trainer)
+    set_num_threads(spec.trainer.num_threads)
+    seed_everything(spec.seed, spec.trainer.deterministic)
+    trainer = Trainer(**spec.trainer.loop())
     if spec.setting == "unified":
         wanted = OmegaConf.select(cfg, "setting.categories", default="all")
         names = dataset_categories(spec.dataset) if wanted in (None, "all") else [str(c) for c in wanted]

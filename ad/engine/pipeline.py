@@ -35,7 +35,7 @@ class Components:
 
     data: Any  # an AnomalyDataModule, or a UnifiedData over several
     model: Any  # an AnomalyModel
-    trainer: Any  # an ad.engine.trainer.Trainer
+    trainer: Any  # an ad.engine.trainer.Trainer: the loop (fit, predict); its settings are in RunSpec.trainer
     logger_factory: Callable[[Path], Any]  # log_dir -> TensorBoardLogger
     categories: Dict[str, Any] = field(default_factory=dict)  # category -> its data module (evaluation order)
     model_factory: Optional[Callable[[], Any]] = None  # a fresh, unfitted model (cross-fitting few-shot runs)
@@ -60,7 +60,7 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
         parts = build()
         record.run.backbone = getattr(parts.model, "backbone_name", None)
         record.run.categories = list(parts.categories)
-        record.counts = count_images(parts)
+        record.counts = count_images(parts, spec)
         logger = parts.logger_factory(run_dir / "tb")
         maps = artefacts.maps_writer(run_dir, spec.evaluation)
         try:
@@ -90,8 +90,8 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
 
 
 # --- stages -----------------------------------------------------------------------------------------------
-def count_images(parts: Components) -> Counts:
-    t = parts.trainer
+def count_images(parts: Components, spec: RunSpec) -> Counts:
+    t = spec.trainer
     test = parts.data.dataset("test", t.limit_test)
     return Counts(train=len(parts.data.dataset("train", t.limit_train)), val=len(parts.data.dataset("val", t.limit_val)),
                   test=len(test), test_anomalous=sum(s.label for s in test.samples))
@@ -112,7 +112,7 @@ def held_out_normals(parts: Components, spec: RunSpec) -> tuple[Optional[Predict
     categories) the training normals are cross-fitted: K fresh models, each fitted without one fold, score
     that fold (the few validation normals join the folds). None when not even that is possible.
     """
-    t = parts.trainer
+    t, limits = parts.trainer, spec.trainer
     val = t.predict(parts.model, t.val_loader(parts.data), desc="scoring validation normals")
     val.categories = val.categories or [next(iter(parts.categories))] * len(val.scores)
     if len(val.scores) >= spec.evaluation.min_val_images:
@@ -132,7 +132,7 @@ def held_out_normals(parts: Components, spec: RunSpec) -> tuple[Optional[Predict
         fold = FoldData(parts.data.transform, rest, held)
         model = parts.model_factory()
         t.fit(model, fold)  # no run dir: fold models are never checkpointed or saved
-        part = t.predict(model, fold.dataloader("heldout", t.eval_batch_size), desc=f"scoring fold {i + 1}")
+        part = t.predict(model, fold.dataloader("heldout", limits.eval_batch_size), desc=f"scoring fold {i + 1}")
         part.categories = [category_of.get(p, "") for p in part.paths]
         sets.append(part)
     return _concat(sets), f"cross-fitted training normals ({k} folds)"
@@ -151,14 +151,14 @@ def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, recor
                        run_dir: Path, maps: Any = None) -> tuple[List[Dict[str, Any]], float]:
     """Score and evaluate one category at a time, so memory is bounded by the largest category, not the
     dataset (maps are dropped once evaluated). Returns the predictions.csv rows and the scoring time."""
-    t = parts.trainer
+    t = spec.trainer
     unified = len(parts.categories) > 1
     rows: List[Dict[str, Any]] = []
     seconds = 0.0
     per_category: Dict[str, CategoryRecord] = {}
     for name, module in parts.categories.items():
         loader = module.dataloader("test", t.eval_batch_size, limit=t.limit_test, num_workers=t.num_workers)
-        test = t.predict(parts.model, loader, desc=f"scoring test images{f' of {name}' if unified else ''}")
+        test = parts.trainer.predict(parts.model, loader, desc=f"scoring test images{f' of {name}' if unified else ''}")
         seconds += test.seconds
         rec = evaluate_category(test, cal, spec.evaluation, module.has_masks, cal.per_category.get(name) if unified else None)
         rec.counts = Counts(train=len(module.dataset("train", t.limit_train)), val=len(module.dataset("val", t.limit_val)),
@@ -199,7 +199,7 @@ def validation_record(parts: Components, spec: RunSpec, val: Optional[Prediction
 
     from ad.engine.validation import synthetic_anomaly_auroc
 
-    ds = parts.data.dataset("val", parts.trainer.limit_val)
+    ds = parts.data.dataset("val", spec.trainer.limit_val)
     if len(ds) == 0:
         rec.objective_skipped = "no validation normals to paste synthetic defects into"
         return rec
