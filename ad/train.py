@@ -154,6 +154,13 @@ def register_plugins() -> None:
 def main() -> None:
     register_resolvers()
     register_plugins()
+    # Config mistakes end here, in one line: before Hydra makes a run or sweep dir, before torch is imported.
+    from ad.schema.preflight import preflight
+
+    error = preflight(sys.argv[1:])
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         _hydra_main()
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional, Type
+from typing import Annotated, Any, Callable, Optional, Sequence, Tuple, Type, Union
 
 from ad.errors import ConfigError
 
@@ -100,3 +100,31 @@ Fraction = Annotated[float, Range(0, 1, low_open=True)]  # a share of something:
 UnitInterval = Annotated[float, Range(0, 1)]  # a probability or weight: [0, 1]
 OpenUnitInterval = Annotated[float, Range(0, 1, low_open=True, high_open=True)]  # a quantile: (0, 1)
 Momentum = Annotated[float, Range(0, 1, high_open=True)]  # an Adam beta / SGD momentum: [0, 1)
+
+
+def image_size(value: Any, key: str, error: Type[Exception] = ConfigError) -> Tuple[int, int]:
+    """An image side `N` or `[height, width]` of positive integers, as (h, w)."""
+    items = list(value) if isinstance(value, (list, tuple)) or (
+        hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict))) else [value]
+    if len(items) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+        raise error(f"{key}={_show(value)} is not a positive integer side or [height, width]; "
+                    f"set e.g. {key}=256 or {key}=[256,320]")
+    return (items[0], items[-1])
+
+
+def _show(value: Any) -> str:
+    try:
+        return repr(list(value)) if not isinstance(value, (str, int, float)) else repr(value)
+    except TypeError:
+        return repr(value)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A value check declared in a signature, for kinds a range cannot say: `Annotated[..., Check(image_size)]`.
+    `func(value, key)` raises ConfigError with its own one-line message."""
+
+    func: Callable[[Any, str], Any]
+
+
+ImageSize = Annotated[Union[int, Sequence[int]], Check(image_size)]  # 256 or [height, width]

@@ -9,7 +9,7 @@ map = Σ_scales upsampled distance, smoothed with a Gaussian (σ = 4); image sco
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -18,6 +18,7 @@ from ad.errors import ConfigError
 from ad.models._distillation import MirroredDecoder, OneClassBottleneck
 from ad.models._maps import cosine_distance_map, gaussian_blur2d, max_score, upsample_to
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import Momentum, NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class ReverseDistillation(AnomalyModel):
@@ -29,12 +30,12 @@ class ReverseDistillation(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (1, 2, 3),
-        embedding_channels: int | None = None,
-        oce_blocks: int = 1,
+        embedding_channels: Optional[PositiveInt] = None,
+        oce_blocks: PositiveInt = 1,
         decoder_blocks: "int | Sequence[int]" = (3, 4, 6),
-        sigma: float = 4.0,
-        lr: float = 0.005,
-        betas: Sequence[float] = (0.5, 0.999),
+        sigma: NonNegativeFloat = 4.0,
+        lr: PositiveFloat = 0.005,
+        betas: Sequence[Momentum] = (0.5, 0.999),
     ) -> None:
         super().__init__()
         cfg = as_backbone_config(backbone)

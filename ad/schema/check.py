@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional
 from ad.errors import ConfigError
 from ad.schema import nodes
 from ad.schema.signature import REQUIRED, Signature, nested_target, signature_of
-from ad.values import Range, number
+from ad.values import Check, Range, number
 
 _SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable, collections.abc.Collection)
 _MAPPINGS = (dict, collections.abc.Mapping)
@@ -25,6 +25,8 @@ def describe(tp: Any) -> str:
     """'an integer >= 1', 'one of mean_std, quantile', 'a list of numbers'... for a schema type."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
+        if any(isinstance(m, Check) for m in tp.__metadata__) and args[0] is not None:
+            return describe(args[0])
         rng = next((m for m in tp.__metadata__ if isinstance(m, Range)), None)
         return describe(args[0]) + (f" {rng.describe()}" if rng else "")
     if origin is typing.Union:
@@ -58,6 +60,10 @@ def check_value(value: Any, tp: Any, key: str) -> None:
     if tp is Any or tp is object:
         return
     if origin is typing.Annotated:
+        custom = next((m for m in tp.__metadata__ if isinstance(m, Check)), None)
+        if custom is not None:
+            custom.func(value, key)
+            return
         rng = next((m for m in tp.__metadata__ if isinstance(m, Range)), None)
         base = args[0]
         if rng is not None and base in (int, float):
