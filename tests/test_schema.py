@@ -114,7 +114,10 @@ def test_every_option_passes_its_schema(group):
                                              "trainer.early_stopping (ad.engine.settings.EarlyStoppingSettings); "
                                              "did you mean trainer.early_stopping.patience?"),
     (["+foo=1"], "foo is not a key of the config; valid keys: "),
-    (["dataset.image_size=12x"], "dataset.image_size='12x' is not an integer >= 1 or a list of integers >= 1"),
+    (["dataset.image_size=12x"], "dataset.image_size='12x' is not a positive integer side or [height, width]; set "
+                                 "e.g. dataset.image_size=256 or dataset.image_size=[256,320]"),
+    (["dataset.cache=mem"], "dataset.cache='mem' is not one of auto, memory, disk, off; did you mean "
+                            "dataset.cache=memory?"),
     (["model.coreset_ratio=abc"], "model.coreset_ratio='abc' is not a number; set model.coreset_ratio=<number> "
                                   "in (0, 1]"),
     (["model.coreset_ratio=0"], "model.coreset_ratio=0.0 must be in (0, 1]"),
@@ -171,3 +174,61 @@ def test_smoke_preset_size_follows_the_backbone_patch():
     assert compose(["trainer=smoke", "backbone=vit_small_patch14_dinov2"]).dataset.image_size == 70
     assert compose(["trainer=smoke", "model=anomalydino"]).dataset.image_size == 70  # its default is a ViT
     assert compose(["trainer=smoke", "model=ae", "backbone=vit_small_patch14_dinov2"]).dataset.image_size == 64
+
+
+# --- the command line: one line, no traceback, no run folder, no torch -------------------------------------
+_CLI = """
+import resource, sys, time
+t0 = time.perf_counter()
+sys.argv = ["ad.train"] + sys.argv[1:]
+from ad.train import main
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(f"RESULT rc={code} torch={'torch' in sys.modules} wall={time.perf_counter() - t0:.3f} "
+      f"cpu={usage.ru_utime + usage.ru_stime:.3f}")
+"""
+
+
+def _cli(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "0"}
+    out = subprocess.run([sys.executable, "-c", _CLI, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    result = dict(kv.split("=") for kv in out.stdout.strip().splitlines()[-1].split()[1:])
+    return out.stderr.strip().splitlines(), result
+
+
+@pytest.mark.parametrize("args,message", [
+    (["dataset.image_size=12x"], "error: dataset.image_size='12x' is not a positive integer side"),
+    (["+trainer.max_epoch=3"], "error: trainer.max_epoch is not a key of trainer (ad.engine.settings.TrainerSettings);"
+                               " did you mean trainer.max_epochs"),
+    (["trainer.max_epoch=3"], "error: trainer.max_epoch is not a key of trainer (ad.engine.settings.TrainerSettings);"
+                              " did you mean trainer.max_epochs"),
+    (["model=patchcor"], "error: model=patchcor is not an option of model (conf/model/); did you mean model=patchcore?"),
+    (["model.coreset_ratio=abc"], "error: model.coreset_ratio='abc' is not a number"),
+    (["model=padim", "model.epsilon=0"], "error: model.epsilon=0.0 must be > 0"),
+    (["model=stfpm", "model.lr=-1"], "error: model.lr=-1.0 must be > 0"),
+    (["model.layers=[1,2"], "error: cannot parse 'model.layers=[1,2'"),
+    (["model=patchcore,padim"], "error: model=patchcore,padim lists several values: add -m to sweep over them"),
+    (["hydra.run.dri=x"], "error: hydra.run.dri is not a key of hydra.run; did you mean hydra.run.dir?"),
+    (["+sweep=mvtc"], "error: sweep=mvtc is not an option of sweep (conf/sweep/); did you mean sweep=mvtec?"),
+    (["-m", "model=patchcore,padim", "model.coreset_ratio=0.2"],
+     "error: sweep job 1 (model=padim): model.coreset_ratio is not a key of model (ad.models.padim.Padim)"),
+    (["-m", "seed=1,2,-3"], "error: sweep job 2 (seed=-3): seed=-3 must be in [0, 4294967295]; no job was started"),
+])
+def test_cli_config_mistakes(tmp_path, args, message):
+    """One line on stderr, exit 2, no outputs/ or multirun/ folder, torch never imported (was: a traceback
+    after ~4 s of imports and a failed run folder the aggregator listed)."""
+    err, result = _cli(tmp_path, *args)
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert result["rc"] == "2" and result["torch"] == "False", result
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+    assert float(result["cpu"]) < 5.0, result  # ~0.5 s of CPU on an idle core: imports + one or two composes
