@@ -16,7 +16,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ad.config import register_resolvers
-from ad.engine.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
 from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exported: run names are part of the CLI)
 
 
@@ -134,7 +133,9 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     print(format_summary(record, run_dir), flush=True)
     if record.status != "ok":
         if hc.mode != RunMode.MULTIRUN:
-            _EXIT["code"] = 1
+            from ad.engine.sweep import EXIT  # set by failed single runs and by the sweep summary callback
+
+            EXIT["code"] = 1
         return None
     # The value an optimising sweeper (Optuna) maximises: a validation objective, never a test metric.
     return record.validation.objective if record.validation else None
@@ -153,20 +154,23 @@ def register_plugins() -> None:
 
 def main() -> None:
     register_resolvers()
-    register_plugins()
-    # Config mistakes end here, in one line: before Hydra makes a run or sweep dir, before torch is imported.
+    # Config mistakes end here, in one line: before Hydra makes a run or sweep dir, before torch is imported
+    # (and before the launcher plugins and run-record modules are imported: they are not needed to check).
     from ad.schema.preflight import preflight
 
     error = preflight(sys.argv[1:])
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    register_plugins()
+    from ad.engine.sweep import EXIT  # set by failed single runs and by the sweep summary callback
+
     try:
         _hydra_main()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(_EXIT["code"])
+    sys.exit(EXIT["code"])
 
 
 if __name__ == "__main__":
