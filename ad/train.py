@@ -21,7 +21,7 @@ from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exporte
 
 def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
     """The run's identity and settings, checked against the schemas before any work starts (the command line
-    was checked before Hydra made the run dir: `ad.schema.preflight`; this covers jobs whose values a sweeper
+    was checked before Hydra made the run dir: `ad.launch.preflight`; this covers jobs whose values a sweeper
     samples, and callers of `run`)."""
     from ad.engine.settings import EvalSettings, RunSpec, TrainerSettings, identity_of
     from ad.schema.check import validate
@@ -49,7 +49,7 @@ def build_components(cfg: DictConfig, spec):
     from ad.config import dataset_categories
     from ad.data.unified import UnifiedData
     from ad.engine.pipeline import Components
-    from ad.engine.tensorboard import TensorBoardLogger
+    from ad.loggers.tensorboard import TensorBoardLogger
     from ad.engine.trainer import Trainer, seed_everything, set_num_threads
     from ad.errors import ConfigError
 
@@ -82,7 +82,8 @@ def build_components(cfg: DictConfig, spec):
 def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     """Run one experiment end to end and return its `RunRecord`; a failed run is a record, never an exception."""
     from ad.engine import pipeline
-    from ad.engine.records import RunInfo
+    from ad.engine.guard import record_failure
+    from ad.rundir.records import RunInfo, RunRecord
 
     try:
         spec = build_spec(cfg, choices, overrides)
@@ -90,7 +91,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
         info = RunInfo(model=choices.get("model"), dataset=choices.get("dataset"),
                        category=OmegaConf.select(cfg, "dataset.category", default=None, throw_on_missing=False),
                        params=swept_params(overrides))
-        return pipeline.record_failure(info, exc, Path(run_dir))
+        return record_failure(RunRecord(run=info), exc, Path(run_dir))
     return pipeline.run_experiment(spec, lambda: build_components(cfg, spec), Path(run_dir))
 
 
@@ -133,7 +134,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     print(format_summary(record, run_dir), flush=True)
     if record.status != "ok":
         if hc.mode != RunMode.MULTIRUN:
-            from ad.engine.sweep import EXIT  # set by failed single runs and by the sweep summary callback
+            from ad.launch.sweep import EXIT  # set by failed single runs and by the sweep summary callback
 
             EXIT["code"] = 1
         return None
@@ -156,14 +157,14 @@ def main() -> None:
     register_resolvers()
     # Config mistakes end here, in one line: before Hydra makes a run or sweep dir, before torch is imported
     # (and before the launcher plugins and run-record modules are imported: they are not needed to check).
-    from ad.schema.preflight import preflight
+    from ad.launch.preflight import preflight
 
     error = preflight(sys.argv[1:])
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     register_plugins()
-    from ad.engine.sweep import EXIT  # set by failed single runs and by the sweep summary callback
+    from ad.launch.sweep import EXIT  # set by failed single runs and by the sweep summary callback
 
     try:
         _hydra_main()

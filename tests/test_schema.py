@@ -108,7 +108,7 @@ def test_every_option_passes_its_schema(group):
 @pytest.mark.parametrize("overrides,message", [
     (["+trainer.max_epoch=3"], "trainer.max_epoch is not a key of trainer (ad.engine.settings.TrainerSettings); "
                                "did you mean trainer.max_epochs or trainer.max_steps?"),
-    (["+model.nprobes=2"], "model.nprobes is not a key of model (ad.models.patchcore.PatchCore); did you mean "
+    (["+model.nprobes=2"], "model.nprobes is not a key of model (ad.models.memory.patchcore.PatchCore); did you mean "
                            "model.nprobe?"),
     (["+trainer.early_stopping.patiense=3"], "trainer.early_stopping.patiense is not a key of "
                                              "trainer.early_stopping (ad.engine.settings.EarlyStoppingSettings); "
@@ -221,7 +221,7 @@ def _cli(tmp_path, *args):
     (["hydra.run.dri=x"], "error: hydra.run.dri is not a key of hydra.run; did you mean hydra.run.dir?"),
     (["+sweep=mvtc"], "error: sweep=mvtc is not an option of sweep (conf/sweep/); did you mean sweep=mvtec?"),
     (["-m", "model=patchcore,padim", "model.coreset_ratio=0.2"],
-     "error: sweep job 1 (model=padim): model.coreset_ratio is not a key of model (ad.models.padim.Padim)"),
+     "error: sweep job 1 (model=padim): model.coreset_ratio is not a key of model (ad.models.memory.padim.Padim)"),
     (["-m", "seed=1,2,-3"], "error: sweep job 2 (seed=-3): seed=-3 must be in [0, 4294967295]; no job was started"),
 ])
 def test_cli_config_mistakes(tmp_path, args, message):

@@ -18,10 +18,10 @@ CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 FIXED_NODES = {
     "evaluation": "ad.engine.settings.EvalSettings",
     "setting": "ad.engine.settings.SettingSpec",
-    "logger": "ad.engine.tensorboard.TensorBoardLogger",
+    "logger": "ad.loggers.tensorboard.TensorBoardLogger",
 }
 # Constructor parameters that the entry point passes itself (not config keys).
-NOT_KEYS = {"ad.engine.tensorboard.TensorBoardLogger": ("log_dir",)}
+NOT_KEYS = {"ad.loggers.tensorboard.TensorBoardLogger": ("log_dir",)}
 # Top-level values of the experiment (seed, tag): the fields of this class.
 ROOT = "ad.engine.settings.ExperimentSettings"
 # Groups whose options build a component and get a schema of their own (`schema/<group>/<option>`).
