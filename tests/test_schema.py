@@ -232,3 +232,77 @@ def test_cli_config_mistakes(tmp_path, args, message):
     assert result["rc"] == "2" and result["torch"] == "False", result
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
     assert float(result["cpu"]) < 5.0, result  # ~0.5 s of CPU on an idle core: imports + one or two composes
+
+
+# --- every documented command and key composes --------------------------------------------------------------
+def _documented_commands():
+    """`python -m ad.train ...` command lines of README.md and docs/*.md (continuation lines joined), without
+    placeholders; this page's own examples of mistakes are left out."""
+    import re
+    import shlex
+
+    from tests.conftest import REPO_ROOT
+
+    out = []
+    for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        if path.name == "configuration_errors.md":
+            continue
+        text = path.read_text().replace("\\\n", " ")
+        for m in re.finditer(r"python -m ad\.train([^`#\n|]*)", text):
+            args = m.group(1).strip()
+            if any(t in args for t in ("<", "…", "...", "--help", "--cfg")) or args.endswith((",", "=")):
+                continue
+            try:
+                tokens = shlex.split(args)
+            except ValueError:
+                continue
+            out.append((path.name, tokens))
+    return out
+
+
+_OPTIONAL_PLUGINS = {"hparams_search": "hydra_plugins.hydra_optuna_sweeper", "launcher=slurm":
+                     "hydra_plugins.hydra_submitit_launcher", "launcher=joblib": "hydra_plugins.hydra_joblib_launcher"}
+
+
+@pytest.mark.parametrize("doc,tokens", _documented_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_documented_commands_pass_the_preflight(doc, tokens):
+    import importlib.util
+
+    from ad.launch.preflight import check_command
+
+    for needle, module in _OPTIONAL_PLUGINS.items():
+        if any(needle in t for t in tokens):
+            try:
+                if importlib.util.find_spec(module) is None:
+                    pytest.skip(f"{module} not installed")
+            except ModuleNotFoundError:
+                pytest.skip(f"{module} not installed")
+    multirun = "-m" in tokens or "--multirun" in tokens
+    jobs, _ = check_command([t for t in tokens if not t.startswith("-")], multirun)
+    assert jobs >= 1
+
+
+def test_documented_keys_compose():
+    """Every `group.key=value` written in backticks in README.md and docs/ composes and passes its schema
+    (README's `evaluation.objective=always` and `evaluation.min_val_images=3` did not compose before)."""
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    keys = set()
+    for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        if path.name == "configuration_errors.md":
+            continue
+        for m in re.finditer(r"`((?:evaluation|trainer|dataset|model|setting|backbone|logger)\.[a-z_.]+=[^`\s,]+)`",
+                             path.read_text()):
+            if "<" not in m.group(1) and "..." not in m.group(1):
+                keys.add(m.group(1))
+    assert "evaluation.objective=always" in keys or not (REPO_ROOT / "README.md").read_text().count("objective")
+    failures = []
+    for kv in sorted(keys):
+        model = {"model.coreset_ratio": "model=patchcore"}.get(kv.split("=")[0])
+        try:
+            validate(compose([kv] + ([model] if model else [])))
+        except Exception as exc:  # noqa: BLE001 - collected: one report of every documented key that fails
+            failures.append(f"{kv}: {str(exc).splitlines()[0]}")
+    assert not failures, failures
