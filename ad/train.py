@@ -61,7 +61,10 @@ def build_components(cfg: DictConfig, spec):
 
     set_num_threads(spec.trainer.num_threads)
     seed_everything(spec.seed, spec.trainer.deterministic)
-    trainer = Trainer(**spec.trainer.loop())
+    loop = spec.trainer.loop()
+    # callbacks are objects built from their `_target_`s (the typed settings hold their configs)
+    loop["callbacks"] = list(instantiate(cfg.trainer.callbacks)) if cfg.trainer.get("callbacks") else []
+    trainer = Trainer(**loop)
     if spec.setting == "unified":
         wanted = OmegaConf.select(cfg, "setting.categories", default="all")
         names = dataset_categories(spec.dataset) if wanted in (None, "all") else [str(c) for c in wanted]
