@@ -57,12 +57,38 @@ def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
 
 
 def job_params_suffix(task_overrides: Any) -> str:
-    """Sweep job directory suffix from a job's overrides: only hyper-parameters (`ad.rundir.params.is_param`),
-    sorted like Hydra's override_dirname, as "_k=v,k2=v2" (or "")."""
+    """Sweep job directory suffix from a job's overrides: the hyper-parameters (`ad.rundir.params.is_param`),
+    sorted like Hydra's override_dirname, as "_k=v,k2=v2" (or ""), then "_h<8 hex>" — a hash of the overrides
+    left out of the name (roots, devices, ...) when there are any, so two jobs differing only in those never
+    share a directory (e.g. two sweeps over different dataset roots into one hydra.sweep.dir)."""
     from ad.rundir.params import is_param
 
     items = sorted(str(o).lstrip("+~") for o in (task_overrides or []))
-    return _params_suffix(",".join(o for o in items if is_param(o.partition("=")[0])))
+    shown = _params_suffix(",".join(o for o in items if is_param(o.partition("=")[0])))
+    hidden = [o for o in items if not is_param(o.partition("=")[0]) and not o.startswith("hydra.")]
+    if not hidden:
+        return shown
+    return f"{shown}_h{hashlib.sha1(chr(10).join(hidden).encode('utf-8')).hexdigest()[:8]}"
+
+
+def claim_sweep_dir(base: str, mode: Any = None) -> str:
+    """`${ad_sweep_dir:<base>,${hydra.mode}}`: a sweep directory of its own. In a multirun, the first of `<base>`,
+    `<base>_2`, `<base>_3`, ... that this process creates (mkdir is atomic: two sweeps started in the same second
+    get two directories, never one shared). The value is cached in the config, so every job of the sweep (also in
+    joblib/submitit workers, which receive a copy) sees the same directory. Outside a multirun it is `base`
+    unchanged and nothing is created. An explicit `hydra.sweep.dir=<dir>` replaces the whole pattern, and then
+    reusing the directory is the user's choice (resume)."""
+    if str(mode).rsplit(".", 1)[-1] != "MULTIRUN":
+        return base
+    Path(base).parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else f"{base}_{n}"
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free sweep directory next to {base}; set hydra.sweep.dir=<new dir>")
 
 
 def dataset_categories(dataset: str) -> list:
@@ -151,6 +177,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ad_job_params", job_params_suffix)
     if not OmegaConf.has_resolver("ad_input_size"):
         OmegaConf.register_new_resolver("ad_input_size", input_size)
+    if not OmegaConf.has_resolver("ad_sweep_dir"):  # cached: resolved once per sweep, copied into every job
+        OmegaConf.register_new_resolver("ad_sweep_dir", claim_sweep_dir, use_cache=True)
     if not OmegaConf.has_resolver("ad_basename"):
         OmegaConf.register_new_resolver("ad_basename", folder_name)
     # ${ad_threads:<n_jobs>[,<cpus>]}: CPU threads per job for launchers running jobs in parallel

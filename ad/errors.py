@@ -15,3 +15,18 @@ class ConfigError(ADError):
 
 class WeightsError(ADError):
     """Pretrained weights that are missing or do not fit the backbone."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, a plain `kill`) raised in the main thread, so that it unwinds like
+    Ctrl-C: the run is recorded as interrupted and its checkpoints are kept for resume."""
+
+    def __init__(self, signum: int = 15) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+class TrainingDiverged(ADError):
+    """The training loss became NaN or infinite."""

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ad.errors import ADError, ConfigError
+from ad.io.outdir import prepare_out_dir
 from ad.values import positive_int
 
 USAGE = "usage: python -m ad.predict run_dir=<run dir> input=<image or folder> [out=<dir>] [batch_size=16] [device=auto] [overlays=true]"
@@ -48,6 +49,9 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
         meta = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated or corrupt: RuntimeError / EOFError / UnpicklingError
         raise ConfigError(f"{path} is unreadable ({exc.__class__.__name__}); re-run the training into this dir") from None
+    from ad.rundir.modelfile import check_model_file
+
+    check_model_file(meta, path)
     from ad.registry import current_target
 
     cfg = dict(meta["model_config"])
@@ -142,15 +146,12 @@ def _flag(key: str, value: str) -> bool:
 
 
 def _device(value: str) -> torch.device:
-    from ad.engine.trainer import resolve_device
+    from ad.engine.trainer import checked_device
 
     try:
-        device = resolve_device(value)
-    except RuntimeError:
-        raise ConfigError(f"device={value!r} is not a device; use device=auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={value} but no CUDA GPU is available here; use device=cpu or device=auto")
-    return device
+        return checked_device(value)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("trainer.device", "device")) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,9 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_overlays = _flag("overlays", args.get("overlays", "true"))
         device = _device(args.get("device", "auto"))
         out = Path(args.get("out") or Path(args["run_dir"]) / "predict")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out={out} is an existing file; pass a folder (created if missing) for the outputs")
         model, meta = load_run(args["run_dir"], device)
         paths = gather_inputs(Path(args["input"]), exclude=out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_out_dir(out, "out=")
         res = predict_paths(model, meta, paths, batch_size, device)
         threshold = meta["image_threshold"]
         rows = []

@@ -7,16 +7,24 @@ predictions.csv, history.csv, model.pt, tb/ and train.log.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ad.config import register_resolvers
+from ad.errors import Terminated
+from ad.launch.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
 from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exported: run names are part of the CLI)
+
+
+SEED_MAX = 2**32 - 1
 
 
 def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
@@ -82,8 +90,31 @@ def build_components(cfg: DictConfig, spec):
                       model_factory=fresh_model)
 
 
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises `ad.errors.Terminated` (a KeyboardInterrupt) in the main thread: the run is
+    recorded as interrupted like Ctrl-C, checkpoints kept. Elsewhere (a worker thread) signals can't be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     """Run one experiment end to end and return its `RunRecord`; a failed run is a record, never an exception."""
+    with sigterm_interrupts():
+        return _run(cfg, run_dir, choices, overrides)
+
+
+def _run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     from ad.engine import pipeline
     from ad.engine.guard import record_failure
     from ad.rundir.records import RunInfo, RunRecord
@@ -157,6 +188,12 @@ def register_plugins() -> None:
 
 
 def main() -> None:
+    from ad.launch.overrides import override_problem
+
+    problem = override_problem(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     register_resolvers()
     # Config mistakes end here, in one line: before Hydra makes a run or sweep dir, before torch is imported
     # (and before the launcher plugins and run-record modules are imported: they are not needed to check).
@@ -170,11 +207,13 @@ def main() -> None:
     from ad.launch.sweep import EXIT  # set by failed single runs and by the sweep summary callback
 
     try:
-        _hydra_main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(EXIT["code"])
+        with sigterm_interrupts():
+            _hydra_main()
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print("interrupted (SIGTERM)" if term else "interrupted", file=sys.stderr)
+        sys.exit(143 if term else 130)
+    sys.exit(_EXIT["code"])
 
 
 if __name__ == "__main__":

@@ -195,22 +195,32 @@ def test_two_runs_in_the_same_second_get_their_own_dirs(tmp_path):
 
 
 def test_a_live_run_owns_its_dir(synthetic_root, tmp_path):
-    from ad.engine.guard import run_dir_lock, RunDirBusy
+    """A live run's dir is refused (naming the lock file and its owner); once the owner is killed (-9: no
+    clean-up), the next run takes the dir over at once."""
+    from ad.engine.guard import run_dir_lock
 
     run_dir = tmp_path / "busy"
     run_dir.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, pathlib\n"
+                               "from ad.engine.guard import run_dir_lock\n"
+                               "with run_dir_lock(pathlib.Path(sys.argv[1])):\n"
+                               "    print('locked', flush=True); time.sleep(60)", str(run_dir)],
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=subprocess.PIPE, text=True)
     try:
-        (run_dir / ".lock").write_text(str(holder.pid))
+        assert holder.stdout.readline().strip() == "locked"
         res, _ = run_in_process(tmp_path, ["model=padim", f"dataset.root={synthetic_root}",
                                            "backbone.pretrained=false", *FAST], "busy")
         assert res.status == "failed" and "in use by a live run" in res.error
+        assert f"pid {holder.pid}" in res.error and str(run_dir / ".lock") in res.error
         assert not (run_dir / "results.json").exists()  # nothing written into the other run's dir
     finally:
         holder.kill()
         holder.wait()
-    with run_dir_lock(run_dir):  # a stale lock (dead pid) is taken over
-        assert (run_dir / ".lock").read_text() == str(os.getpid())
+    assert (run_dir / ".lock").exists()  # left behind by the killed owner, but no longer locked
+    t0 = time.monotonic()
+    with run_dir_lock(run_dir):
+        assert f"pid {os.getpid()}" in (run_dir / ".lock").read_text()
+    assert time.monotonic() - t0 < 1.0
     assert not (run_dir / ".lock").exists()
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ad.aggregate.csv_out import write_jobs_csv, write_results_csv
+from ad.errors import ConfigError
+from ad.io.outdir import prepare_out_dir
 from ad.aggregate.intervals import RunCache, annotate
 from ad.aggregate.jobs import AggregateError, Job, collect_jobs
 from ad.aggregate.latex import render_latex
@@ -164,10 +166,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("ad-aggregate: --bootstrap must be >= 0 (0 turns the intervals off)", file=sys.stderr)
         return 2
     try:
+        if args.out is not None:
+            prepare_out_dir(args.out)
         res = aggregate(args.dirs, out=args.out, metrics=_split_list(args.metrics), group=group,
                         reference=reference, reference_file=Path(args.reference_file), plots=not args.no_plots,
                         bootstrap=args.bootstrap, seed=args.seed, baseline=args.baseline, cd_metric=args.cd_metric)
-    except AggregateError as e:
+    except (AggregateError, ConfigError) as e:
         print(f"ad-aggregate: {e}", file=sys.stderr)
         return 2
     if not args.quiet:

@@ -118,7 +118,8 @@ class Job:
         """The categories this job evaluates: one row each (a unified run has several)."""
         if self.record is not None and self.record.categories is not None:
             return list(self.record.categories)
-        if self.record is not None and len(self.record.run.categories) > 1:  # a failed unified run
+        if self.record is not None and self.record.run.setting == "unified" and self.record.run.categories:
+            # a failed unified run: its categories, never its "unified" label as a row
             return list(self.record.run.categories)
         return [self.get("category") or "?"]
 

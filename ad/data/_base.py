@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from ad.data._cache import Decoded, DecodeCache, Prefetcher, resolve_decode_threads
 
 from ad.data._checks import DatasetConfigError, check_number, check_size, verify_samples
+from ad.data.leaks import check_disjoint
 from ad.values import ImageSize, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from ad.errors import ConfigError, DataError
 from ad.io.images import (IMAGE_EXTENSIONS, DataFileError, list_images, load_image,  # noqa: F401  (the data API)
@@ -132,6 +133,14 @@ def _center_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     left = (im.width - w) // 2
     top = (im.height - h) // 2
     return im.crop((left, top, left + w, top + h))
+
+
+def read_sample(sample: Sample) -> None:
+    """Read a sample's image and mask in full by the same rules as training (`load_image`, `load_mask`):
+    the pre-training check, which finds truncated files and unmappable pixel modes before any work."""
+    image = load_image(sample.path)
+    if sample.mask_path:
+        load_mask(sample.mask_path, image.size)
 
 
 def decode_sample(sample: Sample, transform: ImageTransform) -> Decoded:
@@ -311,11 +320,12 @@ class AnomalyDataModule:
             raise DataError(f"{self.name} '{self.category}': training split contains anomalous images")
         if not test:
             raise DataError(f"no test images found for {self.name} category '{self.category}' under {self.root}")
+        check_disjoint({"train": train, "test": test}, f"{self.name} '{self.category}'")
         train = choose_shots(train, self.shots, self.seed, f"{self.name} '{self.category}'")
         train, val, self.no_val_reason = self._hold_out(train)
         if self.no_val_reason:
             log.info("%s '%s': %s", self.name, self.category, self.no_val_reason)
-        verify_samples(train + val + test)
+        self.verify(train + val + test)
         self._splits = {"train": train, "val": val, "test": test}
         anomalous = [s for s in test if s.label == 1]
         unmasked = [s for s in anomalous if not s.mask_path]
@@ -362,9 +372,17 @@ class AnomalyDataModule:
         """K-fold (fit, held) splits of the training normals, deterministic for the data seed (`kfold_split`)."""
         return kfold_split(self.samples("train"), k, self.seed)
 
-    def verify(self) -> None:
-        """Header check of every image and mask of the splits (`verify_samples`); `setup()` runs it."""
-        verify_samples(self.samples("train") + self.samples("val") + self.samples("test"))
+    def verify(self, samples: Optional[Sequence[Sample]] = None) -> None:
+        """The pre-training check of every image and mask of the splits (`verify_samples`): headers, mask
+        sizes, then a full read of each file by the training decoder (files already in the decode cache,
+        unchanged since, were read in full before and are skipped). `setup()` runs it."""
+        if samples is None:
+            samples = self.samples("train") + self.samples("val") + self.samples("test")
+        verify_samples(samples, read=self._read_unless_cached, threads=max(1, self.decode_threads))
+
+    def _read_unless_cached(self, sample: Sample) -> None:
+        if not self.cache.has(sample):
+            read_sample(sample)
 
     def samples(self, split: str) -> List[Sample]:
         self.setup()

@@ -12,7 +12,8 @@ a GPU; without a cache every epoch and every job pays it again. Three layers, ea
   path, size, mtime_ns) and of the transform. A changed file has a new identity and is decoded again; the stale
   entry of the same path is deleted when the new one is written. Writes go to a temporary file renamed into
   place, so a reader sees a whole entry or none; a decoding process holds a `.lock` file (O_EXCL) that other
-  processes wait on instead of decoding the same image twice (a lock older than `STALE_LOCK_S` is ignored).
+  processes wait on instead of decoding the same image twice: an OS advisory lock (flock) that dies with its
+  owner, so a killed run's lock never stalls the next run; a wait longer than 2 s says what it waits for.
 - **prefetch** (`Prefetcher`): threads decode the next images of the loader's order while the model runs
   (Pillow releases the GIL while inflating and resizing), so the first epoch overlaps decode with compute.
 
@@ -38,6 +39,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from ad.errors import ConfigError
+from ad.io.locks import HeldLock, wait_lock
 from ad.io import atomic_write
 from ad.values import non_negative_int
 
@@ -45,7 +47,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 MODES = ("auto", "memory", "disk", "off")
-STALE_LOCK_S = 120.0
 _MAGIC = b"ADC1"
 _HEADER = struct.Struct("<4sIIIB")  # magic, height, width, channels, has_mask
 
@@ -187,31 +188,18 @@ class _DiskStore:
         except OSError as exc:  # a full or read-only disk only costs speed
             log.warning("cannot write decode cache entry %s (%s); continuing without it", path, exc)
 
-    def claim(self, path: Path) -> bool:
-        """True when this process may decode `path` (no other live process is doing it); False once another
-        process has written it while we waited."""
+    def claim(self, path: Path, image: str = "an image") -> Optional[HeldLock]:
+        """The lock under which this process decodes `path` (None: no locking possible here, decode anyway), or
+        False once another process has written the entry while we waited. The lock is an OS advisory lock
+        (`ad.io.locks`): a process killed while decoding frees it at once, so nobody waits on a dead owner."""
         lock = path.with_name(path.name + ".lock")
-        while True:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                return True
-            except FileExistsError:
-                pass
-            except OSError:
-                return True  # no locking possible here: decode ourselves
-            try:
-                if time.time() - lock.stat().st_mtime > STALE_LOCK_S:  # its owner died: take over
-                    lock.unlink(missing_ok=True)
-                    continue
-            except FileNotFoundError:
-                pass
-            if path.exists():
-                return False
-            time.sleep(0.005)
-
-    def release(self, path: Path) -> None:
-        path.with_name(path.name + ".lock").unlink(missing_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            held = wait_lock(lock, f"decoding {image} into the cache", f"another process decoding {image}",
+                             done=path.exists)
+        except OSError:
+            return None  # a read-only or lock-less cache folder: decode ourselves
+        return held if held is not None else False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,6 +252,18 @@ class DecodeCache:
         except OSError:
             return False
 
+    def has(self, sample) -> bool:
+        """True when `sample`'s files, unchanged, are already decoded in memory or on disk (so they were read in
+        full before: the pre-training check may skip them)."""
+        if not self.memory:
+            return False
+        try:
+            key, prefix = self.key(sample)
+        except OSError:
+            return False
+        return _STORE.get(key, self.generation) is not None or (
+            self.disk is not None and self.disk.path(key, prefix).is_file())
+
     def load(self, sample) -> Decoded:
         if not self.memory:
             return self._decode(sample)
@@ -294,12 +294,12 @@ class DecodeCache:
         if value is not None:
             self.stats["disk_hits"] += 1
             return value
-        claimed = self.disk.claim(path)
+        claimed = self.disk.claim(path, sample.path)
         # Read again either way: the entry may have been written between our miss and the claim.
         value = self.disk.read(path)
         if value is not None:
             if claimed:
-                self.disk.release(path)
+                claimed.release()
             self.stats["disk_hits"] += 1
             return value
         try:
@@ -309,7 +309,7 @@ class DecodeCache:
             return value
         finally:
             if claimed:
-                self.disk.release(path)
+                claimed.release()
 
 
 # ---------------------------------------------------------------------------------------------------------------

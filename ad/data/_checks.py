@@ -3,8 +3,9 @@ and a header pass over every listed image and mask (`verify_samples`), so a corr
 the wrong size stops the run before training instead of after it."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -45,6 +46,9 @@ def image_header(path: str | Path) -> Tuple[str, Tuple[int, int], str]:
                 im.verify()
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path} is too large to decode safely ({' '.join(str(exc).split())}); downscale it "
+                        "(e.g. to at most 8000x8000) or crop it into tiles") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         reason = " ".join(str(exc).split()) or exc.__class__.__name__
         raise DataError(f"{path} is not a readable image ({exc.__class__.__name__}: {reason})") from None
@@ -55,10 +59,13 @@ def image_header(path: str | Path) -> Tuple[str, Tuple[int, int], str]:
     return header  # type: ignore[return-value]
 
 
-def verify_samples(samples: Sequence[Any]) -> None:
+def verify_samples(samples: Sequence[Any], read: Optional[Callable[[Any], None]] = None, threads: int = 0) -> None:
     """Open every image and mask header of `samples` (objects with `path` and `mask_path`) and check each mask
-    has its image's size. One DataError listing the count and the first few problems, or None."""
+    has its image's size; then, with `read`, read every file whose header passed in full (`read(sample)` raises
+    DataError for a truncated or undecodable file: a cut-off JPEG, BMP or TIFF has a valid header). One
+    DataError listing the count and the first few problems, or None."""
     problems: List[str] = []
+    good = []
     for s in samples:
         try:
             _, size, _ = image_header(s.path)
@@ -74,7 +81,25 @@ def verify_samples(samples: Sequence[Any]) -> None:
             if msize != size:
                 problems.append(f"mask {s.mask_path} is {msize[0]}x{msize[1]} but its image {s.path} is "
                                 f"{size[0]}x{size[1]}")
+                continue
+        good.append(s)
+    if read is not None and good:
+        problems += [p for p in _read_all(good, read, threads) if p]
     if problems:
         more = f" (and {len(problems) - _MAX_EXAMPLES} more)" if len(problems) > _MAX_EXAMPLES else ""
         raise DataError(f"{len(problems)} of {len(samples)} listed files failed the pre-training check: "
                         f"{'; '.join(problems[:_MAX_EXAMPLES])}{more}; replace or remove them")
+
+
+def _read_all(samples: Sequence[Any], read: Callable[[Any], None], threads: int) -> List[Optional[str]]:
+    def one(s: Any) -> Optional[str]:
+        try:
+            read(s)
+        except DataError as exc:
+            return str(exc)
+        return None
+
+    if threads <= 1 or len(samples) < 2:
+        return [one(s) for s in samples]
+    with ThreadPoolExecutor(threads) as pool:  # Pillow releases the GIL while decoding
+        return list(pool.map(one, samples))

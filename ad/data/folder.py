@@ -3,8 +3,11 @@
 - `normal_dir`: defect-free images (training normals).
 - `abnormal_dir`: defective test images; images directly inside get the folder's name as defect type, images
   in sub-folders (`abnormal_dir/<defect>/...`) get the sub-folder's name.
-- `mask_dir` (optional): binary masks matched to abnormal images by file stem (`x.png` or `x_mask.png`, any
-  extension), either mirroring the sub-folders of `abnormal_dir` or flat.
+- `mask_dir` (optional): binary masks matched to abnormal images by one rule: the mask of
+  `abnormal_dir/<sub>/x.<ext>` is `mask_dir/<sub>/x.<ext'>` or `mask_dir/<sub>/x_mask.<ext'>` (mirroring the
+  sub-folders), or, when the mask dir is flat, `mask_dir/x[_mask].<ext'>` — the flat form only when no other
+  abnormal image has the stem `x`. A mask in another defect type's sub-folder is never used; an image without
+  its mask has none (pixel metrics then say so).
 - `normal_test_dir` (optional): normal test images. Without it, `normal_test_fraction` of `normal_dir` becomes
   test normals, chosen by a hash of each file name: stable across runs and seeds, and adding images does not
   reshuffle the ones already assigned.
@@ -34,18 +37,16 @@ def _resolve(root: Path, folder: Optional[str], key: str, required: bool) -> Opt
     return p
 
 
-def _mask_lookup(mask_dir: Path) -> Tuple[Dict[Tuple[str, str], Path], Dict[str, List[Path]]]:
-    """Masks by (relative sub-folder, stem) and by stem alone."""
+def _mask_lookup(mask_dir: Path) -> Dict[Tuple[str, str], Path]:
+    """Masks by (relative sub-folder, stem); `<stem>_mask` preferred when both exist."""
     by_rel: Dict[Tuple[str, str], Path] = {}
-    by_stem: Dict[str, List[Path]] = {}
     for folder in [mask_dir] + sorted(p for p in mask_dir.rglob("*") if p.is_dir()):
         rel = str(folder.relative_to(mask_dir))
         for p in list_images(folder):
             stem = mask_stem(p)
             if (rel, stem) not in by_rel or p.stem.endswith("_mask"):
                 by_rel[(rel, stem)] = p
-            by_stem.setdefault(stem, []).append(p)
-    return by_rel, by_stem
+    return by_rel
 
 
 def _hash_order(paths: Sequence[Path]) -> List[Path]:
@@ -84,8 +85,8 @@ def list_folder(
         train_paths = [p for p in normals if p not in held]
         test_normals = [p for p in normals if p in held]
 
-    by_rel, by_stem = _mask_lookup(masks) if masks is not None else ({}, {})
-    anomalous: List[Sample] = []
+    by_rel = _mask_lookup(masks) if masks is not None else {}
+    listed: List[Tuple[str, str, Path]] = []  # (sub-folder, defect type, image)
     # Other configured folders may sit inside abnormal_dir (e.g. abnormal/masks): never list them as defects.
     skip = [p.resolve() for p in (normal, masks, normal_test) if p is not None]
     for folder in [abnormal] + sorted(p for p in abnormal.rglob("*") if p.is_dir()):
@@ -93,11 +94,16 @@ def list_folder(
             continue
         rel = str(folder.relative_to(abnormal))
         defect = abnormal.name if rel == "." else rel.replace("\\", "/")
-        for p in list_images(folder):
-            m = by_rel.get((rel, p.stem))
-            if m is None and len(by_stem.get(p.stem, [])) == 1:
-                m = by_stem[p.stem][0]
-            anomalous.append(Sample(str(p), 1, defect, str(m) if m else None, "test"))
+        listed += [(rel, defect, p) for p in list_images(folder)]
+    stems: Dict[str, int] = {}
+    for _, _, p in listed:
+        stems[p.stem] = stems.get(p.stem, 0) + 1
+    anomalous: List[Sample] = []
+    for rel, defect, p in listed:
+        m = by_rel.get((rel, p.stem))
+        if m is None and rel != "." and stems[p.stem] == 1:  # flat mask dir: only an unambiguous stem
+            m = by_rel.get((".", p.stem))
+        anomalous.append(Sample(str(p), 1, defect, str(m) if m else None, "test"))
     if not anomalous:
         raise DataError(f"no images in {abnormal} (dataset.abnormal_dir); add the defective test images there")
     return (

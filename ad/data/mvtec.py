@@ -23,6 +23,15 @@ def mvtec_categories(root: Path) -> List[str]:
     )
 
 
+def _good_dir(parent: Path) -> Path:
+    """`<parent>/good`, matched in any case (`train/Good` is the same folder a user meant)."""
+    if parent.is_dir():
+        for p in sorted(parent.iterdir()):
+            if p.is_dir() and p.name.lower() == "good":
+                return p
+    return parent / "good"
+
+
 def list_mvtec(root: str | Path, category: str, dataset_name: str = "MVTec AD") -> List[Sample]:
     """All train and test samples of one category. Anomalous images without a mask get `mask_path=None`."""
     root = Path(root).expanduser()
@@ -42,7 +51,7 @@ def list_mvtec(root: str | Path, category: str, dataset_name: str = "MVTec AD") 
                 f"{', '.join(available)} (set category=<name>)"
             )
         raise DataError(f"{root} has no {dataset_name} category folders: {layout} (e.g. {cat_dir}/train/good)")
-    train_dir = cat_dir / "train" / "good"
+    train_dir = _good_dir(cat_dir / "train")
     require_dir(train_dir, layout)
     test_dir = cat_dir / "test"
     require_dir(test_dir, layout)
@@ -54,7 +63,7 @@ def list_mvtec(root: str | Path, category: str, dataset_name: str = "MVTec AD") 
     test: List[Sample] = []
     for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
         defect = defect_dir.name
-        if defect == "good":
+        if defect.lower() == "good":  # `test/Good` (any case) is the normal folder, never a defect type
             test += [Sample(str(p), 0, "good", None, "test") for p in list_images(defect_dir)]
             continue
         masks = mask_index(cat_dir / "ground_truth" / defect)

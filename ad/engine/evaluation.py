@@ -72,6 +72,18 @@ def calibrate(val: Optional[PredictionSet], settings: EvalSettings, categories: 
     return cal
 
 
+def _no_pixels_note(test: PredictionSet) -> str:
+    """Why pixel metrics are null: no masks at all, or which defect types lack them (a mask is never borrowed
+    from another defect type to fill the gap)."""
+    anomalous = np.flatnonzero(test.labels == 1)
+    missing = [int(i) for i in anomalous if not test.has_mask[i]]
+    if not missing or len(missing) == len(anomalous):
+        return "pixel metrics unavailable: no ground-truth masks for this category"
+    kinds = sorted({test.defect_types[i] for i in missing})
+    return (f"pixel metrics unavailable: {len(missing)} of {len(anomalous)} anomalous test images have no mask "
+            f"(defect type(s) {', '.join(kinds)}); add their masks to get pixel metrics")
+
+
 def evaluate_category(test: PredictionSet, cal: Calibration, settings: EvalSettings, has_masks: bool,
                       category_cal: Optional[Calibration] = None) -> CategoryRecord:
     """Every test metric of one category's predictions at the global thresholds (and its own beside them)."""
@@ -84,7 +96,7 @@ def evaluate_category(test: PredictionSet, cal: Calibration, settings: EvalSetti
     )
     notes = list(scored.get("notes", []))
     if not use_pixels and settings.pixel_metrics:
-        notes.insert(0, "pixel metrics unavailable: no ground-truth masks for this category")
+        notes.insert(0, _no_pixels_note(test))
     image = ImageMetrics(**scored["image"])
     pixel = PixelMetrics(**scored["pixel"]) if scored["pixel"] is not None else None
     rec = CategoryRecord(

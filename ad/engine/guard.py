@@ -3,15 +3,15 @@ turns any failure inside into data (status failed + one line, Ctrl-C → interru
 `guarded` composes the two; the pipeline and the entry point's early failures both go through it."""
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import shutil
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ad.errors import ADError, ConfigError
+from ad.errors import ADError, ConfigError, Terminated
 from ad.io import peak_rss_mb, write_json
 from ad.rundir.layout import RUN_FILES
 from ad.rundir.records import Memory, RunRecord
@@ -65,13 +65,13 @@ def recorded(record: RunRecord, run_dir: Path) -> Iterator[None]:
     Ctrl-C into status interrupted; results.json is written in every case."""
     try:
         yield
-    except KeyboardInterrupt:
-        record.status, record.error = "interrupted", "interrupted (KeyboardInterrupt); start it again to resume"
+    except KeyboardInterrupt as exc:
+        how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        record.status, record.error = "interrupted", f"interrupted ({how}); start it again to resume"
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record, never a lost run
         record.status, record.error = "failed", error_line(exc, run_dir)
-        user_error = exc if isinstance(exc, ADError) else exc.__cause__  # instantiate() wraps a component's ADError
-        if isinstance(user_error, ADError):
+        if is_user_error(exc):  # one line; the traceback of a bug goes to train.log
             log.error("%s", record.error)
         else:
             log.error("run failed: %s\n%s", record.error, traceback.format_exc())
@@ -81,8 +81,30 @@ def recorded(record: RunRecord, run_dir: Path) -> Iterator[None]:
         _write_record(record, run_dir)
 
 
+# Failures of the machine's disk, not of the code: reported in one line with the fix, no traceback.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _disk_error(exc: BaseException) -> Optional[OSError]:
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            return e
+    return None
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """An error the user fixes (bad value, bad file, full or read-only disk): one line, never a traceback."""
+    return isinstance(exc, ADError) or isinstance(exc.__cause__, ADError) or _disk_error(exc) is not None
+
+
 def error_line(exc: BaseException, run_dir: Path) -> str:
     user_error = exc if isinstance(exc, ADError) else exc.__cause__
+    disk = _disk_error(exc) if not isinstance(user_error, ADError) else None
+    if disk is not None:
+        where = disk.filename or run_dir
+        fix = ("free space there and start the run again (it resumes from its last checkpoint)"
+               if disk.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable or choose another hydra.run.dir")
+        return f"{disk.strerror or disk.__class__.__name__} writing {where}; {fix}"
     if isinstance(user_error, ADError):
         text = str(user_error).splitlines()[0] if str(user_error) else user_error.__class__.__name__
     else:
@@ -121,42 +143,24 @@ class RunDirBusy(ConfigError):
 
 @contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
-    """Own `run_dir` for the duration of the run: a second live run pointed at it is refused (one line)
-    instead of mixing files; a lock left by a dead process is taken over."""
+    """Own `run_dir` for the duration of the run: a second live run pointed at it is refused (one line naming
+    the lock file and its owner) instead of mixing files. The lock is an OS advisory lock (`ad.io.locks`): it
+    dies with its process, so a killed run's lock is free at once and a reused pid cannot hold it."""
+    from ad.io.locks import LocksUnsupported, holder, try_lock
+
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pid = _lock_pid(lock)
-            if pid is not None and pid != os.getpid() and _alive(pid):
-                raise RunDirBusy(f"run dir {run_dir} is in use by a live run (pid {pid}); wait for it or choose "
-                                 "another hydra.run.dir") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
+    try:
+        held = try_lock(lock, f"training run {run_dir}")
+    except LocksUnsupported:
+        log.warning("file locks are not supported in %s: two runs pointed at it at once would not be told apart",
+                    run_dir)
+        yield
+        return
+    if held is None:
+        raise RunDirBusy(f"run dir {run_dir} is in use by a live run ({holder(lock)}; lock file {lock}); wait for "
+                         "it or choose another hydra.run.dir")
     try:
         yield
     finally:
-        if _lock_pid(lock) == os.getpid():
-            lock.unlink(missing_ok=True)
-
-
-def _lock_pid(lock: Path) -> Optional[int]:
-    try:
-        return int(lock.read_text().strip() or "0") or None
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        held.release()

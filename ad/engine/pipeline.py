@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol
 import numpy as np
 
 from ad.data import DataSource
+from ad.data.identity import data_identity
 from ad.engine import artefacts
 from ad.engine.evaluation import Calibration, calibrate, evaluate_category, mean_over_categories
 from ad.engine.guard import RunDirBusy, clear_previous, guarded, memory_record
@@ -69,9 +70,13 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
             write_json(run_dir / "results.json", record.to_dict())  # "running": a crash leaves a trace
             parts = build()
             record.run.backbone, record.run.categories = parts.model.backbone_name, list(parts.categories)
+            # The data is part of the experiment: a checkpoint of another root or file list is never resumed.
+            data = data_identity(parts.categories)
+            spec.identity = {**spec.identity, **data}
+            record.run.data_root, record.run.data_fingerprint = data["data.root"], data["data.fingerprint"]
             record.counts = count_images(parts, spec)
             with artefacts.TestOutputs(run_dir, parts.logger_factory(run_dir / "tb"), spec.evaluation,
-                                       unified=len(parts.categories) > 1) as out:
+                                       unified=spec.setting == "unified") as out:
                 fit = parts.trainer.fit(parts.model, parts.data, run_dir=run_dir, logger=out.logger,
                                         identity=spec.identity)
                 record.training = training_record(fit)
@@ -164,10 +169,9 @@ class TestResult:
 
     per_category: Dict[str, CategoryRecord]
     seconds: float
-
-    @property
-    def unified(self) -> bool:
-        return len(self.per_category) > 1
+    # A unified run is recorded per category even over one category: the record says what ran (categories
+    # named, not a "unified" label row in the tables).
+    unified: bool = False
 
     def summary(self) -> tuple[Optional[Dict[str, CategoryRecord]], ImageMetrics, Optional[PixelMetrics],
                                Any, Optional[float]]:
@@ -191,7 +195,7 @@ def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, out: 
     """Score and evaluate one category at a time, so memory is bounded by the largest category, not the
     dataset: each category's predictions go to `out` (predictions.csv rows, test maps, logger) and are dropped."""
     t = spec.trainer
-    unified = len(parts.categories) > 1
+    unified = spec.setting == "unified"
     per_category: Dict[str, CategoryRecord] = {}
     seconds = 0.0
     for name, module in parts.categories.items():
@@ -203,7 +207,7 @@ def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, out: 
                             test=rec.counts.test, test_anomalous=rec.counts.test_anomalous)
         per_category[name] = rec
         out.add(name, test, rec, cal, module.dataset("test", t.limit_test), t.num_visualizations)
-    return TestResult(per_category, seconds)
+    return TestResult(per_category, seconds, unified)
 
 
 def validation_record(parts: Components, spec: RunSpec, val: Optional[PredictionSet], fit: Any) -> Validation:

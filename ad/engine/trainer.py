@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ad.errors import ConfigError
+from ad.errors import ConfigError, TrainingDiverged
 from ad.values import non_negative_int, positive_int
 from ad.io import atomic_write
 from ad.engine.scoring import PredictionSet, score_loader
@@ -51,6 +51,32 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+PRECISIONS = ("auto", "fp32", "amp")
+DEVICE_KINDS = ("auto", "cpu", "cuda", "cuda:<n>", "mps")
+
+
+def checked_device(device: Any) -> torch.device:
+    """`trainer.device` as a torch device this machine has, or one ConfigError line naming what is here."""
+    try:
+        dev = resolve_device(str(device))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"trainer.device={device!r} is not a device; use {', '.join(DEVICE_KINDS)}") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"trainer.device={device} but this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1}); "
+                              "use one of those or trainer.device=auto")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"trainer.device={device} but Apple MPS is not available here; use trainer.device=auto or cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"trainer.device={device}: device kind '{dev.type}' is not supported by ad; use "
+                          f"{', '.join(DEVICE_KINDS)}")
+    return dev
 
 
 def progress_enabled(setting: "str | bool") -> bool:
@@ -160,12 +186,10 @@ class Trainer:
         self.eval_batch_size = positive_int(eval_batch_size, "trainer.eval_batch_size")
         self.num_workers = non_negative_int(num_workers, "trainer.num_workers")
         self.gradient_clip_val = gradient_clip_val
-        try:
-            self.device = resolve_device(device)
-        except RuntimeError:
-            raise ConfigError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:<n>") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={device} but no CUDA GPU is available here; use trainer.device=auto or cpu")
+        self.device = checked_device(device)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)} (amp = float16 "
+                              "autocast on CUDA, bfloat16 on CPU; fp32 = full precision); set e.g. trainer.precision=amp")
         self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
         self.early_stopping_cfg = dict(early_stopping or {"enabled": False})
         self.checkpoint_every_n_epochs = positive_int(checkpoint_every_n_epochs, "trainer.checkpoint_every_n_epochs")
@@ -316,7 +340,7 @@ class Trainer:
         run.step += 1
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise FloatingPointError(f"training loss became {value} at step {run.step}; lower the learning rate or "
+            raise TrainingDiverged(f"training loss became {value} at step {run.step}; lower the learning rate or "
                                      "enable trainer.gradient_clip_val")
         return value
 

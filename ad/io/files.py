@@ -100,17 +100,22 @@ def _csv_value(v: Any) -> Any:
 
 
 @contextlib.contextmanager
-def file_lock(path: "str | Path") -> Iterator[None]:
+def file_lock(path: "str | Path", waiting_for: str = "") -> Iterator[None]:
     """Hold an exclusive OS advisory lock (flock) on `path` (created if needed) for the block. The kernel drops
-    it when the holder dies, so a killed process never leaves a stale lock behind."""
+    it when the holder dies, so a killed process never leaves a stale lock behind. A wait longer than 2 s says
+    in one INFO line what it waits for (`waiting_for`) and who holds the lock (`ad.io.locks`)."""
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; atomic renames still keep every file whole
+        from ad.io.locks import LocksUnsupported, wait_lock
+    except ImportError:  # not POSIX (no fcntl): no lock; atomic renames still keep every file whole
         yield
         return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    what = waiting_for or f"the lock {path}"
+    try:
+        held = wait_lock(path, what, what)
+    except LocksUnsupported:
+        held = None
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release(remove=False)  # kept: removing it would let a waiter lock a file nobody else sees

@@ -53,6 +53,9 @@ def _fast_png(data: bytes) -> Optional[Image.Image]:
     if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 26 or data[24] != 8 \
             or data[25] not in (0, 2):
         return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        return None  # Pillow applies its decompression-bomb limit (one rule for every decoder)
     try:
         arr = _spng.load(data, "L" if data[25] == 0 else "RGB")
     except Exception:  # truncated or corrupt: Pillow raises the error the caller reports
@@ -63,8 +66,15 @@ def _fast_png(data: bytes) -> Optional[Image.Image]:
     return image.convert("RGB") if image.mode == "L" else image
 
 
+def decode_png(data: bytes) -> Optional[Image.Image]:
+    """An 8-bit grey or RGB PNG's bytes through libspng when it is installed, else None (read with Pillow)."""
+    return _fast_png(data) if _spng is not None else None
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB (grey-scale and palette images become 3-channel)."""
+    """Open an image as 8-bit RGB by one rule per bit depth, the same for every file of a dataset (never by a
+    file's own min/max, which would stretch an under-exposed defect to full contrast): see `to_rgb`.
+    Grey-scale and palette images become 3-channel."""
     try:
         source: "str | Path | io.BytesIO" = path
         if _spng is not None and str(path).lower().endswith(".png"):
@@ -75,18 +85,51 @@ def load_image(path: str | Path) -> Image.Image:
                 return fast
             source = io.BytesIO(data)
         with Image.open(source) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16/32-bit grey: scale to 8 bit by the file's own range instead of letting convert() clip.
-                arr = np.asarray(im, dtype=np.float64)
-                top = max(float(arr.max()), 1.0)
-                im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
-            return im.convert("RGB")
+            return to_rgb(im, path)
     except FileNotFoundError:
         raise DataFileError(f"image file {path} does not exist; restore it or fix the dataset listing") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataFileError(f"image {path} is too large to decode safely ({_one_line(exc)}); downscale it "
+                            "(e.g. to at most 8000x8000) or crop it into tiles") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataFileError(
             f"cannot read image {path} ({exc.__class__.__name__}: {_one_line(exc)}); replace or remove the file"
         ) from None
+
+
+# Pixel modes by bit depth (Pillow's names). Everything else Pillow opens is 8 bits per channel.
+_MODES_16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(im: Image.Image, path: "str | Path" = "image") -> Image.Image:
+    """The one decoding rule of every image `ad` reads (training, ad.predict, ad.deploy; docs/reliability.md,
+    "Image formats"): 8-bit RGB, by bit depth:
+
+    - 8 bits per channel (grey, RGB, palette, 1-bit, CMYK ...): Pillow's conversion to RGB.
+    - 16 bits per channel: the high byte, value // 256 — the full 16-bit range onto 0..255 (an 8-bit value v
+      stored as v·257 comes back as v). Pillow already reads 16-bit colour PNG/TIFF this way; 16-bit grey
+      (`I;16*`, or a 16-bit PNG opened as `I`) is converted here by the same rule.
+    - 32-bit float grey (`F`, e.g. a float TIFF): values must lie in [0, 1]; value · 255, rounded. A file with
+      values outside [0, 1] (or NaN) is refused: its range is not known.
+    - 32-bit integer grey (`I` from a TIFF): refused — no fixed range to map from; convert to 16 or 8 bit.
+    """
+    mode = im.mode
+    if mode in _MODES_16BIT or (mode == "I" and im.format == "PNG"):
+        arr = np.asarray(im).astype(np.int64)
+        return Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = (float(np.nanmin(arr)), float(np.nanmax(arr))) if arr.size else (0.0, 0.0)
+        if np.isnan(arr).any() or lo < 0.0 or hi > 1.0:
+            raise DataFileError(
+                f"image {path} is a 32-bit float image with values in [{lo:g}, {hi:g}] (NaN: "
+                f"{bool(np.isnan(arr).any())}); float images must hold values in [0, 1] - rescale it to [0, 1] "
+                "or save it as 8/16-bit")
+        return Image.fromarray(np.rint(arr * 255.0).astype(np.uint8)).convert("RGB")
+    if mode == "I":
+        raise DataFileError(f"image {path} is a 32-bit integer image, which has no fixed range to map to 8 bits; "
+                            "save it as 16-bit or 8-bit (or as float in [0, 1])")
+    return im.convert("RGB")
 
 
 def load_mask(path: str | Path, image_size: tuple[int, int]) -> Image.Image:
@@ -104,7 +147,9 @@ def load_mask(path: str | Path, image_size: tuple[int, int]) -> Image.Image:
             arr = np.asarray(im)
     except FileNotFoundError:
         raise DataFileError(f"mask file {path} does not exist; restore it or remove it from the listing") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataFileError(f"mask {path} is too large to decode safely ({_one_line(exc)}); downscale it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataFileError(
             f"cannot read mask {path} ({exc.__class__.__name__}: {_one_line(exc)}); replace or remove the file"
         ) from None

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -30,26 +32,58 @@ def flatten_metrics(record: Any) -> Dict[str, float]:
     return out
 
 
+def _guard(method: Callable[..., None]) -> Callable[..., None]:
+    """A logging call that fails on the disk (read-only or full tb/) turns TensorBoard off with one warning
+    instead of failing the run."""
+    @functools.wraps(method)
+    def guarded(self: "TensorBoardLogger", *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except OSError as exc:
+            self._off(exc)
+    return guarded
+
+
 class TensorBoardLogger:
     def __init__(self, log_dir: "str | Path", enabled: bool = True, log_images: bool = True,
                  log_histograms: bool = True, log_pr_curve: bool = True) -> None:
         self.enabled = enabled
         self.log_images, self.log_histograms, self.log_pr_curve = log_images, log_histograms, log_pr_curve
         self.writer = None
+        self.log_dir = Path(log_dir)
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.log_dir = Path(log_dir)
-            self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            try:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                tempfile.TemporaryFile(dir=self.log_dir).close()  # the event file needs a writable folder
+                self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            except OSError as exc:
+                self._off(exc)
 
+    def _off(self, exc: BaseException) -> None:
+        """TensorBoard is a view of the run, never a reason to lose it: warn once and go on without it."""
+        log.warning("TensorBoard logging is off for this run: cannot write %s (%s); the run goes on and writes "
+                    "results.json, predictions.csv and model.pt as usual (make the folder writable to get tb/)",
+                    self.log_dir, " ".join(str(exc).split()) or exc.__class__.__name__)
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+    @_guard
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
 
+    @_guard
     def text(self, tag: str, text: str) -> None:
         if self.writer is not None:
             self.writer.add_text(tag, text)
 
+    @_guard
     def log_test(self, prefix: str, record: Any, test: Any, normalized_scores: np.ndarray,
                  images: Optional[List[Dict[str, Any]]] = None, pixel_range: tuple[float, float] = (0.0, 1.0)) -> None:
         """One category's test results (`prefix` "" for a single-class run, "<category>/" for unified):
@@ -78,6 +112,7 @@ class TensorBoardLogger:
             self.writer.add_text(f"test/{prefix}overlays_legend", "  \n".join(f"{i}: {it['caption']}" for i, it in enumerate(images)))
         self.writer.flush()
 
+    @_guard
     def log_final(self, record: Any, hparams: Mapping[str, Any]) -> None:
         """The run's summary metrics (for unified runs: the means over categories) and the HPARAMS entry."""
         if self.writer is None:
@@ -92,6 +127,7 @@ class TensorBoardLogger:
             self.writer.add_hparams(hp, hp_metrics, run_name=".")
         self.writer.flush()
 
+    @_guard
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ad.aggregate.cli import DEFAULT_BOOTSTRAP, _check_metrics, build, find_baseline
 from ad.aggregate.intervals import RunCache
+from ad.errors import ConfigError
+from ad.io.outdir import prepare_out_dir
 from ad.aggregate.jobs import AggregateError, collect_jobs
 from ad.aggregate.plots import plot_cd_diagrams, plot_heatmap
 from ad.aggregate.ranking import rankings
@@ -127,9 +129,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("ad-report: --bootstrap must be >= 0, --max-images >= 1 and --thumb >= 16", file=sys.stderr)
         return 2
     try:
+        prepare_out_dir(args.out)
         res = build_report(args.dirs, Path(args.out), [m.strip() for m in args.metrics.split(",") if m.strip()],
                            args.bootstrap, args.seed, args.baseline, args.max_images, args.thumb)
-    except AggregateError as e:
+    except (AggregateError, ConfigError) as e:
         print(f"ad-report: {e}", file=sys.stderr)
         return 2
     print(f"ad-report: wrote {res['index']} ({res['bytes'] / 1e6:.1f} MB, {res['seconds']:.1f} s)", file=sys.stderr)

@@ -40,6 +40,8 @@ class RunInfo:
     params: Dict[str, str] = field(default_factory=dict)  # swept / command-line hyper-parameters
     run_name: Optional[str] = None
     tag: Optional[str] = None
+    data_root: Optional[str] = None  # the resolved dataset root(s) the run read
+    data_fingerprint: Optional[str] = None  # of the listed files (paths, splits, sizes, mtimes): ad.data.identity
 
 
 @dataclass

@@ -356,7 +356,7 @@ def cached_teacher(recipe: TeacherRecipe, cache_dir: str | Path, weights_dir: Op
     except OSError as exc:
         raise WeightsError(f"cannot create the teacher cache folder {cache_dir} ({exc.strerror}); "
                            "set paths.backbone_dir to a writable folder") from None
-    with file_lock(path.with_name(path.name + ".lock")):
+    with file_lock(path.with_name(path.name + ".lock"), f"another process distilling the EfficientAD teacher {path}"):
         if path.is_file():  # another job distilled it while we waited
             return path, None
         log.info("EfficientAD: no cached teacher %s; distilling %s (once, cached for later runs)",
