@@ -216,8 +216,9 @@ def _cli(tmp_path, *args):
     (["model.coreset_ratio=abc"], "error: model.coreset_ratio='abc' is not a number"),
     (["model=padim", "model.epsilon=0"], "error: model.epsilon=0.0 must be > 0"),
     (["model=stfpm", "model.lr=-1"], "error: model.lr=-1.0 must be > 0"),
-    (["model.layers=[1,2"], "error: cannot parse 'model.layers=[1,2'"),
-    (["model=patchcore,padim"], "error: model=patchcore,padim lists several values: add -m to sweep over them"),
+    # (checked first by ad.launch.overrides, the quoting rules of issue 22)
+    (["model.layers=[1,2"], "error: model.layers=[1,2: Hydra's override grammar"),
+    (["model=patchcore,padim"], "error: model=patchcore,padim: a comma separates sweep values"),
     (["hydra.run.dri=x"], "error: hydra.run.dri is not a key of hydra.run; did you mean hydra.run.dir?"),
     (["+sweep=mvtc"], "error: sweep=mvtc is not an option of sweep (conf/sweep/); did you mean sweep=mvtec?"),
     (["-m", "model=patchcore,padim", "model.coreset_ratio=0.2"],
