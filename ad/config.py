@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple
 
@@ -148,11 +149,34 @@ def job_device(sweep_dir: str, job_num: Any, n_gpus: Optional[int] = None) -> st
     return f"cuda:{gpu}"
 
 
+_PATCH = re.compile(r"_patch(\d+)")
+
+
+def patch_size(backbone: Any) -> int:
+    """The side an input must be a multiple of for backbone `backbone` (timm's ViT names say it: `_patch14`);
+    1 for CNNs and for "none" (a model without a backbone)."""
+    m = _PATCH.search(str(backbone or ""))
+    return int(m.group(1)) if m else 1
+
+
+def input_size(size: Any, backbone: Any = None) -> int:
+    """`${ad_input_size:64,${oc.select:model.backbone.name,none}}`: `size` rounded up to a multiple of the
+    model's backbone patch (64 -> 70 for a /14 ViT), so one preset size serves every backbone family."""
+    p = patch_size(backbone)
+    return -(-int(size) // p) * p
+
+
 def register_resolvers() -> None:
+    """The `${ad_*:}` resolvers and the `adschema://` config source that conf/config.yaml uses."""
+    from ad.schema.source import register as register_schema_source
+
+    register_schema_source()
     if not OmegaConf.has_resolver("ad_params"):
         OmegaConf.register_new_resolver("ad_params", _params_suffix)
     if not OmegaConf.has_resolver("ad_job_params"):
         OmegaConf.register_new_resolver("ad_job_params", job_params_suffix)
+    if not OmegaConf.has_resolver("ad_input_size"):
+        OmegaConf.register_new_resolver("ad_input_size", input_size)
     if not OmegaConf.has_resolver("ad_sweep_dir"):  # cached: resolved once per sweep, copied into every job
         OmegaConf.register_new_resolver("ad_sweep_dir", claim_sweep_dir, use_cache=True)
     if not OmegaConf.has_resolver("ad_basename"):

@@ -27,13 +27,15 @@ SEED_MAX = 2**32 - 1
 
 
 def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
-    """The run's identity and evaluation settings, checked before any work starts."""
-    from ad.engine.settings import EvalSettings, RunSpec, identity_of
-    from ad.values import number
+    """The run's identity and settings, checked against the schemas before any work starts (the command line
+    was checked before Hydra made the run dir: `ad.launch.preflight`; this covers jobs whose values a sweeper
+    samples, and callers of `run`)."""
+    from ad.engine.settings import EvalSettings, RunSpec, TrainerSettings, identity_of
+    from ad.schema.check import validate
 
+    validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    # numpy seeds take 32 bits; the per-epoch data-order generator multiplies the seed (ad.engine.trainer)
-    seed = number(cfg.seed, "seed", int, low=0, high=SEED_MAX)
+    seed = int(config["seed"])
     setting = str(OmegaConf.select(cfg, "setting.name", default="single"))
     consumer = ("hparams_search" if choices.get("hparams_search")
                 else "optuna sweeper" if "optuna" in str(choices.get("hydra/sweeper", "")) else None)
@@ -43,6 +45,7 @@ def build_spec(cfg: DictConfig, choices: Dict[str, str], overrides: List[str]):
         tag=cfg.get("tag"), objective_consumer=consumer, model_config=config["model"],
         data_config={"image_size": config["dataset"].get("image_size"), "center_crop": config["dataset"].get("center_crop")},
         config=config, identity=identity_of(config),
+        trainer=TrainerSettings(**{k: v for k, v in config["trainer"].items() if k != "_target_"}),
     )
 
 
@@ -54,17 +57,21 @@ def build_components(cfg: DictConfig, spec):
     from ad.data.unified import UnifiedData
     from ad.engine.pipeline import Components
     from ad.loggers.tensorboard import TensorBoardLogger, run_log_dir
-    from ad.engine.trainer import seed_everything
+    from ad.engine.trainer import Trainer, seed_everything, set_num_threads
     from ad.errors import ConfigError
 
     def fresh_model():
         # Seeded right before it is built: the model and every cross-fitting fold model start from the same
         # initial weights (random-init backbones included), so their scores share one scale.
-        seed_everything(spec.seed, bool(cfg.trainer.deterministic))
+        seed_everything(spec.seed, spec.trainer.deterministic)
         return instantiate(cfg.model)
 
-    seed_everything(spec.seed, bool(cfg.trainer.deterministic))
-    trainer = instantiate(cfg.trainer)
+    set_num_threads(spec.trainer.num_threads)
+    seed_everything(spec.seed, spec.trainer.deterministic)
+    loop = spec.trainer.loop()
+    # callbacks are objects built from their `_target_`s (the typed settings hold their configs)
+    loop["callbacks"] = list(instantiate(cfg.trainer.callbacks)) if cfg.trainer.get("callbacks") else []
+    trainer = Trainer(**loop)
     if spec.setting == "unified":
         wanted = OmegaConf.select(cfg, "setting.categories", default="all")
         names = dataset_categories(spec.dataset) if wanted in (None, "all") else [str(c) for c in wanted]
@@ -198,7 +205,9 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     print(format_summary(record, run_dir), flush=True)
     if record.status != "ok":
         if hc.mode != RunMode.MULTIRUN:
-            _EXIT["code"] = 1
+            from ad.launch.sweep import EXIT  # set by failed single runs and by the sweep summary callback
+
+            EXIT["code"] = 1
         return None
     # The value an optimising sweeper (Optuna) maximises: a validation objective, never a test metric.
     return record.validation.objective if record.validation else None
@@ -230,7 +239,17 @@ def main() -> None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     register_resolvers()
+    # Config mistakes end here, in one line: before Hydra makes a run or sweep dir, before torch is imported
+    # (and before the launcher plugins and run-record modules are imported: they are not needed to check).
+    from ad.launch.preflight import preflight
+
+    error = preflight(sys.argv[1:])
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     register_plugins()
+    from ad.launch.sweep import EXIT  # set by failed single runs and by the sweep summary callback
+
     try:
         with sigterm_interrupts():
             _hydra_main()

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from ad.data import collate  # noqa: E402
 from ad.data._cache import clear_memory_cache  # noqa: E402
 from ad.data.mvtec import MVTecAD  # noqa: E402
-from ad.engine.trainer import Trainer, seed_everything  # noqa: E402
+from ad.engine.trainer import Trainer, seed_everything, set_num_threads  # noqa: E402
 
 BEFORE = {"cache": "off", "decode_threads": 0}
 AFTER: Dict[str, object] = {}  # the defaults
@@ -115,8 +115,9 @@ def epoch(args) -> Dict:
             data = Preloaded(base) if variant == "preloaded" else base
             prep = time.perf_counter() - t
             clock = _EpochClock()
+            set_num_threads(args.threads)
             trainer = Trainer(max_epochs=args.epochs, eval_batch_size=16, progress_bar=False, seed=0,
-                              early_stopping={"enabled": False}, num_threads=args.threads, callbacks=[clock])
+                              early_stopping={"enabled": False}, callbacks=[clock])
             clock.start()
             fit = trainer.fit(_model(name), data)
             secs = [round(h.seconds, 2) for h in fit.history]
@@ -148,7 +149,8 @@ def _decode_all(args) -> _Timer:
 def _compute(args, name: str, pre: Preloaded) -> _Timer:
     """Fit + score validation and test on pre-loaded tensors: what the model itself costs."""
     seed_everything(0)
-    trainer = Trainer(eval_batch_size=16, progress_bar=False, seed=0, num_threads=args.threads)
+    set_num_threads(args.threads)
+    trainer = Trainer(eval_batch_size=16, progress_bar=False, seed=0)
     model = _model(name)
     with _Timer() as t:
         trainer.fit(model, pre)

@@ -55,12 +55,12 @@ def run_one(args, name: str, precision: str, data) -> Dict:
     from sklearn.metrics import roc_auc_score
 
     from ad.config import compose
-    from ad.engine.trainer import seed_everything
+    from ad.engine.trainer import Trainer, seed_everything
 
     cfg = compose(_overrides(args, name, precision))
     seed_everything(args.seed)
-    trainer = instantiate(cfg.trainer)
-    trainer.limit_train = trainer.limit_val = trainer.limit_test = args.limit
+    trainer = Trainer(**instantiate(cfg.trainer).loop())
+    trainer.limit_train = trainer.limit_val = args.limit
     model = instantiate(cfg.model)
     dev = trainer.device
     if dev.type == "cuda":

@@ -18,6 +18,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "values": {"errors"},
     "io": {"errors"},
     "registry": set(),
+    "schema": FLOOR,
     "metrics": FLOOR,
     "stats": FLOOR | {"metrics"},
     "rundir": FLOOR | {"io"},
@@ -25,14 +26,14 @@ ALLOWED: Dict[str, Set[str]] = {
     "backbones": FLOOR | {"io"},
     "models": FLOOR | {"io", "backbones", "registry"},
     "data": FLOOR | {"io", "registry"},
-    "engine": FLOOR | {"io", "metrics", "rundir", "visualize", "registry", "models", "data"},
+    "engine": FLOOR | {"io", "metrics", "rundir", "visualize", "registry", "models", "data", "schema"},
     "loggers": FLOOR | {"io", "metrics", "rundir", "visualize"},
-    "config": FLOOR | {"io", "rundir", "registry"},
-    "launch": FLOOR | {"io", "rundir", "config"},
+    "config": FLOOR | {"io", "rundir", "registry", "schema"},
+    "launch": FLOOR | {"io", "rundir", "config", "schema"},
     "aggregate": FLOOR | {"io", "metrics", "stats", "rundir", "visualize", "config", "registry"},
     "report": FLOOR | {"io", "metrics", "stats", "rundir", "visualize", "config", "registry", "aggregate"},
     "predict": FLOOR | {"io", "metrics", "rundir", "visualize", "registry", "models", "data", "engine"},
-    "train": FLOOR | {"io", "rundir", "registry", "models", "data", "engine", "loggers", "launch", "config"},
+    "train": FLOOR | {"io", "rundir", "registry", "models", "data", "engine", "loggers", "launch", "config", "schema"},
     "deploy": FLOOR | {"io"},
     "serve": FLOOR | {"io", "deploy"},
     "export": FLOOR | {"io", "rundir", "registry", "models", "data", "engine", "predict", "deploy"},
@@ -40,7 +41,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "__main__": set(),
 }
 # Packages that must import without torch (the torch-free ground floor and run-dir readers).
-TORCH_FREE = {"errors", "values", "io", "registry", "metrics", "stats", "visualize", "deploy", "serve"}
+TORCH_FREE = {"errors", "values", "io", "registry", "metrics", "stats", "visualize", "deploy", "serve", "schema"}
 
 
 def _package(path: Path) -> str:

@@ -54,11 +54,16 @@ def test_the_data_layer_raises_its_own_error_type():
                                     ({"limit_test": 1.5}, "trainer.limit_test")])
 def test_trainer_settings_that_were_clamped_or_unchecked(kw, key):
     """These were silently clamped to 1 (checkpoint/log intervals), passed to torch unchecked (num_threads) or
-    not checked at all (limit_*: 0 trained on nothing)."""
+    not checked at all (limit_*: 0 trained on nothing). The `trainer:` settings check them; the loop's own
+    keywords are checked by the Trainer too (Python callers)."""
+    from ad.engine.settings import TrainerSettings
     from ad.engine.trainer import Trainer
 
     with pytest.raises(ConfigError, match=rf"^{key}="):
-        Trainer(progress_bar=False, **kw)
+        TrainerSettings(progress_bar=False, **kw)
+    if set(kw) <= set(TrainerSettings.LOOP_KEYS):
+        with pytest.raises(ConfigError, match=rf"^{key}="):
+            Trainer(progress_bar=False, **kw)
 
 
 def test_predict_batch_size_is_checked_by_the_same_helper(tmp_path, capsys):

@@ -11,7 +11,7 @@ import random
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Annotated, Dict, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from ad.data._cache import Decoded, DecodeCache, Prefetcher, resolve_decode_thre
 
 from ad.data._checks import DatasetConfigError, check_number, check_size, verify_samples
 from ad.data.leaks import check_disjoint
+from ad.values import ImageSize, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from ad.errors import ConfigError, DataError
 from ad.io.images import (IMAGE_EXTENSIONS, DataFileError, list_images, load_image,  # noqa: F401  (the data API)
                           load_mask)
@@ -265,17 +266,17 @@ class AnomalyDataModule:
         self,
         root: str,
         category: str,
-        image_size: int | Sequence[int] = 256,
-        center_crop: int | Sequence[int] | None = None,
-        val_fraction: float = 0.1,
+        image_size: ImageSize = 256,
+        center_crop: Optional[ImageSize] = None,
+        val_fraction: Annotated[float, Range(0, 1, high_open=True)] = 0.1,
         seed: int = 0,
-        shots: Optional[int] = None,
-        min_val: int = 2,
-        cache: str = "auto",
-        cache_mb: Optional[float] = None,
+        shots: Optional[PositiveInt] = None,
+        min_val: PositiveInt = 2,
+        cache: Literal["auto", "memory", "disk", "off"] = "auto",
+        cache_mb: Optional[NonNegativeFloat] = None,
         cache_dir: Optional[str] = None,
-        decode_threads: "int | str" = "auto",
-        pin_memory: "bool | str" = "auto",
+        decode_threads: Union[NonNegativeInt, Literal["auto"]] = "auto",
+        pin_memory: Union[bool, Literal["auto"]] = "auto",
     ) -> None:
         if root is None or str(root).strip() in ("", "None", "null", "???"):
             raise DatasetConfigError(f"dataset.root is not set (got {root!r}); "

@@ -10,7 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from PIL import Image, UnidentifiedImageError
 
 from ad.errors import ConfigError, DataError
-from ad.values import number
+from ad.values import image_size, number
 
 # Image modes `load_image` turns into RGB (everything Pillow opens from the supported formats).
 _READABLE_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
@@ -32,20 +32,8 @@ def check_number(value: Any, key: str, kind: type, low: Optional[float] = None, 
 
 
 def check_size(value: Any, key: str) -> Tuple[int, int]:
-    """An image side `N` or `[height, width]` of positive integers, as (h, w)."""
-    items = list(value) if isinstance(value, (list, tuple)) or (
-        hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict))) else [value]
-    if len(items) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
-        raise DatasetConfigError(f"{key}={_show(value)} is not a positive integer side or [height, width]; "
-                                 f"set e.g. {key}=256 or {key}=[256,320]")
-    return (items[0], items[-1])
-
-
-def _show(value: Any) -> str:
-    try:
-        return repr(list(value)) if not isinstance(value, (str, int, float)) else repr(value)
-    except TypeError:
-        return repr(value)
+    """An image side `N` or `[height, width]` of positive integers, as (h, w) (`ad.values.image_size`)."""
+    return image_size(value, key, error=DatasetConfigError)
 
 
 def image_header(path: str | Path) -> Tuple[str, Tuple[int, int], str]:

@@ -53,7 +53,7 @@ class Components:
 
     data: DataSource  # one category, or the unified union of several
     model: AnomalyModel
-    trainer: "Trainer"
+    trainer: "Trainer"  # the loop (fit, predict); its settings are in RunSpec.trainer
     logger_factory: Callable[[Path], RunLogger]  # log_dir -> logger
     categories: Dict[str, "AnomalyDataModule"] = field(default_factory=dict)  # evaluation order
     model_factory: Optional[Callable[[], AnomalyModel]] = None  # a fresh, unfitted model (cross-fitting few-shot runs)
@@ -74,7 +74,7 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
             data = data_identity(parts.categories)
             spec.identity = {**spec.identity, **data}
             record.run.data_root, record.run.data_fingerprint = data["data.root"], data["data.fingerprint"]
-            record.counts = count_images(parts)
+            record.counts = count_images(parts, spec)
             with artefacts.TestOutputs(run_dir, parts.logger_factory(run_dir / "tb"), spec.evaluation,
                                        unified=spec.setting == "unified") as out:
                 fit = parts.trainer.fit(parts.model, parts.data, run_dir=run_dir, logger=out.logger,
@@ -107,8 +107,8 @@ def run_info(spec: RunSpec) -> RunInfo:
 
 
 # --- stages -----------------------------------------------------------------------------------------------
-def count_images(parts: Components) -> Counts:
-    t = parts.trainer
+def count_images(parts: Components, spec: RunSpec) -> Counts:
+    t = spec.trainer
     test = parts.data.dataset("test", t.limit_test)
     return Counts(train=len(parts.data.dataset("train", t.limit_train)), val=len(parts.data.dataset("val", t.limit_val)),
                   test=len(test), test_anomalous=sum(s.label for s in test.samples))
@@ -129,7 +129,7 @@ def held_out_normals(parts: Components, spec: RunSpec) -> tuple[Optional[Predict
     categories) the training normals are cross-fitted: K fresh models, each fitted without one fold, score
     that fold (the few validation normals join the folds). None when not even that is possible.
     """
-    t = parts.trainer
+    t, limits = parts.trainer, spec.trainer
     val = t.predict(parts.model, t.val_loader(parts.data), desc="scoring validation normals")
     val.categories = val.categories or [next(iter(parts.categories))] * len(val.scores)
     if len(val.scores) >= spec.evaluation.min_val_images:
@@ -149,7 +149,7 @@ def held_out_normals(parts: Components, spec: RunSpec) -> tuple[Optional[Predict
         fold = FoldData(parts.data.transform, rest, held, parts.data.loading)
         model = parts.model_factory()
         t.fit(model, fold)  # no run dir: fold models are never checkpointed or saved
-        part = t.predict(model, fold.dataloader("heldout", t.eval_batch_size), desc=f"scoring fold {i + 1}")
+        part = t.predict(model, fold.dataloader("heldout", limits.eval_batch_size), desc=f"scoring fold {i + 1}")
         part.categories = [category_of.get(p, "") for p in part.paths]
         sets.append(part)
     return _concat(sets), f"cross-fitted training normals ({k} folds)"
@@ -195,13 +195,13 @@ class TestResult:
 def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, out: "artefacts.TestOutputs") -> TestResult:
     """Score and evaluate one category at a time, so memory is bounded by the largest category, not the
     dataset: each category's predictions go to `out` (predictions.csv rows, test maps, logger) and are dropped."""
-    t = parts.trainer
+    t = spec.trainer
     unified = spec.setting == "unified"
     per_category: Dict[str, CategoryRecord] = {}
     seconds = 0.0
     for name, module in parts.categories.items():
         loader = module.dataloader("test", t.eval_batch_size, limit=t.limit_test, num_workers=t.num_workers)
-        test = t.predict(parts.model, loader, desc=f"scoring test images{f' of {name}' if unified else ''}")
+        test = parts.trainer.predict(parts.model, loader, desc=f"scoring test images{f' of {name}' if unified else ''}")
         seconds += test.seconds
         rec = evaluate_category(test, cal, spec.evaluation, module.has_masks, cal.per_category.get(name) if unified else None)
         rec.counts = Counts(train=len(module.dataset("train", t.limit_train)), val=len(module.dataset("val", t.limit_val)),
@@ -226,7 +226,7 @@ def validation_record(parts: Components, spec: RunSpec, val: Optional[Prediction
 
     from ad.engine.validation import synthetic_anomaly_auroc
 
-    ds = parts.data.dataset("val", parts.trainer.limit_val)
+    ds = parts.data.dataset("val", spec.trainer.limit_val)
     if len(ds) == 0:
         rec.objective_skipped = "no validation normals to paste synthetic defects into"
         return rec

@@ -2,12 +2,13 @@
 DictConfig), and the one list of overrides that are not hyper-parameters."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Dict, Literal, Optional, Sequence, Union
 
 from ad.errors import ConfigError
 from ad.rundir.params import NOT_PARAMS, categories_of, is_param, run_name, swept_params  # noqa: F401
-from ad.values import positive_int
+from ad.values import (NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt, Range,
+                       positive_int)
 
 THRESHOLD_METHODS = ("mean_std", "quantile")
 OBJECTIVE_MODES = ("auto", "always", "never")
@@ -15,20 +16,21 @@ OBJECTIVE_MODES = ("auto", "always", "never")
 
 @dataclass
 class EvalSettings:
-    """`evaluation:` in conf/config.yaml, checked once before any work starts."""
+    """`evaluation:` in conf/config.yaml — its schema: every field is a config key (ad.schema), checked once
+    before any work starts."""
 
-    threshold: str = "mean_std"
-    k: float = 3.0
-    quantile: float = 0.99
-    pixel_pool: str = "max"
+    threshold: Literal["mean_std", "quantile"] = "mean_std"
+    k: NonNegativeFloat = 3.0
+    quantile: OpenUnitInterval = 0.99
+    pixel_pool: Literal["max", "all"] = "max"
     pixel_metrics: bool = True
-    aupro_max_fpr: float = 0.3
-    objective: str = "auto"  # auto: only when a hyper-parameter search consumes it | always | never
-    objective_max_images: int = 64
+    aupro_max_fpr: Annotated[float, Range(0, 1, low_open=True)] = 0.3
+    objective: Literal["auto", "always", "never"] = "auto"  # auto: only when a hyper-parameter search consumes it
+    objective_max_images: PositiveInt = 64
     save_maps: bool = True  # test_maps.npz beside predictions.csv (ad.rundir.maps_store)
-    save_maps_max_side: int = 256  # larger maps are block-averaged before saving
-    min_val_images: int = 2  # fewer held-out normals than this: thresholds come from cross-fitting
-    cross_fit_folds: int = 4  # folds of the training normals for cross-fitted thresholds (few-shot)
+    save_maps_max_side: PositiveInt = 256  # larger maps are block-averaged before saving
+    min_val_images: PositiveInt = 2  # fewer held-out normals than this: thresholds come from cross-fitting
+    cross_fit_folds: PositiveInt = 4  # folds of the training normals for cross-fitted thresholds (few-shot)
 
     def __post_init__(self) -> None:
         if self.threshold not in THRESHOLD_METHODS:
@@ -53,6 +55,85 @@ class EvalSettings:
 
 
 @dataclass
+class SettingSpec:
+    """`setting:` (conf/setting/*.yaml): one model per category, or one model over several categories."""
+
+    name: Literal["single", "unified"] = "single"
+    # unified: every category of the dataset ("all"), or a list such as [bottle, cable]
+    categories: Union[Literal["all"], Sequence[str], None] = None
+
+
+@dataclass
+class ExperimentSettings:
+    """The top-level values of conf/config.yaml (the nodes beside them have schemas of their own)."""
+
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # numpy's seed range; the run's data split, init and order
+    tag: Optional[str] = None
+
+
+@dataclass
+class EarlyStoppingSettings:
+    """`trainer.early_stopping`: stop when the validation loss stalls (models with a validation loss)."""
+
+    enabled: bool = True
+    patience: PositiveInt = 5  # epochs without improvement
+    min_delta: NonNegativeFloat = 0.0
+    restore_best: bool = True  # score with the best-validation weights, not the last
+
+
+@dataclass
+class TrainerSettings:
+    """`trainer:` (conf/trainer/*.yaml): the training loop's settings and the run's scoring/process settings.
+
+    The entry point splits it: `loop()` is what `ad.engine.trainer.Trainer` takes; the pipeline reads the test
+    limits, loader settings and visualisation count from here (via `RunSpec.trainer`); `num_threads` and
+    `deterministic` configure the process."""
+
+    # None = the model's declared default (one precedence rule: what is set here wins)
+    max_epochs: Optional[PositiveInt] = None
+    max_steps: Optional[PositiveInt] = None
+    batch_size: Optional[PositiveInt] = None
+    eval_batch_size: PositiveInt = 16
+    num_workers: NonNegativeInt = 0
+    gradient_clip_val: Optional[PositiveFloat] = None
+    precision: Literal["auto", "fp32", "amp"] = "auto"  # auto = mixed precision on CUDA, fp32 on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:<n>
+    num_threads: Optional[PositiveInt] = None  # torch CPU threads (None = torch's default)
+    deterministic: bool = False
+    early_stopping: EarlyStoppingSettings = field(default_factory=EarlyStoppingSettings)
+    checkpoint_every_n_epochs: PositiveInt = 1
+    resume: bool = True
+    limit_train: Optional[PositiveInt] = None  # at most N train / val / test images (smoke runs)
+    limit_val: Optional[PositiveInt] = None
+    limit_test: Optional[PositiveInt] = None
+    log_every_n_steps: PositiveInt = 10
+    progress_bar: Union[Literal["auto"], bool] = "auto"
+    progress_interval: NonNegativeFloat = 30.0  # seconds between progress lines (log files, train.log); 0 = every batch
+    num_visualizations: NonNegativeInt = 8  # test images with heatmap overlays in TensorBoard
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # data order of every epoch
+    callbacks: Sequence[Any] = ()
+
+    def __post_init__(self) -> None:
+        from ad.schema.check import check_instance
+
+        if not isinstance(self.early_stopping, EarlyStoppingSettings):
+            self.early_stopping = EarlyStoppingSettings(**dict(self.early_stopping or {"enabled": False}))
+        self.callbacks = list(self.callbacks or ())
+        check_instance(self, "trainer")
+
+    # What the training loop needs (the keyword arguments of ad.engine.trainer.Trainer).
+    LOOP_KEYS = ("max_epochs", "max_steps", "batch_size", "eval_batch_size", "num_workers", "gradient_clip_val",
+                 "precision", "device", "checkpoint_every_n_epochs", "resume", "limit_train", "limit_val",
+                 "log_every_n_steps", "progress_bar", "progress_interval", "seed", "callbacks")
+
+    def loop(self) -> Dict[str, Any]:
+        """Keyword arguments of `ad.engine.trainer.Trainer`."""
+        out = {k: getattr(self, k) for k in self.LOOP_KEYS}
+        out["early_stopping"] = asdict(self.early_stopping)
+        return out
+
+
+@dataclass
 class RunSpec:
     """Everything the engine needs to know about a run besides its components."""
 
@@ -69,6 +150,7 @@ class RunSpec:
     data_config: Dict[str, Any] = field(default_factory=dict)  # image_size / center_crop for ad.predict
     config: Dict[str, Any] = field(default_factory=dict)  # the resolved config, stored in model.pt
     identity: Dict[str, Any] = field(default_factory=dict)  # what a checkpoint must match to be resumed
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)  # limits, loaders and visualisations
 
     @property
     def name(self) -> str:

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 
 
+def set_num_threads(num_threads: Optional[int]) -> None:
+    """torch CPU threads of this process (`trainer.num_threads`; None keeps torch's default)."""
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -149,6 +155,10 @@ class _FitState:
 
 
 class Trainer:
+    """The training loop. It takes what the loop needs only; the run's other `trainer.*` settings (test limits,
+    visualisations, threads, determinism) are read by the entry point and the pipeline from
+    `ad.engine.settings.TrainerSettings`, whose `loop()` gives these keyword arguments."""
+
     def __init__(
         self,
         max_epochs: Optional[int] = None,
@@ -159,18 +169,14 @@ class Trainer:
         gradient_clip_val: Optional[float] = None,
         precision: str = "auto",
         device: str = "auto",
-        num_threads: Optional[int] = None,
-        deterministic: bool = False,
         early_stopping: Optional[Dict[str, Any]] = None,
         checkpoint_every_n_epochs: int = 1,
         resume: bool = True,
         limit_train: Optional[int] = None,
         limit_val: Optional[int] = None,
-        limit_test: Optional[int] = None,
         log_every_n_steps: int = 10,
         progress_bar: "str | bool" = "auto",
         progress_interval: float = DEFAULT_INTERVAL_S,
-        num_visualizations: int = 8,
         seed: int = 0,
         callbacks: Sequence[Any] = (),
     ) -> None:
@@ -181,26 +187,21 @@ class Trainer:
         self.batch_size = positive_int(batch_size, "trainer.batch_size", optional=True, null_means=default)
         self.eval_batch_size = positive_int(eval_batch_size, "trainer.eval_batch_size")
         self.num_workers = non_negative_int(num_workers, "trainer.num_workers")
-        num_threads = positive_int(num_threads or None, "trainer.num_threads", optional=True, null_means="torch's default")
         self.gradient_clip_val = gradient_clip_val
         self.device = checked_device(device)
         if precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)} (amp = float16 "
                               "autocast on CUDA, bfloat16 on CPU; fp32 = full precision); set e.g. trainer.precision=amp")
         self.use_amp = precision == "amp" or (precision == "auto" and self.device.type == "cuda")
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        self.deterministic = deterministic
         self.early_stopping_cfg = dict(early_stopping or {"enabled": False})
         self.checkpoint_every_n_epochs = positive_int(checkpoint_every_n_epochs, "trainer.checkpoint_every_n_epochs")
         self.resume = resume
-        self.limit_train, self.limit_val, self.limit_test = (
+        self.limit_train, self.limit_val = (
             positive_int(v, f"trainer.limit_{k}", optional=True, null_means="all")
-            for k, v in (("train", limit_train), ("val", limit_val), ("test", limit_test)))
+            for k, v in (("train", limit_train), ("val", limit_val)))
         self.log_every_n_steps = positive_int(log_every_n_steps, "trainer.log_every_n_steps")
         self.progress = progress_enabled(progress_bar)
         self.progress_interval = number(progress_interval, "trainer.progress_interval", float, low=0.0)
-        self.num_visualizations = int(num_visualizations)
         self.seed = int(seed)
         self.callbacks = list(callbacks)
 

@@ -40,6 +40,7 @@ from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._maps import aligned_features, max_score, upsample_maps
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 def truncated_l1_loss(true_scores: torch.Tensor, fake_scores: torch.Tensor, th_pos: float = 0.5,
@@ -87,19 +88,19 @@ class SimpleNet(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (2, 3),
-        patch_size: int = 3,
-        pretrain_embed_dim: Optional[int] = None,
-        target_embed_dim: Optional[int] = None,
-        noise_std: float = 0.5,
+        patch_size: PositiveInt = 3,
+        pretrain_embed_dim: Optional[PositiveInt] = None,
+        target_embed_dim: Optional[PositiveInt] = None,
+        noise_std: NonNegativeFloat = 0.5,
         th_pos: float = 0.5,
         th_neg: float = -0.5,
-        disc_hidden: int = 1024,
-        disc_layers: int = 2,
-        adaptor_lr: float = 1e-4,
-        adaptor_weight_decay: float = 1e-2,
-        disc_lr: float = 2e-4,
-        disc_weight_decay: float = 1e-5,
-        sigma: float = 4.0,
+        disc_hidden: PositiveInt = 1024,
+        disc_layers: PositiveInt = 2,
+        adaptor_lr: PositiveFloat = 1e-4,
+        adaptor_weight_decay: NonNegativeFloat = 1e-2,
+        disc_lr: PositiveFloat = 2e-4,
+        disc_weight_decay: NonNegativeFloat = 1e-5,
+        sigma: NonNegativeFloat = 4.0,
     ) -> None:
         super().__init__()
         if float(noise_std) <= 0:

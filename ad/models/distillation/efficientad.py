@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from ad.models._maps import resize_input
 from ad.models.distillation._pdn import (IMAGENET_MEAN, IMAGENET_STD, MAP_PAD, SIZES, EfficientADAutoencoder, TeacherRecipe,
                             cached_teacher, load_teacher, pdn, pdn_output_size)
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,11 @@ class EfficientAD(AnomalyModel):
     default_batch_size = 1
 
     def __init__(
-        self, model_size: str = "s", teacher_weights: Optional[str] = None, image_size: int = 256,
-        out_channels: int = 384, lr: float = 1e-4, weight_decay: float = 1e-5, lr_drop_at: float = 0.95,
-        hard_quantile: float = 0.999, map_quantiles: tuple = (0.9, 0.995), imagenet_dir: Optional[str] = None,
-        teacher_stats_images: int = 256, seed: int = 0, teacher_dir: Optional[str] = "backbones",
+        self, model_size: Literal["s", "m"] = "s", teacher_weights: Optional[str] = None,
+        image_size: PositiveInt = 256, out_channels: PositiveInt = 384, lr: PositiveFloat = 1e-4,
+        weight_decay: NonNegativeFloat = 1e-5, lr_drop_at: UnitInterval = 0.95, hard_quantile: UnitInterval = 0.999,
+        map_quantiles: Sequence[UnitInterval] = (0.9, 0.995), imagenet_dir: Optional[str] = None,
+        teacher_stats_images: PositiveInt = 256, seed: NonNegativeInt = 0, teacher_dir: Optional[str] = "backbones",
         teacher_distill: Optional[Dict[str, Any]] = None,
     ) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ Gaussian (σ = 4); image score = max of the smoothed map.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from ad.errors import ConfigError
 from ad.models.distillation._distillation import MirroredDecoder, OneClassBottleneck
 from ad.models._maps import cosine_distance_map, gaussian_blur2d, max_score, upsample_to
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import Momentum, NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class ReverseDistillation(AnomalyModel):
@@ -38,13 +39,13 @@ class ReverseDistillation(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (1, 2, 3),
-        embedding_channels: int | None = None,
-        oce_blocks: int = 3,
+        embedding_channels: Optional[PositiveInt] = None,
+        oce_blocks: PositiveInt = 3,
         decoder_blocks: "int | Sequence[int]" = (3, 4, 6),
-        sigma: float = 4.0,
-        lr: float = 0.005,
-        betas: Sequence[float] = (0.5, 0.999),
-        loss: str = "flat",
+        sigma: NonNegativeFloat = 4.0,
+        lr: PositiveFloat = 0.005,
+        betas: Sequence[Momentum] = (0.5, 0.999),
+        loss: Literal["flat", "position"] = "flat",
     ) -> None:
         super().__init__()
         if loss not in LOSSES:

@@ -9,7 +9,7 @@ upsampled to the input, and the image score is the map's maximum.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._maps import max_score, upsample_to
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import Momentum, NonNegativeFloat, PositiveFloat
 
 
 class STFPM(AnomalyModel):
@@ -29,10 +30,10 @@ class STFPM(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (1, 2, 3),
-        map_reduction: str = "product",
-        lr: float = 0.4,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
+        map_reduction: Literal["product", "sum"] = "product",
+        lr: PositiveFloat = 0.4,
+        momentum: Momentum = 0.9,
+        weight_decay: NonNegativeFloat = 1e-4,
     ) -> None:
         super().__init__()
         if map_reduction not in ("product", "sum"):

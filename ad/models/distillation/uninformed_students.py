@@ -54,6 +54,7 @@ from ad.models._maps import max_score, resize_input, upsample_to
 from ad.models.distillation._patch_descriptors import (ImageBank, PatchNet, distill_teacher, ensemble_error_variance,
                                           iterate_images)
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,15 @@ class UninformedStudents(AnomalyModel):
     default_batch_size = 8
 
     def __init__(
-        self, backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0", patch_sizes: Sequence[int] = (17, 33, 65),
-        num_students: int = 3, image_size: int = 128, width: int = 32, out_dim: int = 64, descriptor_layer: int = 4,
-        teacher_steps: int = 1000, teacher_batch: int = 32, teacher_images: int = 512, teacher_lr: float = 2e-4,
-        teacher_compactness: float = 1.0, teacher_texture_fraction: float = 0.25,
-        teacher_steps_per_step: Optional[float] = 5.0, lr: float = 1e-4,
-        weight_decay: float = 1e-5, seed: int = 0,
+        self, backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
+        patch_sizes: Sequence[PositiveInt] = (17, 33, 65),
+        num_students: PositiveInt = 3, image_size: PositiveInt = 128, width: PositiveInt = 32,
+        out_dim: PositiveInt = 64, descriptor_layer: int = 4,
+        teacher_steps: PositiveInt = 1000, teacher_batch: PositiveInt = 32, teacher_images: PositiveInt = 512,
+        teacher_lr: PositiveFloat = 2e-4,
+        teacher_compactness: NonNegativeFloat = 1.0, teacher_texture_fraction: UnitInterval = 0.25,
+        teacher_steps_per_step: Optional[PositiveFloat] = 5.0, lr: PositiveFloat = 1e-4,
+        weight_decay: NonNegativeFloat = 1e-5, seed: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
         if num_students < 2:

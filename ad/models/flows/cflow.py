@@ -44,6 +44,7 @@ from ad.errors import ConfigError
 from ad.models.flows._flows import VectorFlow
 from ad.models._maps import max_score, upsample_to
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import PositiveFloat, PositiveInt, UnitInterval
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,15 @@ class CFlow(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (2, 3, 4),
-        condition_dims: int = 128,
-        coupling_blocks: int = 8,
-        clamp: float = 1.9,
-        hidden_ratio: float = 2.0,
-        fiber_batch_size: Optional[int] = 256,
-        lr: float = 2e-4,
-        warmup_fraction: float = 2 / 25,
-        warmup_start_ratio: float = 0.1,
-        lr_min_ratio: float = 1e-3,
+        condition_dims: PositiveInt = 128,
+        coupling_blocks: PositiveInt = 8,
+        clamp: PositiveFloat = 1.9,
+        hidden_ratio: PositiveFloat = 2.0,
+        fiber_batch_size: Optional[PositiveInt] = 256,
+        lr: PositiveFloat = 2e-4,
+        warmup_fraction: UnitInterval = 2 / 25,
+        warmup_start_ratio: UnitInterval = 0.1,
+        lr_min_ratio: UnitInterval = 1e-3,
     ) -> None:
         super().__init__()
         if fiber_batch_size is not None and int(fiber_batch_size) < 1:

@@ -42,6 +42,7 @@ from ad.errors import ConfigError
 from ad.models.flows._flows import VectorFlow
 from ad.models._maps import gaussian_blur2d
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import Momentum, NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 _PIXELS_PER_PASS = 16 * 256 * 256
@@ -76,18 +77,18 @@ class DifferNet(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (4,),
-        n_scales: int = 3,
-        flow_steps: int = 8,
-        clamp: float = 3.0,
-        subnet_hidden: int = 512,
-        subnet_layers: int = 3,
-        train_transforms: int = 4,
-        test_transforms: int = 64,
-        grad_sigma: float = 3.0,
-        lr: float = 2e-4,
-        betas: Sequence[float] = (0.8, 0.8),
-        eps: float = 1e-4,
-        weight_decay: float = 1e-5,
+        n_scales: PositiveInt = 3,
+        flow_steps: PositiveInt = 8,
+        clamp: PositiveFloat = 3.0,
+        subnet_hidden: PositiveInt = 512,
+        subnet_layers: PositiveInt = 3,
+        train_transforms: PositiveInt = 4,
+        test_transforms: PositiveInt = 64,
+        grad_sigma: NonNegativeFloat = 3.0,
+        lr: PositiveFloat = 2e-4,
+        betas: Sequence[Momentum] = (0.8, 0.8),
+        eps: PositiveFloat = 1e-4,
+        weight_decay: NonNegativeFloat = 1e-5,
     ) -> None:
         super().__init__()
         for key, value in (("n_scales", n_scales), ("flow_steps", flow_steps), ("train_transforms", train_transforms),

@@ -19,6 +19,7 @@ from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.models.flows._flows import Flow2d
 from ad.models._maps import max_score, upsample_to
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class FastFlow(AnomalyModel):
@@ -31,12 +32,12 @@ class FastFlow(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (1, 2, 3),
-        flow_steps: int = 8,
-        hidden_ratio: float = 1.0,
-        clamp: float = 2.0,
+        flow_steps: PositiveInt = 8,
+        hidden_ratio: PositiveFloat = 1.0,
+        clamp: PositiveFloat = 2.0,
         conv3x3_only: bool = False,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-5,
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 1e-5,
     ) -> None:
         super().__init__()
         cfg = as_backbone_config(backbone)

@@ -38,7 +38,7 @@ Checked against the reference code; where this implementation differs and why:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,7 @@ from ad.errors import ConfigError
 from ad.models._maps import cosine_distance_map, gaussian_blur2d, top_fraction_score, upsample_to
 from ad.models.foundation._optim import StableAdamW, warm_cosine_scheduler
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import Fraction, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 
 SETTINGS = ("single", "unified")
 
@@ -83,7 +84,7 @@ class DecoderBlock(nn.Module):
     """Pre-norm transformer block with linear attention (reference: `Block(attn=LinearAttention2)`,
     LayerNorm ε = 1e-8, qkv bias, MLP ratio 4, GELU, no layer scale, no drop-path)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: PositiveFloat = 4.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-8)
         self.attn = LinearAttention(dim, num_heads)
@@ -99,7 +100,7 @@ class NoisyBottleneck(nn.Module):
     """MLP dim → 4·dim → dim with the *same* dropout on its input, hidden and output activations (reference
     `bMlp(drop=0.2)`): the noise keeps the decoder from learning an identity mapping."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: Momentum) -> None:
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
@@ -173,26 +174,26 @@ class Dinomaly(AnomalyModel):
         backbone: "BackboneConfig | str | dict" = "vit_base_patch14_reg4_dinov2",
         layers: Optional[Sequence[int]] = None,
         groups: Sequence[Sequence[int]] = ((0, 1, 2, 3), (4, 5, 6, 7)),
-        decoder_depth: int = 8,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.2,
-        lr: float = 2e-3,
-        final_lr: float = 2e-4,
-        warmup_steps: int = 100,
-        weight_decay: float = 1e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: Optional[float] = None,
+        decoder_depth: PositiveInt = 8,
+        mlp_ratio: PositiveFloat = 4.0,
+        dropout: Momentum = 0.2,
+        lr: PositiveFloat = 2e-3,
+        final_lr: PositiveFloat = 2e-4,
+        warmup_steps: NonNegativeInt = 100,
+        weight_decay: NonNegativeFloat = 1e-4,
+        betas: Sequence[Momentum] = (0.9, 0.999),
+        eps: Optional[PositiveFloat] = None,
         amsgrad: bool = True,
-        grad_clip: Optional[float] = 0.1,
-        hard_mining_final: float = 0.9,
-        hard_mining_ramp_steps: int = 1000,
-        hard_mining_factor: float = 0.1,
-        sigma: float = 4.0,
-        blur_kernel_size: int = 5,
-        top_ratio: float = 0.01,
-        steps_single: int = 5000,
-        steps_unified: int = 10000,
-        setting: str = "single",
+        grad_clip: Optional[PositiveFloat] = 0.1,
+        hard_mining_final: UnitInterval = 0.9,
+        hard_mining_ramp_steps: NonNegativeInt = 1000,
+        hard_mining_factor: NonNegativeFloat = 0.1,
+        sigma: NonNegativeFloat = 4.0,
+        blur_kernel_size: PositiveInt = 5,
+        top_ratio: Fraction = 0.01,
+        steps_single: PositiveInt = 5000,
+        steps_unified: PositiveInt = 10000,
+        setting: Literal["single", "unified"] = "single",
     ) -> None:
         super().__init__()
         if setting not in SETTINGS:

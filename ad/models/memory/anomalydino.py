@@ -18,7 +18,7 @@ masking is applied to test images only (the reference's default `mask_ref_images
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from ad.errors import ConfigError
 from ad.models._maps import top_fraction_score, upsample_maps
 from ad.models.memory._memory import KnnIndex
 from ad.models.base import AnomalyModel, Prediction
+from ad.values import Fraction, NonNegativeFloat, PositiveInt
 
 
 def _morph3(mask: torch.Tensor, dilate: bool) -> torch.Tensor:
@@ -60,12 +61,12 @@ class AnomalyDINO(AnomalyModel):
         backbone: "BackboneConfig | str | dict" = "vit_small_patch14_dinov2",
         layer: int = -1,
         final_norm: bool = True,
-        num_neighbors: int = 1,
+        num_neighbors: PositiveInt = 1,
         masking: bool = False,
         mask_threshold: float = 10.0,
-        sigma: float = 4.0,
-        top_ratio: float = 0.01,
-        search: str = "flat",
+        sigma: NonNegativeFloat = 4.0,
+        top_ratio: Fraction = 0.01,
+        search: Literal["exact", "flat", "ivf"] = "flat",
     ) -> None:
         super().__init__()
         if search not in KnnIndex.KINDS:

@@ -10,7 +10,7 @@ likelihood has no spatial decomposition), upsampled and Gaussian-smoothed.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from ad.backbones import BackboneConfig, FeatureExtractor, as_backbone_config
 from ad.errors import ConfigError
 from ad.models._maps import full_precision, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
+from ad.values import NonNegativeFloat, OpenUnitInterval, PositiveInt
 
 
 class DFM(AnomalyModel):
@@ -28,10 +29,10 @@ class DFM(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layer: int = 3,
-        pooling_kernel_size: int = 4,
-        n_components: float = 0.97,
-        score_type: str = "fre",
-        sigma: float = 4.0,
+        pooling_kernel_size: PositiveInt = 4,
+        n_components: Union[OpenUnitInterval, PositiveInt] = 0.97,  # a variance fraction or a count
+        score_type: Literal["fre", "nll"] = "fre",
+        sigma: NonNegativeFloat = 4.0,
     ) -> None:
         super().__init__()
         if score_type not in ("fre", "nll"):

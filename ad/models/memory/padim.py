@@ -20,6 +20,7 @@ from ad.errors import ConfigError
 from ad.models.memory._memory import seeded_channel_subset
 from ad.models._maps import aligned_features, full_precision, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
+from ad.values import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 class Padim(AnomalyModel):
@@ -29,11 +30,11 @@ class Padim(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (1, 2, 3),
-        n_features: Optional[int] = 100,
-        epsilon: float = 0.01,
-        sigma: float = 4.0,
-        seed: int = 0,
-        chunk_positions: int = 512,
+        n_features: Optional[PositiveInt] = 100,
+        epsilon: PositiveFloat = 0.01,
+        sigma: NonNegativeFloat = 4.0,
+        seed: NonNegativeInt = 0,
+        chunk_positions: PositiveInt = 512,
     ) -> None:
         super().__init__()
         cfg = as_backbone_config(backbone)

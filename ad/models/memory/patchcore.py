@@ -6,7 +6,7 @@ image score is the largest patch score, reweighted by how isolated its nearest b
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from ad.models.memory._coreset import greedy_coreset
 from ad.models.memory._memory import KnnIndex
 from ad.models._maps import aligned_features, full_precision, upsample_maps
 from ad.models.base import AnomalyModel, Prediction
+from ad.values import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 
 class PatchCore(AnomalyModel):
@@ -26,18 +27,18 @@ class PatchCore(AnomalyModel):
         self,
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (2, 3),
-        coreset_ratio: float = 0.1,
-        num_neighbors: int = 1,
-        reweight_neighbors: int = 9,
-        patch_size: int = 3,
-        pretrain_embed_dim: Optional[int] = None,
-        target_embed_dim: Optional[int] = None,
-        projection_dim: int = 128,
-        coreset_cell_size: int = 256,
-        sigma: float = 4.0,
-        seed: int = 0,
-        search: str = "exact",
-        nprobe: int = 8,
+        coreset_ratio: Fraction = 0.1,
+        num_neighbors: PositiveInt = 1,
+        reweight_neighbors: PositiveInt = 9,
+        patch_size: PositiveInt = 3,
+        pretrain_embed_dim: Optional[PositiveInt] = None,
+        target_embed_dim: Optional[PositiveInt] = None,
+        projection_dim: PositiveInt = 128,
+        coreset_cell_size: PositiveInt = 256,
+        sigma: NonNegativeFloat = 4.0,
+        seed: NonNegativeInt = 0,
+        search: Literal["exact", "flat", "ivf"] = "exact",
+        nprobe: PositiveInt = 8,
     ) -> None:
         super().__init__()
         if not 0.0 < float(coreset_ratio) <= 1.0:

@@ -16,6 +16,7 @@ from ad.errors import ConfigError
 from ad.models._maps import full_precision, gaussian_blur2d, upsample_to
 from ad.models.memory._memory import KnnIndex, nearest_distance, pairwise_sq_dists
 from ad.models.base import AnomalyModel, Prediction
+from ad.values import NonNegativeFloat, PositiveInt
 
 
 class Spade(AnomalyModel):
@@ -26,9 +27,9 @@ class Spade(AnomalyModel):
         backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0",
         layers: Sequence[int] = (1, 2, 3),
         global_layer: int = 4,
-        image_neighbors: int = 50,
-        top_k: int = 10,
-        sigma: float = 4.0,
+        image_neighbors: PositiveInt = 50,
+        top_k: PositiveInt = 10,
+        sigma: NonNegativeFloat = 4.0,
     ) -> None:
         super().__init__()
         if int(image_neighbors) < 1 or int(top_k) < 1:

@@ -3,15 +3,18 @@ reconstruction detail for a smoother, more disentangled latent space, which reco
 structure less faithfully."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from ad.models.reconstruction.vae import VAE
+from ad.values import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class BetaVAE(VAE):
     def __init__(
-        self, image_size: int = 256, widths: Sequence[int] = (32, 64, 128, 256, 256), latent_dim: int = 128,
-        beta: float = 4.0, score: str = "mse", loss: Optional[str] = None, smoothing_sigma: float = 4.0,
-        topk: Optional[int] = None, lr: float = 2e-4, weight_decay: float = 1e-5,
+        self, image_size: PositiveInt = 256, widths: Sequence[PositiveInt] = (32, 64, 128, 256, 256),
+        latent_dim: PositiveInt = 128,
+        beta: NonNegativeFloat = 4.0, score: Literal["mse", "ssim"] = "mse",
+        loss: Optional[Literal["mse", "ssim"]] = None, smoothing_sigma: NonNegativeFloat = 4.0,
+        topk: Optional[PositiveInt] = None, lr: PositiveFloat = 2e-4, weight_decay: NonNegativeFloat = 1e-5,
     ) -> None:
         super().__init__(image_size, widths, latent_dim, beta, score, loss, smoothing_sigma, topk, lr, weight_decay)

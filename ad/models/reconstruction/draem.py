@@ -25,6 +25,7 @@ from ad.models._maps import resize_input, upsample_to
 from ad.models.reconstruction._ssim import ssim_loss
 from ad.models.reconstruction._unet import UNet
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
@@ -41,11 +42,13 @@ class DRAEM(AnomalyModel):
     default_batch_size = 8
 
     def __init__(
-        self, recon_base_width: int = 128, disc_base_width: int = 64, anomaly_source_dir: Optional[str] = None,
-        anomaly_prob: float = 0.5, beta_max: float = 0.8, rotate_normal_prob: float = 0.3,
-        perlin_min_scale_exp: int = 0, perlin_max_scale_exp: int = 6, lr: float = 1e-4,
-        lr_milestones: Sequence[float] = (0.8, 0.9), lr_gamma: float = 0.2, score_window: int = 21,
-        focal_gamma: float = 2.0, seed: int = 0, image_size: Optional[int] = None,
+        self, recon_base_width: PositiveInt = 128, disc_base_width: PositiveInt = 64,
+        anomaly_source_dir: Optional[str] = None,
+        anomaly_prob: UnitInterval = 0.5, beta_max: UnitInterval = 0.8, rotate_normal_prob: UnitInterval = 0.3,
+        perlin_min_scale_exp: NonNegativeInt = 0, perlin_max_scale_exp: NonNegativeInt = 6, lr: PositiveFloat = 1e-4,
+        lr_milestones: Sequence[UnitInterval] = (0.8, 0.9), lr_gamma: PositiveFloat = 0.2,
+        score_window: PositiveInt = 21,
+        focal_gamma: NonNegativeFloat = 2.0, seed: NonNegativeInt = 0, image_size: Optional[PositiveInt] = None,
     ) -> None:
         super().__init__()
         b = int(recon_base_width)

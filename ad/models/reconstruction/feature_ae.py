@@ -25,7 +25,7 @@ The encoder never trains (frozen, BN folded); only the autoencoder's parameters 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from ad.errors import ConfigError
 from ad.models.reconstruction._autoencoder import reconstruction_error
 from ad.models._maps import gaussian_blur2d, max_score, upsample_to
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec, Prediction
+from ad.values import NonNegativeFloat, PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 _TARGETS = ("features", "image", "both")
@@ -48,7 +49,7 @@ def _conv1x1(cin: int, cout: int, act: bool = True) -> List[nn.Module]:
 class FeatureCAE(nn.Module):
     """DFR's 1×1-conv autoencoder: encoder C → (C+2L)/2 → 2L → L, mirrored decoder back to C (linear output)."""
 
-    def __init__(self, channels: int, latent_dim: int) -> None:
+    def __init__(self, channels: int, latent_dim: PositiveInt) -> None:
         super().__init__()
         mid = (channels + 2 * latent_dim) // 2
         self.encoder = nn.Sequential(*_conv1x1(channels, mid), *_conv1x1(mid, 2 * latent_dim), nn.Conv2d(2 * latent_dim, latent_dim, 1))
@@ -58,7 +59,7 @@ class FeatureCAE(nn.Module):
 class ImageDecoder(nn.Module):
     """Latent grid at stride `stride` → image: ×2 transposed-conv + BN + ReLU steps, then a 3×3 conv + sigmoid."""
 
-    def __init__(self, latent_dim: int, stride: int, width: int = 64) -> None:
+    def __init__(self, latent_dim: PositiveInt, stride: int, width: PositiveInt = 64) -> None:
         super().__init__()
         layers: List[nn.Module] = [nn.Conv2d(latent_dim, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         s = stride
@@ -78,8 +79,10 @@ class FeatureAE(AnomalyModel):
 
     def __init__(
         self, backbone: "BackboneConfig | str | dict" = "tf_efficientnet_lite0", layers: Sequence[int] = (1, 2, 3),
-        latent_dim: int = 64, target: str = "features", score: str = "mse", pool_size: int = 3,
-        image_decoder_width: int = 64, smoothing_sigma: float = 4.0, lr: float = 1e-4, weight_decay: float = 0.0,
+        latent_dim: PositiveInt = 64, target: Literal["features", "image", "both"] = "features",
+        score: Literal["mse", "ssim"] = "mse", pool_size: PositiveInt = 3,
+        image_decoder_width: PositiveInt = 64, smoothing_sigma: NonNegativeFloat = 4.0, lr: PositiveFloat = 1e-4,
+        weight_decay: NonNegativeFloat = 0.0,
     ) -> None:
         super().__init__()
         if target not in _TARGETS:

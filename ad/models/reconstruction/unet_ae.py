@@ -12,18 +12,21 @@ Fully convolutional: any input size (padded to a multiple of 2^(levels-1)); `ima
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from ad.models.reconstruction._autoencoder import ReconstructionModel, UNetReconstructor
 from ad.models.reconstruction._unet import UNet
+from ad.values import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class UNetAE(ReconstructionModel):
     def __init__(
-        self, image_size: Optional[int] = 256, widths: Sequence[int] = (32, 64, 128, 256, 256),
-        skip_levels: Sequence[int] = (3,), skip_channels: Optional[int] = 16, bottleneck_channels: Optional[int] = 32,
-        noise_std: float = 0.0, score: str = "mse", loss: Optional[str] = None, smoothing_sigma: float = 4.0,
-        topk: Optional[int] = None, lr: float = 1e-3, weight_decay: float = 1e-5,
+        self, image_size: Optional[PositiveInt] = 256, widths: Sequence[PositiveInt] = (32, 64, 128, 256, 256),
+        skip_levels: Sequence[int] = (3,), skip_channels: Optional[PositiveInt] = 16,
+        bottleneck_channels: Optional[PositiveInt] = 32,
+        noise_std: NonNegativeFloat = 0.0, score: Literal["mse", "ssim"] = "mse",
+        loss: Optional[Literal["mse", "ssim"]] = None, smoothing_sigma: NonNegativeFloat = 4.0,
+        topk: Optional[PositiveInt] = None, lr: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 1e-5,
     ) -> None:
         super().__init__(image_size, score, loss, smoothing_sigma, topk, lr, weight_decay, noise_std)
         self.net = UNetReconstructor(UNet(3, 3, widths, skip_levels, skip_channels, bottleneck_channels))

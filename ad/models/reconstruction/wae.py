@@ -25,13 +25,14 @@ Deviations, and why:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 
 from ad.errors import ConfigError
 from ad.models.reconstruction._autoencoder import DenseAutoencoder, ReconstructionModel, reconstruction_error
 from ad.models.base import Budget, OptimizerSpec
+from ad.values import Momentum, NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval
 
 
 def imq_kernel(x: torch.Tensor, y: torch.Tensor, c: float, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
@@ -57,11 +58,15 @@ class WAE(ReconstructionModel):
     default_batch_size = 32
 
     def __init__(
-        self, image_size: int = 256, widths: Sequence[int] = (32, 64, 128, 256, 256), latent_dim: int = 128,
-        lambda_mmd: float = 0.163, prior_var: float = 2.0, kernel_scales: Sequence[float] = (1.0,),
-        score: str = "mse", loss: Optional[str] = None, smoothing_sigma: float = 4.0, topk: Optional[int] = None,
-        lr: float = 3e-4, betas: Sequence[float] = (0.5, 0.999), lr_milestones: Sequence[float] = (30 / 55, 50 / 55),
-        lr_gammas: Sequence[float] = (0.5, 0.2), weight_decay: float = 0.0,
+        self, image_size: PositiveInt = 256, widths: Sequence[PositiveInt] = (32, 64, 128, 256, 256),
+        latent_dim: PositiveInt = 128,
+        lambda_mmd: NonNegativeFloat = 0.163, prior_var: PositiveFloat = 2.0,
+        kernel_scales: Sequence[PositiveFloat] = (1.0,),
+        score: Literal["mse", "ssim"] = "mse", loss: Optional[Literal["mse", "ssim"]] = None,
+        smoothing_sigma: NonNegativeFloat = 4.0, topk: Optional[PositiveInt] = None,
+        lr: PositiveFloat = 3e-4, betas: Sequence[Momentum] = (0.5, 0.999),
+        lr_milestones: Sequence[UnitInterval] = (30 / 55, 50 / 55),
+        lr_gammas: Sequence[PositiveFloat] = (0.5, 0.2), weight_decay: NonNegativeFloat = 0.0,
     ) -> None:
         super().__init__(image_size, score, loss, smoothing_sigma, topk, lr, weight_decay)
         if prior_var <= 0 or lambda_mmd < 0 or not kernel_scales or min(kernel_scales) <= 0:
