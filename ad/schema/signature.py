@@ -9,6 +9,7 @@ importing the model (about a millisecond per module). `tests/test_schema.py` hol
 from __future__ import annotations
 
 import ast
+import importlib.util
 import builtins
 import importlib
 import typing
@@ -88,7 +89,9 @@ def module_file(module: str) -> Optional[Path]:
     search: Optional[List[str]] = None
     spec = None
     for i in range(len(parts)):
-        spec = PathFinder.find_spec(".".join(parts[: i + 1]), search)
+        # The top-level package through every finder (an editable install's finder is not on sys.path); below
+        # it, by path, so no package __init__ runs.
+        spec = importlib.util.find_spec(parts[0]) if i == 0 else PathFinder.find_spec(".".join(parts[: i + 1]), search)
         if spec is None:
             return None
         search = list(spec.submodule_search_locations or [])
