@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 
 from ad.engine import artefacts
-from ad.engine.evaluation import Calibration, calibrate, evaluate_category, mean_over_categories
+from ad.engine.evaluation import (Calibration, benchmark_metrics, calibrate, evaluate_category, mean_entries,
+                                  mean_over_categories)
 from ad.engine.outputs import peak_rss_mb, write_json
 from ad.engine.records import CategoryRecord, Counts, Memory, RunInfo, RunRecord, Timing, Training, Validation
 from ad.engine.scoring import PredictionSet, score_function
@@ -161,6 +162,7 @@ def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, recor
         test = t.predict(parts.model, loader, desc=f"scoring test images{f' of {name}' if unified else ''}")
         seconds += test.seconds
         rec = evaluate_category(test, cal, spec.evaluation, module.has_masks, cal.per_category.get(name) if unified else None)
+        rec.benchmark = benchmark_metrics(module, test, cal)
         rec.counts = Counts(train=len(module.dataset("train", t.limit_train)), val=len(module.dataset("val", t.limit_val)),
                             test=rec.counts.test, test_anomalous=rec.counts.test_anomalous)
         per_category[name] = rec
@@ -176,10 +178,12 @@ def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, recor
         record.image, record.pixel = mean_over_categories(per_category)
         mads = [c.mad for c in per_category.values()]
         record.mad = None if any(m is None for m in mads) else float(np.mean(mads))
+        record.benchmark = mean_entries(c.benchmark for c in per_category.values())
         record.notes += [f"{c}: {n}" for c, r in per_category.items() for n in r.notes]
     else:
         (only,) = per_category.values()
         record.image, record.pixel, record.per_defect, record.mad = only.image, only.pixel, only.per_defect, only.mad
+        record.benchmark = only.benchmark
         record.notes += only.notes
     return rows, seconds
 
