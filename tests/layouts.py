@@ -178,11 +178,11 @@ def _square(rng: np.random.Generator, h: int, w: int, side: int = SQUARE) -> np.
 AD2_H, AD2_W = SIZE, SIZE * 4 // 3  # non-square, like the release's images
 
 
-def mvtec_ad2(root: Path, seed: int = 4) -> Layout:
+def mvtec_ad2(root: Path, seed: int = 4, category: str = "can") -> Layout:
     """MVTec AD 2-like category `can`: 8 train, 3 validation, 3 good + 3 bad public test images (48x64), and
     4 + 4 private images named like the release (`000_regular.png`, `000_mixed.png`)."""
     root, rng = Path(root), np.random.default_rng(seed)
-    c = root / "can"
+    c = root / category
     for i in range(8):
         _save(_texture_hw(rng, AD2_H, AD2_W), c / "train" / "good" / f"{i:03d}_regular.png")
     for i in range(3):
@@ -196,8 +196,8 @@ def mvtec_ad2(root: Path, seed: int = 4) -> Layout:
     for split, suffix in (("test_private", "regular"), ("test_private_mixed", "mixed")):
         for i in range(4):
             _save(_texture_hw(rng, AD2_H, AD2_W), c / split / f"{i:03d}_{suffix}.png")
-    return Layout("mvtec_ad2", root, "mvtec_ad2", "can", 8, 3, 3,
-                  ["dataset=mvtec_ad2", f"dataset.root={root}", "dataset.category=can"])
+    return Layout("mvtec_ad2", root, "mvtec_ad2", category, 8, 3, 3,
+                  ["dataset=mvtec_ad2", f"dataset.root={root}", f"dataset.category={category}"])
 
 
 LOCO_CONFIG = [
