@@ -209,13 +209,13 @@ LOCO_CONFIG = [
 LOCO_DEFECTS = {"logical_anomalies": [[255, 23], [23]], "structural_anomalies": [[7, 7, 255], [7]]}
 
 
-def mvtec_loco(root: Path, seed: int = 5) -> Layout:
+def mvtec_loco(root: Path, seed: int = 5, category: str = "box_like") -> Layout:
     """MVTec LOCO-like category `box_like`: 8 train, 3 validation, 3 good, 2 logical and 2 structural test images;
     anomalous images carry 1-3 ground-truth PNGs each (the first two of an image overlap)."""
     import json
 
     root, rng = Path(root), np.random.default_rng(seed)
-    c = root / "box_like"
+    c = root / category
     for i in range(8):
         _save(_texture(rng, False), c / "train" / "good" / f"{i:03d}.png")
     for i in range(3):
@@ -234,22 +234,22 @@ def mvtec_loco(root: Path, seed: int = 5) -> Layout:
                 prev = m
             _save(img, c / "test" / kind / f"{i:03d}.png")
     (c / "defects_config.json").write_text(json.dumps(LOCO_CONFIG, indent=2))
-    return Layout("mvtec_loco", root, "mvtec_loco", "box_like", 8, 3, 4,
-                  ["dataset=mvtec_loco", f"dataset.root={root}", "dataset.category=box_like"])
+    return Layout("mvtec_loco", root, "mvtec_loco", category, 8, 3, 4,
+                  ["dataset=mvtec_loco", f"dataset.root={root}", f"dataset.category={category}"])
 
 
-def real_iad(root: Path, seed: int = 6) -> Layout:
+def real_iad(root: Path, seed: int = 6, category: str = "toy9") -> Layout:
     """Real-IAD-like object `toy9`: 2 OK training samples and 1 OK + 2 NG test samples of 5 views each; in the NG
     samples 3 of 5 views show the defect (mask), the others are labelled OK. Multi-view and single-view splits."""
     import json
 
     root, rng = Path(root), np.random.default_rng(seed)
-    obj = root / "realiad_1024" / "toy9"
+    obj = root / "realiad_1024" / category
     entries: Dict[str, List[dict]] = {"train": [], "test": []}
 
     def view(part: str, folder: str, sample: int, v: int, anomalous: bool) -> None:
         code = folder.split("/")[-1]
-        stem = f"toy9_{sample:04d}_{code}_C{v}_20230922093348"
+        stem = f"{category}_{sample:04d}_{code}_C{v}_20230922093348"
         rel = f"{folder}/S{sample:04d}/{stem}.jpg"
         img = _texture(rng, False)
         mask_rel = None
@@ -276,9 +276,9 @@ def real_iad(root: Path, seed: int = 6) -> Layout:
         data = {"meta": meta, "train": [e for e in entries["train"] if keep(e)],
                 "test": [e for e in entries["test"] if keep(e)]}
         (root / name).mkdir(parents=True, exist_ok=True)
-        (root / name / "toy9.json").write_text(json.dumps(data))
-    return Layout("real_iad", root, "real_iad", "toy9", 10, 9, 6,
-                  ["dataset=real_iad", f"dataset.root={root}", "dataset.category=toy9"])
+        (root / name / f"{category}.json").write_text(json.dumps(data))
+    return Layout("real_iad", root, "real_iad", category, 10, 9, 6,
+                  ["dataset=real_iad", f"dataset.root={root}", f"dataset.category={category}"])
 
 
 #: name -> builder(root) -> Layout; each builder writes into its own `root` (use a fresh folder per layout)

@@ -238,6 +238,42 @@ def test_unified_run_on_two_ad2_categories_averages_the_benchmark(tmp_path):
     assert "segf1_threshold" not in res.benchmark  # a mean of thresholds means nothing
 
 
+BUILDERS = {"mvtec_ad2": (mvtec_ad2, "can", "vial"), "mvtec_loco": (mvtec_loco, "box_like", "jar_like"),
+            "real_iad": (real_iad, "toy9", "toy8")}
+
+
+def _unified(model: str, dataset: str, tmp_path: Path):
+    build, a, b = BUILDERS[dataset]
+    root = tmp_path / "data"
+    build(root, category=a)
+    build(root, seed=11, category=b)
+    size = "dataset.image_size=56" if model in ("dinomaly", "anomalydino") else "dataset.image_size=48"
+    from tests.test_budget import SMALL
+
+    extra = ["model.teacher_weights=random"] if model == "efficientad" else []
+    res, _ = run_in_process(tmp_path, [*FAST, f"model={model}", size, f"dataset={dataset}", f"dataset.root={root}",
+                                       "setting=unified", f"setting.categories=[{a},{b}]", *SMALL.get(model, []),
+                                       *extra, f"paths.backbone_dir={tmp_path / 'none'}"])
+    assert res.status == "ok", f"{model} unified on {dataset}: {res.error}"
+    assert set(res.categories) == {a, b} and all(c.benchmark for c in res.categories.values())
+    assert res.benchmark is not None
+    return res
+
+
+@pytest.mark.parametrize("dataset", ["mvtec_loco", "real_iad"])
+def test_unified_padim_on_loco_and_real_iad(dataset, tmp_path):
+    res = _unified("padim", dataset, tmp_path)
+    key = "au_spro_fpr5_mean" if dataset == "mvtec_loco" else "sample_auroc"
+    assert res.benchmark[key] == pytest.approx(np.mean([c.benchmark[key] for c in res.categories.values()]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", sorted(BUILDERS))
+@pytest.mark.parametrize("model", __import__("ad.registry", fromlist=["MODELS"]).MODELS.names())
+def test_every_model_unified_on_every_benchmark_dataset(model, dataset, tmp_path):
+    _unified(model, dataset, tmp_path)
+
+
 # --- the AD 2 submission ------------------------------------------------------------------------------------------
 def test_private_splits_written_in_the_official_submission_format(tmp_path):
     import tifffile
