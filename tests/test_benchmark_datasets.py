@@ -291,6 +291,10 @@ def test_private_splits_written_in_the_official_submission_format(tmp_path):
     assert summary["threshold"] == pytest.approx(res.benchmark["segf1_threshold"])
     expected = expected_from_root(root, ["can"])
     assert check_submission(out, expected) == 16
+    from ad.data.mvtec_ad2_submission import main as submission_cli
+
+    assert submission_cli([f"check={out}", f"root={root}"]) == 0
+    assert submission_cli([f"check={out}", f"root={root}", "complete=true"]) == 1  # 7 objects missing
     tiff = out / "anomaly_images" / "can" / "test_private" / "000_regular.tiff"
     arr = tifffile.imread(tiff)
     assert arr.dtype == np.float16 and arr.shape == (48, 64)  # the image's own, non-square size
