@@ -340,3 +340,22 @@ def test_private_splits_written_in_the_official_submission_format(tmp_path):
     assert "single-channel" in broken(rgb_tiff)
     assert "002_mixed.tiff" in broken(missing)
     assert "results.json" in broken(top_level_file)
+
+
+def test_aggregator_tables_the_benchmark_metrics(tmp_path):
+    """`ad-aggregate --metrics benchmark.<name>` reads single runs and unified runs' per-category values."""
+    from ad.aggregate.cli import aggregate
+
+    layout = mvtec_loco(tmp_path / "data")
+    runs = tmp_path / "sweep"
+    values = {}
+    for model in ("patchcore", "padim"):
+        res, _ = run_in_process(runs, [*FAST, f"model={model}", *layout.overrides], name=model)
+        assert res.status == "ok", res.error
+        values[model] = res.benchmark["au_spro_fpr5_mean"]
+    out = aggregate([runs], out=tmp_path / "agg", metrics=["image.auroc", "benchmark.au_spro_fpr5_mean"], plots=False,
+                    bootstrap=0)
+    md = out["markdown"]
+    assert "benchmark au_spro_fpr5_mean" in md
+    for v in values.values():
+        assert f"{v:.4f}" in md
