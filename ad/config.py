@@ -8,6 +8,8 @@ from typing import Any, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from ad.io.resources import available_cpus, folder_name  # noqa: F401  (resolvers; available_cpus is public here too)
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -35,14 +37,6 @@ def _params_suffix(override_dirname: str) -> str:
     return f"{head},..{digest}"
 
 
-def available_cpus() -> int:
-    """CPU cores this process may use (CPU affinity / cgroup-pinned sets count, not the machine's total)."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
 def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
     """torch CPU threads for each of `n_jobs` jobs running side by side, so that n_jobs × threads ≈ cores.
 
@@ -62,9 +56,9 @@ def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
 
 
 def job_params_suffix(task_overrides: Any) -> str:
-    """Sweep job directory suffix from a job's overrides: only hyper-parameters (`ad.engine.settings.is_param`),
+    """Sweep job directory suffix from a job's overrides: only hyper-parameters (`ad.rundir.params.is_param`),
     sorted like Hydra's override_dirname, as "_k=v,k2=v2" (or "")."""
-    from ad.engine.settings import is_param
+    from ad.rundir.params import is_param
 
     items = sorted(str(o).lstrip("+~") for o in (task_overrides or []))
     return _params_suffix(",".join(o for o in items if is_param(o.partition("=")[0])))
@@ -120,12 +114,6 @@ def job_device(sweep_dir: str, job_num: Any, n_gpus: Optional[int] = None) -> st
 
     torch.cuda.set_device(gpu)  # so code that says device="cuda" and the memory statistics use it too
     return f"cuda:{gpu}"
-
-
-def folder_name(path: Any) -> str:
-    """Last component of a path (`${ad_basename:${dataset.root}}`: a folder dataset is named after its root)."""
-    name = Path(str(path)).expanduser().name if path not in (None, "") else ""
-    return name or "folder"
 
 
 def register_resolvers() -> None:

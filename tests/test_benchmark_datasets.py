@@ -278,7 +278,7 @@ def test_every_model_unified_on_every_benchmark_dataset(model, dataset, tmp_path
 def test_private_splits_written_in_the_official_submission_format(tmp_path):
     import tifffile
 
-    from ad.data.mvtec_ad2_submission import (SubmissionError, check_submission, expected_from_root,
+    from ad.submission.mvtec_ad2 import (SubmissionError, check_submission, expected_from_root,
                                               score_private)
 
     root = tmp_path / "data"
@@ -291,7 +291,7 @@ def test_private_splits_written_in_the_official_submission_format(tmp_path):
     assert summary["threshold"] == pytest.approx(res.benchmark["segf1_threshold"])
     expected = expected_from_root(root, ["can"])
     assert check_submission(out, expected) == 16
-    from ad.data.mvtec_ad2_submission import main as submission_cli
+    from ad.submission.mvtec_ad2 import main as submission_cli
 
     assert submission_cli([f"check={out}", f"root={root}"]) == 0
     assert submission_cli([f"check={out}", f"root={root}", "complete=true"]) == 1  # 7 objects missing

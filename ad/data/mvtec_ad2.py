@@ -6,7 +6,7 @@
     <root>/<category>/test_public/bad/*.png
     <root>/<category>/test_public/ground_truth/bad/<stem>_mask.png
     <root>/<category>/test_private/*.png                 unlabelled: scored for the evaluation server
-    <root>/<category>/test_private_mixed/*.png           (see ad.data.mvtec_ad2_submission)
+    <root>/<category>/test_private_mixed/*.png           (see ad.submission.mvtec_ad2)
 
 The validation split is the official one (never carved out of train, also with `dataset.shots`). Evaluation
 adds MVTec AD 2's metrics under `benchmark`: AU-PRO integrated to FPR 0.05 (and 0.3 in `pixel.aupro` as

@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from ad.data._base import (AnomalyDataModule, DataFileError, Sample, _center_crop, check_root, list_images,
-                           mask_files, require_dir)
+from ad.data._base import AnomalyDataModule, Sample, _center_crop, check_root, require_dir
+from ad.io import DataFileError, list_images, mask_files
 from ad.errors import DataError
 from ad.metrics import LOCO_FPR_LIMITS, Defect, SaturationRule
 
