@@ -342,8 +342,8 @@ def test_private_splits_written_in_the_official_submission_format(tmp_path):
     assert "results.json" in broken(top_level_file)
 
 
-def test_aggregator_tables_the_benchmark_metrics(tmp_path):
-    """`ad-aggregate --metrics benchmark.<name>` reads single runs and unified runs' per-category values."""
+def test_aggregator_and_report_table_the_benchmark_metrics(tmp_path):
+    """`ad-aggregate` / `ad-report --metrics benchmark.<name>` read the official metrics of the runs."""
     from ad.aggregate.cli import aggregate
 
     layout = mvtec_loco(tmp_path / "data")
@@ -359,3 +359,9 @@ def test_aggregator_tables_the_benchmark_metrics(tmp_path):
     assert "benchmark au_spro_fpr5_mean" in md
     for v in values.values():
         assert f"{v:.4f}" in md
+    from ad.report import build_report
+
+    build_report([runs], tmp_path / "report", metrics=["image.auroc", "benchmark.au_spro_fpr5_mean"], bootstrap=0,
+                 max_images=2)
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "au_spro_fpr5_mean" in html and f"{values['padim']:.4f}" in html
