@@ -9,8 +9,8 @@ from ad.data.unified import UnifiedData
 
 
 def _module(root, category, **loading):
-    # the session's synthetic_root parameters (conftest): other values would regenerate the shared folder
-    # under the other tests of this worker (test_data_synthetic.py::test_layout_and_counts counts its files)
+    # the session dataset's own generation parameters (conftest): other ones would regenerate it under the
+    # other tests' feet
     return Synthetic(root=str(root), category=category, num_train=12, num_test_good=4, num_test_defect=2,
                      generated_size=64, image_size=32, **loading).setup()
 
