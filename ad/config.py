@@ -92,16 +92,10 @@ def claim_sweep_dir(base: str, mode: Any = None) -> str:
 
 
 def dataset_categories(dataset: str) -> list:
-    """The categories of a dataset: the `conf/category/*.yaml` options that select it (derived, no list)."""
-    import yaml
+    """The categories of a dataset: the `categories:` list of `conf/dataset/<dataset>.yaml` (see ad.categories)."""
+    from ad.categories import dataset_categories as _categories
 
-    out = []
-    for p in sorted(Path(CONFIG_DIR, "category").glob("*.yaml")):
-        data = yaml.safe_load(p.read_text()) or {}
-        for entry in data.get("defaults") or []:
-            if isinstance(entry, dict) and entry.get("override /dataset") == dataset:
-                out.append(str((data.get("dataset") or {}).get("category", p.stem)))
-    return out
+    return _categories(dataset)
 
 
 _GPU_SLOT: Optional[Tuple[str, int, Any]] = None  # (slot dir, GPU, locked file) held for this process's life

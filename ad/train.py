@@ -74,7 +74,8 @@ def build_components(cfg: DictConfig, spec):
     trainer = Trainer(**loop)
     if spec.setting == "unified":
         wanted = OmegaConf.select(cfg, "setting.categories", default="all")
-        names = dataset_categories(spec.dataset) if wanted in (None, "all") else [str(c) for c in wanted]
+        listed = OmegaConf.select(cfg, "dataset.categories", default=None) or dataset_categories(spec.dataset)
+        names = [str(c) for c in listed] if wanted in (None, "all") else [str(c) for c in wanted]
         if not names:
             raise ConfigError(f"setting=unified needs a dataset with categories; dataset={spec.dataset} has none "
                               "(choose dataset=mvtec|visa|btad|synthetic or list setting.categories=[...])")

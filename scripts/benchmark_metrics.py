@@ -22,7 +22,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ad.metrics import aupro, evaluate, pixel_ap, pixel_auroc, pixel_f1_max  # noqa: E402
+from ad.metrics import (SaturationRule, au_spro, aupro, defects_from_channels, evaluate, pixel_ap,  # noqa: E402
+                        pixel_auroc, pixel_f1_max, segf1, segf1_threshold)
 
 
 def synthetic(n_images: int, size: int = 256, seed: int = 0):
@@ -43,6 +44,17 @@ def synthetic(n_images: int, size: int = 256, seed: int = 0):
     scores = maps.reshape(n_images, -1).max(axis=1)
     types = ["good" if not l else f"defect{i % 3}" for i, l in enumerate(labels)]
     return labels, scores, types, masks, maps
+
+
+def loco_defects(masks: np.ndarray):
+    """Each 8-connected region one LOCO defect (many defects: the costly case), alternating relative/absolute."""
+    rules = (SaturationRule("rel", 255, 1.0, True), SaturationRule("abs", 1, 200, False))
+    channels, image_rules = [], []
+    for m in masks:
+        lab, n = ndimage.label(m, structure=np.ones((3, 3)))
+        channels.append([lab == k for k in range(1, n + 1)])
+        image_rules.append([rules[k % 2] for k in range(n)])
+    return defects_from_channels(channels, image_rules)
 
 
 def best_time(fn, repeats: int) -> tuple[float, float]:
@@ -82,6 +94,10 @@ def main() -> None:
             "pixel_ap": lambda: pixel_ap(masks, maps),
             "pixel_f1_max": lambda: pixel_f1_max(masks, maps),
             "aupro": lambda: aupro(masks, maps),
+            "aupro@0.05 (MVTec AD 2)": lambda: aupro(masks, maps, max_fpr=0.05),
+            "segf1 (threshold from 1/3 of the maps + pooled F1)": lambda: segf1(
+                masks, maps, segf1_threshold(maps[: n // 3])),
+            "au_spro, 5 limits, one defect per region (LOCO)": lambda: au_spro(maps, loco_defects(masks)),
             "evaluate (all image+pixel metrics, shared sort)": lambda: evaluate(
                 labels, scores, types, masks, maps, image_threshold=0.5, pixel_threshold=1.0
             ),

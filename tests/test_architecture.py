@@ -19,20 +19,23 @@ ALLOWED: Dict[str, Set[str]] = {
     "io": {"errors"},
     "registry": set(),
     "schema": FLOOR,
+    "categories": set(),  # each dataset's category list (conf/dataset/*.yaml) and what is generated from it
     "metrics": FLOOR,
     "stats": FLOOR | {"metrics"},
     "rundir": FLOOR | {"io"},
     "visualize": FLOOR | {"metrics"},
+    "predict_overlay": FLOOR | {"visualize"},  # ad.predict's decision overlay at the input's own size
     "backbones": FLOOR | {"io"},
     "models": FLOOR | {"io", "backbones", "registry"},
-    "data": FLOOR | {"io", "registry"},
+    "data": FLOOR | {"io", "registry", "categories", "metrics"},  # a benchmark dataset computes its official metrics
     "engine": FLOOR | {"io", "metrics", "rundir", "visualize", "registry", "models", "data", "schema"},
-    "loggers": FLOOR | {"io", "metrics", "rundir", "visualize"},
-    "config": FLOOR | {"io", "rundir", "registry", "schema"},
+    "loggers": FLOOR | {"io", "metrics", "stats", "rundir", "visualize"},
+    "config": FLOOR | {"io", "rundir", "registry", "schema", "categories"},
     "launch": FLOOR | {"io", "rundir", "config", "schema"},
     "aggregate": FLOOR | {"io", "metrics", "stats", "rundir", "visualize", "config", "registry"},
     "report": FLOOR | {"io", "metrics", "stats", "rundir", "visualize", "config", "registry", "aggregate"},
-    "predict": FLOOR | {"io", "metrics", "rundir", "visualize", "registry", "models", "data", "engine"},
+    "predict": FLOOR | {"io", "metrics", "rundir", "visualize", "predict_overlay", "registry", "models", "data", "engine"},
+    "submission": FLOOR | {"io", "data", "predict"},  # benchmark server formats, written from a trained run
     "train": FLOOR | {"io", "rundir", "registry", "models", "data", "engine", "loggers", "launch", "config", "schema"},
     "deploy": FLOOR | {"io"},
     "serve": FLOOR | {"io", "deploy"},
@@ -41,7 +44,8 @@ ALLOWED: Dict[str, Set[str]] = {
     "__main__": set(),
 }
 # Packages that must import without torch (the torch-free ground floor and run-dir readers).
-TORCH_FREE = {"errors", "values", "io", "registry", "metrics", "stats", "visualize", "deploy", "serve", "schema"}
+TORCH_FREE = {"errors", "values", "io", "registry", "categories", "metrics", "stats", "visualize", "deploy", "serve",
+              "schema"}
 
 
 def _package(path: Path) -> str:

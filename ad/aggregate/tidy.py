@@ -182,7 +182,7 @@ def load(dirs: "Sequence[os.PathLike | str] | os.PathLike | str") -> "pd.DataFra
     """
     import pandas as pd
 
-    from ad.engine.settings import is_param
+    from ad.rundir.params import is_param
 
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]

@@ -277,6 +277,7 @@ class AnomalyDataModule:
         cache_dir: Optional[str] = None,
         decode_threads: Union[NonNegativeInt, Literal["auto"]] = "auto",
         pin_memory: Union[bool, Literal["auto"]] = "auto",
+        categories: Optional[Sequence[str]] = None,
     ) -> None:
         if root is None or str(root).strip() in ("", "None", "null", "???"):
             raise DatasetConfigError(f"dataset.root is not set (got {root!r}); "
@@ -286,6 +287,8 @@ class AnomalyDataModule:
                                      "set category=<name> or dataset.category=<name>")
         self.root = Path(str(root)).expanduser()
         self.category = str(category)
+        #: the dataset's official categories (`categories:` of its YAML; `setting=unified` with `all` uses them)
+        self.categories: List[str] = [str(c) for c in (categories or [])]
         check_size(image_size, "dataset.image_size")
         if center_crop is not None:
             check_size(center_crop, "dataset.center_crop")

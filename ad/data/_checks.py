@@ -59,6 +59,17 @@ def image_header(path: str | Path) -> Tuple[str, Tuple[int, int], str]:
     return header  # type: ignore[return-value]
 
 
+def _mask_files(mask_path: str, problems: List[str]) -> List[Path]:
+    """A mask file, or every file of a mask folder (MVTec LOCO: one PNG per defect)."""
+    p = Path(mask_path)
+    if not p.is_dir():
+        return [p]
+    files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    if not files:
+        problems.append(f"mask folder {p} holds no mask file")
+    return files
+
+
 def verify_samples(samples: Sequence[Any], read: Optional[Callable[[Any], None]] = None, threads: int = 0) -> None:
     """Open every image and mask header of `samples` (objects with `path` and `mask_path`) and check each mask
     has its image's size; then, with `read`, read every file whose header passed in full (`read(sample)` raises
@@ -72,14 +83,14 @@ def verify_samples(samples: Sequence[Any], read: Optional[Callable[[Any], None]]
         except DataError as exc:
             problems.append(f"image {exc}")
             continue
-        if s.mask_path:
+        for mask in _mask_files(s.mask_path, problems) if s.mask_path else ():
             try:
-                _, msize, _ = image_header(s.mask_path)
+                _, msize, _ = image_header(mask)
             except DataError as exc:
                 problems.append(f"mask {exc}")
                 continue
             if msize != size:
-                problems.append(f"mask {s.mask_path} is {msize[0]}x{msize[1]} but its image {s.path} is "
+                problems.append(f"mask {mask} is {msize[0]}x{msize[1]} but its image {s.path} is "
                                 f"{size[0]}x{size[1]}")
                 continue
         good.append(s)

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, List
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_index, require_dir
+from ad.categories import dataset_categories
 from ad.errors import DataError
 
-BTAD_CATEGORIES = ("01", "02", "03")
+BTAD_CATEGORIES = tuple(dataset_categories("btad"))  # from conf/dataset/btad.yaml (the one list)
 _LAYOUT = "expected <root>/<category>/train/ok, test/ok, test/ko and ground_truth/ko"
 
 

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_index, require_dir
+from ad.categories import dataset_categories
 from ad.errors import DataError
 
-MVTEC_CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
-    "tile", "toothbrush", "transistor", "wood", "zipper",
-)
+MVTEC_CATEGORIES = tuple(dataset_categories("mvtec"))  # from conf/dataset/mvtec.yaml (the one list)
 
 
 def mvtec_categories(root: Path) -> List[str]:

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root
+from ad.categories import dataset_categories
 from ad.errors import DataError
 
-VISA_CATEGORIES = (
-    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
-    "pcb4", "pipe_fryum",
-)
+VISA_CATEGORIES = tuple(dataset_categories("visa"))  # from conf/dataset/visa.yaml (the one list)
 SPLIT_COLUMNS = ("object", "split", "label", "image", "mask")
 DEFAULT_SPLIT_FILE = "split_csv/1cls.csv"
 _LAYOUT = "expected <root>/split_csv/1cls.csv and <root>/<category>/Data/Images/{Normal,Anomaly}"

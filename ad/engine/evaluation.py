@@ -29,6 +29,7 @@ class Calibration:
     source: str  # where the normals came from
     notes: List[str] = field(default_factory=list)
     per_category: Dict[str, "Calibration"] = field(default_factory=dict)
+    segf1_threshold: Optional[float] = None  # mean + 3·std of every validation pixel (MVTec AD 2's SegF1 rule)
 
     def thresholds_record(self, settings: EvalSettings) -> Thresholds:
         return Thresholds(image=self.image_threshold, pixel=self.pixel_threshold, method=settings.threshold,
@@ -43,8 +44,14 @@ def fit_calibration(scores: np.ndarray, maps: Optional[np.ndarray], settings: Ev
     if cal["image_threshold"] is None:
         raise ADError(f"cannot fit a threshold on the {len(scores)} {source}{what} (" + "; ".join(cal["notes"])
                       + "); raise dataset.val_fraction or check the model's scores")
+    segf1 = None
+    if maps is not None and len(maps):
+        try:
+            segf1 = metrics.segf1_threshold(maps)
+        except metrics.UndefinedMetricError:
+            segf1 = None
     return Calibration(cal["image_threshold"], cal["pixel_threshold"], cal["image_normalization"],
-                       cal["pixel_normalization"], int(cal["n_val"]), source, list(cal["notes"]))
+                       cal["pixel_normalization"], int(cal["n_val"]), source, list(cal["notes"]), segf1_threshold=segf1)
 
 
 def calibrate(val: Optional[PredictionSet], settings: EvalSettings, categories: Sequence[str],
@@ -135,3 +142,23 @@ def mean_over_categories(records: Dict[str, CategoryRecord]) -> tuple[ImageMetri
     image = mean_of("image", ImageMetrics, ("f1_max_threshold",))
     pixel = mean_of("pixel", PixelMetrics, ("f1_max_threshold",))
     return image, pixel
+
+
+def benchmark_metrics(module: Any, test: PredictionSet, cal: Calibration) -> Optional[Dict[str, Optional[float]]]:
+    """A benchmark dataset's official metrics (`module.benchmark_metrics`, absent on the others), with the global
+    calibration (the deployable threshold, also for unified runs)."""
+    hook = getattr(module, "benchmark_metrics", None)
+    return hook(test, cal) if hook is not None else None
+
+
+def mean_entries(per_category: Any) -> Optional[Dict[str, Optional[float]]]:
+    """Each benchmark entry averaged over categories; None where any category lacks it (never a mean over a
+    subset). Thresholds are per category: their mean means nothing and is left out."""
+    items = list(per_category)
+    if not items or any(i is None for i in items):
+        return None
+    out: Dict[str, Optional[float]] = {}
+    for k in (k for k in items[0] if not k.endswith("_threshold")):
+        values = [i.get(k) for i in items]
+        out[k] = None if any(v is None for v in values) else float(np.mean(values))
+    return out

@@ -18,7 +18,8 @@ import numpy as np
 from ad.data import DataSource
 from ad.data.identity import data_identity
 from ad.engine import artefacts
-from ad.engine.evaluation import Calibration, calibrate, evaluate_category, mean_over_categories
+from ad.engine.evaluation import (Calibration, benchmark_metrics, calibrate, evaluate_category, mean_entries,
+                                  mean_over_categories)
 from ad.engine.guard import RunDirBusy, clear_previous, guarded, memory_record
 from ad.engine.scoring import PredictionSet, score_function
 from ad.engine.settings import RunSpec
@@ -86,6 +87,7 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
                 test = score_and_evaluate(parts, cal, spec, out)
                 record.categories, record.image, record.pixel, record.per_defect, record.mad = test.summary()
                 record.operating_point = operating_point(record)
+                record.benchmark = test.benchmark()
                 record.notes += cal.notes + list(parts.model.notes) + test.notes()
                 record.validation = validation_record(parts, spec, val, fit)
                 out.finish(run_dir, fit.history)
@@ -186,6 +188,12 @@ class TestResult:
         mad = None if any(m is None for m in mads) else float(np.mean(mads))
         return dict(self.per_category), image, pixel, None, mad
 
+    def benchmark(self) -> Optional[Dict[str, Optional[float]]]:
+        """The benchmark dataset's official metrics: the category's own, or their means over categories."""
+        if not self.unified:
+            return next(iter(self.per_category.values())).benchmark
+        return mean_entries(c.benchmark for c in self.per_category.values())
+
     def notes(self) -> List[str]:
         if not self.unified:
             return list(next(iter(self.per_category.values())).notes)
@@ -204,6 +212,7 @@ def score_and_evaluate(parts: Components, cal: Calibration, spec: RunSpec, out: 
         test = parts.trainer.predict(parts.model, loader, desc=f"scoring test images{f' of {name}' if unified else ''}")
         seconds += test.seconds
         rec = evaluate_category(test, cal, spec.evaluation, module.has_masks, cal.per_category.get(name) if unified else None)
+        rec.benchmark = benchmark_metrics(module, test, cal)
         rec.counts = Counts(train=len(module.dataset("train", t.limit_train)), val=len(module.dataset("val", t.limit_val)),
                             test=rec.counts.test, test_anomalous=rec.counts.test_anomalous)
         per_category[name] = rec

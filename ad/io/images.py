@@ -138,8 +138,10 @@ def load_mask(path: str | Path, image_size: tuple[int, int]) -> Image.Image:
     Any non-zero label is a defect (VisA masks hold class ids, MVTec masks 255). Palette masks are read by
     index, not by colour (a label id 1 may be drawn black in the palette); colour masks count a pixel as
     defect when any colour channel is non-zero; JPEG masks are thresholded at half range to ignore
-    compression noise.
+    compression noise. A folder (MVTec LOCO: one PNG per defect) is the union of its mask files.
     """
+    if Path(path).is_dir():
+        return _union_mask(Path(path), image_size)
     try:
         with Image.open(path) as im:
             size = im.size
@@ -164,6 +166,22 @@ def load_mask(path: str | Path, image_size: tuple[int, int]) -> Image.Image:
         Path(path).suffix.lower() in _LOSSY_EXTENSIONS and np.issubdtype(arr.dtype, np.integer)
     ) else 0
     return Image.fromarray(np.where(arr > threshold, 255, 0).astype(np.uint8))
+
+
+def mask_files(folder: Path) -> List[Path]:
+    """The mask files of a mask folder (MVTec LOCO's `ground_truth/<type>/<id>/000.png, 001.png, ...`)."""
+    files = list_images(folder)
+    if not files:
+        raise DataFileError(f"mask folder {folder} holds no mask file; restore its PNGs (one per defect)")
+    return files
+
+
+def _union_mask(folder: Path, image_size: tuple[int, int]) -> Image.Image:
+    union = None
+    for f in mask_files(folder):
+        arr = np.asarray(load_mask(f, image_size)) > 0
+        union = arr if union is None else (union | arr)
+    return Image.fromarray(np.where(union, 255, 0).astype(np.uint8))
 
 
 def _one_line(exc: BaseException) -> str:

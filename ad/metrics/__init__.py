@@ -10,6 +10,9 @@ sort per class (see `_curve.py`), so a full category's pixel metrics take well u
 Thresholds and normalisation are fitted on validation normals only (`fit_threshold`, `fit_normalization`,
 `fit_calibration`, which take no labels); `evaluate` only applies them.
 
+AU-PRO takes any FPR limit (`aupro(..., max_fpr=0.05)` is MVTec AD 2's headline metric); `segf1` is MVTec
+AD 2's thresholded pixel F1 (`_segf1.py`), `au_spro` MVTec LOCO's saturated PRO (`_spro.py`).
+
 Undefined inputs (one class only, no defect pixel, NaN/inf scores) raise `UndefinedMetricError`; `evaluate`
 reports them as None with a reason in ``notes``. Malformed inputs raise `MetricError` (a ValueError).
 """
@@ -18,6 +21,8 @@ from ad.metrics._curve import RankCounts, trapezoid_to
 from ad.metrics._evaluate import TEST_SET_DIAGNOSTICS, evaluate
 from ad.metrics._image import f1_max, image_ap, image_auroc, per_defect_auroc, precision_recall_f1
 from ad.metrics._pixel import aupro, pixel_ap, pixel_auroc, pixel_f1_max, pro_curve
+from ad.metrics._segf1 import segf1, segf1_threshold
+from ad.metrics._spro import LOCO_FPR_LIMITS, Defect, SaturationRule, au_spro, defects_from_channels, spro_curve
 from ad.metrics._thresholds import fit_calibration, fit_normalization, fit_threshold, normalize
 
 __all__ = [
@@ -37,6 +42,14 @@ __all__ = [
     "pixel_f1_max",
     "aupro",
     "pro_curve",
+    "segf1",
+    "segf1_threshold",
+    "LOCO_FPR_LIMITS",
+    "Defect",
+    "SaturationRule",
+    "au_spro",
+    "spro_curve",
+    "defects_from_channels",
     "fit_threshold",
     "fit_normalization",
     "normalize",

@@ -126,6 +126,8 @@ class CategoryRecord:
     image_at_category_threshold: Optional[AtThreshold] = None
     pixel_at_category_threshold: Optional[AtThreshold] = None
     notes: List[str] = field(default_factory=list)
+    # a benchmark dataset's official metrics (AU-PRO@0.05 + SegF1, LOCO AUC-sPRO, Real-IAD sample level)
+    benchmark: Optional[Dict[str, Optional[float]]] = None
 
 
 @dataclass
@@ -216,6 +218,7 @@ class RunRecord:
     per_defect: Optional[Dict[str, Optional[float]]] = None
     mad: Optional[float] = None
     categories: Optional[Dict[str, CategoryRecord]] = None  # unified runs only
+    benchmark: Optional[Dict[str, Optional[float]]] = None  # unified runs: the mean over categories
     thresholds: Optional[Thresholds] = None
     validation: Optional[Validation] = None
     training: Optional[Training] = None
@@ -239,8 +242,10 @@ class RunRecord:
     def category_rows(self) -> List["CategoryRow"]:
         """One row per evaluated category: a single-class run gives one, a unified run one per category."""
         if self.categories is None:
-            return [CategoryRow(self.run.category, self.counts, self.image, self.pixel, self.per_defect, self.mad)]
-        return [CategoryRow(name, c.counts, c.image, c.pixel, c.per_defect, c.mad) for name, c in self.categories.items()]
+            return [CategoryRow(self.run.category, self.counts, self.image, self.pixel, self.per_defect, self.mad,
+                                self.benchmark)]
+        return [CategoryRow(name, c.counts, c.image, c.pixel, c.per_defect, c.mad, c.benchmark)
+                for name, c in self.categories.items()]
 
     def to_dict(self) -> Dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
@@ -254,11 +259,15 @@ class CategoryRow:
     pixel: Optional[PixelMetrics]
     per_defect: Optional[Dict[str, Optional[float]]]
     mad: Optional[float]
+    benchmark: Optional[Dict[str, Optional[float]]] = None
 
     def metric(self, name: str) -> Optional[float]:
         if name == "mad":
             return self.mad
         section, _, key = name.partition(".")
+        if section == "benchmark":
+            value = (self.benchmark or {}).get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         holder = getattr(self, section, None) if section in ("image", "pixel") else None
         value = getattr(holder, key, None) if holder is not None else None
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
