@@ -42,6 +42,6 @@ class SweepSummary(Callback):
         print(f"\nsweep {sweep_dir}: {len(jobs) - len(bad)}/{len(jobs)} jobs ok", flush=True)
         for j in bad:
             print(f"  {j['status']:8s} {j['job']}: {j['error']}", flush=True)
-        print(f"tensorboard --logdir {sweep_dir}\npython scripts/aggregate_results.py {sweep_dir}", flush=True)
+        print(f"tensorboard --logdir {sweep_dir}\nad-aggregate {sweep_dir}\nad-report {sweep_dir} --out {sweep_dir}/report", flush=True)
         if bad:
             EXIT["code"] = 1
