@@ -92,3 +92,51 @@ def test_readme_quickstart_runs_in_order_in_an_empty_folder(tmp_path):
     with open(pred_dir / "predictions.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == n_images > 0
     shutil.rmtree(work)  # the run folders are large for a tmp dir kept by pytest
+
+
+def test_a_user_install_without_the_sweep_extra_runs_without_plugin_warnings(tmp_path):
+    """`pip install .` has no hydra-joblib-launcher: Hydra's plugin scan imports our launcher module on every run
+    and must not print an 'Error importing ... Plugin is incompatible' warning for it."""
+    code = """
+import sys, warnings
+class Block:  # as if hydra-joblib-launcher were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("hydra_plugins.hydra_joblib_launcher") or name == "joblib":
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+warnings.simplefilter("error")
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+names = [p.__name__ for p in Plugins.instance().discover(Launcher)]
+assert "RobustJoblibLauncher" not in names, names
+import ad.train
+ad.train.register_plugins()  # quietly does nothing
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_user_wheel_carries_every_config(tmp_path):
+    """`pip install .` (not editable) installs a wheel: the configs must be inside it (as ad/conf), or every
+    command fails with "Primary config module 'conf' not found"."""
+    import zipfile
+
+    src = tmp_path / "src"  # build from a copy: the build writes build/ and *.egg-info next to setup.cfg
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "outputs", "multirun", "datasets", ".cache", "backbones", "build", "*.egg-info",
+        "__pycache__", "site", "tests", "docs", "scripts"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "No module named pip" in proc.stderr:
+        import pytest
+
+        pytest.skip("pip is not available in this interpreter")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next((tmp_path / "wheel").glob("ad-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {f"ad/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")}
+    assert configs and configs <= names, sorted(configs - names)[:5]
+    assert "hydra_plugins/ad_launchers/robust_joblib.py" in names
