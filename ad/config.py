@@ -9,6 +9,8 @@ from typing import Any, List, Optional, Sequence, Set, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from ad.io.resources import available_cpus, folder_name  # noqa: F401  (resolvers; available_cpus is public here too)
+
 # `ad/conf` links to the repository's `conf/` in a checkout and is a real folder in an installed wheel.
 CONFIG_DIR = str((Path(__file__).resolve().parent / "conf").resolve())
 
@@ -54,14 +56,6 @@ def _params_suffix(overrides: "str | Sequence[str]") -> str:
     return head + digest
 
 
-def available_cpus() -> int:
-    """CPU cores this process may use (CPU affinity / cgroup-pinned sets count, not the machine's total)."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
 def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
     """torch CPU threads for each of `n_jobs` jobs running side by side, so that n_jobs × threads ≈ cores.
 
@@ -103,10 +97,10 @@ def swept_keys(sweep_dir: Any) -> Optional[Set[str]]:
 
 
 def job_params_suffix(task_overrides: Any, sweep_dir: Any = None) -> str:
-    """Sweep job directory suffix from a job's overrides: the hyper-parameters (`ad.engine.settings.is_param`)
+    """Sweep job directory suffix from a job's overrides: the hyper-parameters (`ad.rundir.params.is_param`)
     that vary across the sweep (a value shared by every job, e.g. `trainer.max_epochs=5` given once, is left
     out), sorted like Hydra's override_dirname, as "_k-v_k2-v2" (or "")."""
-    from ad.engine.settings import is_param
+    from ad.rundir.params import is_param
 
     swept = swept_keys(sweep_dir)
     items = sorted(str(o).lstrip("+~") for o in (task_overrides or []))
@@ -177,12 +171,6 @@ def job_device(sweep_dir: str, job_num: Any, n_gpus: Optional[int] = None) -> st
 
     torch.cuda.set_device(gpu)  # so code that says device="cuda" and the memory statistics use it too
     return f"cuda:{gpu}"
-
-
-def folder_name(path: Any) -> str:
-    """Last component of a path (`${ad_basename:${dataset.root}}`: a folder dataset is named after its root)."""
-    name = Path(str(path)).expanduser().name if path not in (None, "") else ""
-    return name or "folder"
 
 
 def register_resolvers() -> None:

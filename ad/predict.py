@@ -48,7 +48,10 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
         meta = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated or corrupt: RuntimeError / EOFError / UnpicklingError
         raise ConfigError(f"{path} is unreadable ({exc.__class__.__name__}); re-run the training into this dir") from None
+    from ad.registry import current_target
+
     cfg = dict(meta["model_config"])
+    cfg["_target_"] = current_target(str(cfg.get("_target_", "")))  # model.pt written before the family layout
     if isinstance(cfg.get("backbone"), dict):
         # The fitted weights are in the state dict: don't require the pretrained files on this machine.
         cfg["backbone"] = {**cfg["backbone"], "pretrained": False}
@@ -56,8 +59,7 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
     def build(cfg: Dict[str, Any]):
         # Models that need other files to build (EfficientAD's teacher) say how to rebuild from the state dict.
         cls = get_class(cfg["_target_"])
-        if hasattr(cls, "config_for_state_dict"):
-            cfg = cls.config_for_state_dict(cfg, meta["state_dict"])
+        cfg = cls.config_for_state_dict(cfg, meta["state_dict"])
         model = instantiate(cfg)
         model.load_state_dict(meta["state_dict"])
         return model
@@ -79,7 +81,7 @@ def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
 
 def _require_ok_run(run_dir: Path) -> None:
     """Only a finished, successful run may score images: a failed re-run must not lend its dir's old model."""
-    from ad.engine.records import RecordError, load_record
+    from ad.rundir.records import RecordError, load_record
 
     res = run_dir / "results.json"
     if not res.is_file():
@@ -152,8 +154,8 @@ def _device(value: str) -> torch.device:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ad.engine.outputs import write_csv
-    from ad.engine.visualize import display_map, overlay
+    from ad.io import write_csv
+    from ad.visualize import display_map, overlay
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -26,9 +26,26 @@ def _target(group: str, name: str) -> str:
     return str(target)
 
 
+# Model modules moved into family packages (`ad.models.patchcore` -> `ad.models.memory.patchcore`): files
+# written before the move (model.pt, checkpoints) name the old path, which still resolves to the same class.
+_FAMILIES = ("memory", "flows", "distillation", "reconstruction", "foundation", "discriminative")
+
+
+def current_target(target: str) -> str:
+    """`target` as today's configs spell it: a pre-family model path (`ad.models.padim.Padim`) becomes its
+    family path (`ad.models.memory.padim.Padim`); any other path is returned unchanged."""
+    parts = target.split(".")
+    if len(parts) != 4 or parts[:2] != ["ad", "models"] or parts[2] in _FAMILIES or parts[2] == "base":
+        return target
+    for family in _FAMILIES:
+        if (Path(__file__).resolve().parent / "models" / family / f"{parts[2]}.py").is_file():
+            return ".".join(["ad", "models", family, parts[2], parts[3]])
+    return target
+
+
 def import_target(target: str) -> Any:
-    """The object a dotted `_target_` path names (`ad.models.patchcore.PatchCore`)."""
-    module, _, attr = target.rpartition(".")
+    """The object a dotted `_target_` path names (`ad.models.memory.patchcore.PatchCore`)."""
+    module, _, attr = current_target(target).rpartition(".")
     return getattr(importlib.import_module(module), attr)
 
 

@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ad.config import CONFIG_DIR, register_resolvers
-from ad.engine.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
+from ad.launch.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
 from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exported: run names are part of the CLI)
 
 
@@ -46,7 +46,7 @@ def build_components(cfg: DictConfig, spec):
     from ad.config import dataset_categories
     from ad.data.unified import UnifiedData
     from ad.engine.pipeline import Components
-    from ad.engine.tensorboard import TensorBoardLogger
+    from ad.loggers.tensorboard import TensorBoardLogger
     from ad.engine.trainer import seed_everything
     from ad.errors import ConfigError
 
@@ -78,7 +78,7 @@ def build_components(cfg: DictConfig, spec):
 def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     """Run one experiment end to end and return its `RunRecord`; a failed run is a record, never an exception."""
     from ad.engine import pipeline
-    from ad.engine.records import RunInfo
+    from ad.rundir.records import RunInfo
 
     try:
         spec = build_spec(cfg, choices, overrides)

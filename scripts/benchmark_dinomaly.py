@@ -27,9 +27,9 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv=None) -> dict:
-    from ad.engine.outputs import peak_rss_mb
+    from ad.io import peak_rss_mb
     from ad.models.base import Budget
-    from ad.models.dinomaly import Dinomaly
+    from ad.models.foundation.dinomaly import Dinomaly
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

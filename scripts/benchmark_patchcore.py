@@ -45,7 +45,7 @@ def _batches(x: torch.Tensor, bs: int):
 
 def _model(args):
     from ad.backbones import BackboneConfig
-    from ad.models.patchcore import PatchCore
+    from ad.models.memory.patchcore import PatchCore
 
     return PatchCore(backbone=BackboneConfig(name=args.backbone, pretrained=True), layers=tuple(args.layers),
                      coreset_ratio=args.coreset_ratio, coreset_cell_size=args.cell_size,

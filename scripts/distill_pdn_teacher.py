@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from ad.backbones import BackboneConfig  # noqa: E402
 from ad.errors import ADError  # noqa: E402
 from ad.models._anomaly_synthesis import list_source_images  # noqa: E402
-from ad.models._pdn import distill_pdn_teacher, save_teacher  # noqa: E402
+from ad.models.distillation._pdn import distill_pdn_teacher, save_teacher  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -91,7 +91,7 @@ def _auto_cache(folder: str, model_size: str, device: str) -> int:
     from omegaconf import OmegaConf
 
     from ad.config import CONFIG_DIR
-    from ad.models._pdn import TeacherRecipe, cached_teacher
+    from ad.models.distillation._pdn import TeacherRecipe, cached_teacher
 
     options = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "model" / "efficientad.yaml").teacher_distill)
     try:

@@ -74,7 +74,7 @@ def write_predictions(job: Path, paths: Sequence[str], labels, scores, category:
 
 def unified_results(model: str, dataset: str, per_category: dict, seed: int = 0) -> dict:
     """A schema-v2 results.json of a unified run: {category: image AUROC}."""
-    from ad.engine.records import CategoryRecord, Counts, ImageMetrics, RunInfo, RunRecord
+    from ad.rundir.records import CategoryRecord, Counts, ImageMetrics, RunInfo, RunRecord
 
     cats = {c: CategoryRecord(counts=Counts(test=8, test_anomalous=4), image=ImageMetrics(auroc=v))
             for c, v in per_category.items()}

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from ad import aggregate as agg
-from ad.engine.maps_store import save_test_maps
+from ad.rundir.maps_store import save_test_maps
 from ad.stats import bootstrap_image, bootstrap_pixel, delong_test
 from tests._fake_sweep import fake_results, make_job, unified_results, write_predictions
 from tests.test_aggregate import md_table as _md
@@ -100,7 +100,7 @@ def test_intervals_equal_ad_stats_and_an_independent_bootstrap(sweep, tmp_path):
 def test_pixel_interval_from_saved_maps(sweep, tmp_path):
     res = agg.aggregate([sweep], out=tmp_path / "o", metrics=["pixel.auroc", "pixel.aupro"], plots=False, bootstrap=200)
     job = next(j for j in res["table"].jobs if j.get("model") == "weak" and j.get("category") == "syn_a")
-    from ad.engine.maps_store import load_test_maps
+    from ad.rundir.maps_store import load_test_maps
 
     saved = load_test_maps(job.path)
     order = np.argsort(saved.paths)

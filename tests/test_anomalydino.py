@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ad.errors import ConfigError
-from ad.models.anomalydino import AnomalyDINO, foreground_mask
+from ad.models.memory.anomalydino import AnomalyDINO, foreground_mask
 
 SIZE = 42
 BACKBONE = {"name": "vit_small_patch14_dinov2", "pretrained": False}
@@ -70,12 +70,12 @@ def test_masked_patches_score_zero(fitted):
 
 
 def test_state_round_trip_and_load_run(fitted, tmp_path):
-    from ad.engine.outputs import save_model_file
+    from ad.rundir.modelfile import save_model_file
     from ad.predict import load_run
     from tests.test_run import _ok_results
 
     model, _ = fitted
-    cfg = {"_target_": "ad.models.anomalydino.AnomalyDINO", "sigma": 0.0,
+    cfg = {"_target_": "ad.models.memory.anomalydino.AnomalyDINO", "sigma": 0.0,
            "backbone": {"_target_": "ad.backbones.BackboneConfig", **BACKBONE, "pretrained": True,
                         "weights_dir": str(tmp_path / "none")}}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "anomalydino"})

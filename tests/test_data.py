@@ -14,7 +14,8 @@ import yaml
 from PIL import Image
 
 from ad.data import AnomalyDataModule, split_validation
-from ad.data._base import DataFileError, Sample, load_mask
+from ad.data._base import Sample
+from ad.io import DataFileError, load_mask
 from ad.data.btad import BTAD, list_btad
 from ad.data.folder import Folder, list_folder
 from ad.data.mvtec import MVTecAD, list_mvtec
@@ -526,7 +527,7 @@ def _png_variants(tmp_path: Path) -> dict:
 def test_fast_png_decoder_gives_pillows_pixels(tmp_path, monkeypatch):
     """libspng decodes 8-bit grey/RGB PNGs (the MVTec/VisA/BTAD kinds) to exactly the pixels Pillow gives;
     every other kind is left to Pillow."""
-    import ad.data._base as base
+    import ad.io.images as base
 
     pytest.importorskip("pyspng")
     files = _png_variants(tmp_path)
@@ -543,7 +544,7 @@ def test_fast_png_decoder_gives_pillows_pixels(tmp_path, monkeypatch):
 
 
 def test_fast_png_decoder_leaves_broken_files_to_pillows_error(tmp_path):
-    import ad.data._base as base
+    import ad.io.images as base
 
     pytest.importorskip("pyspng")
     p = _png_variants(tmp_path)["rgb"]
@@ -555,7 +556,7 @@ def test_fast_png_decoder_leaves_broken_files_to_pillows_error(tmp_path):
 
 def test_fast_png_decoder_on_real_mvtec_files(bottle_root, monkeypatch):
     """The real MVTec AD bottle PNGs decode to the same pixels through libspng as through Pillow."""
-    import ad.data._base as base
+    import ad.io.images as base
 
     pytest.importorskip("pyspng")
     files = sorted((bottle_root / "bottle" / "test").rglob("*.png"))[::8]

@@ -13,9 +13,9 @@ import torch
 from ad.data.mvtec import MVTecAD
 from ad.engine.trainer import Trainer, seed_everything
 from ad.errors import ConfigError
-from ad.models._optim import StableAdamW, warm_cosine_lr, warm_cosine_scheduler
+from ad.models.foundation._optim import StableAdamW, warm_cosine_lr, warm_cosine_scheduler
 from ad.models.base import Budget
-from ad.models.dinomaly import Dinomaly, LinearAttention, global_cosine_hard_mining, hard_mining_share
+from ad.models.foundation.dinomaly import Dinomaly, LinearAttention, global_cosine_hard_mining, hard_mining_share
 from tests.fakes import assert_resume_matches_uninterrupted, textures
 
 SIZE = 42
@@ -159,7 +159,7 @@ def dinomaly_small():
 @pytest.fixture(scope="module")
 def trained(dinomaly_small):
     """Train the small model 12 steps on textures: (model, losses, shares seen)."""
-    import ad.models.dinomaly as dm
+    import ad.models.foundation.dinomaly as dm
 
     model = dinomaly_small
     g = torch.Generator().manual_seed(0)
@@ -188,7 +188,7 @@ def test_defaults_follow_the_reference(dinomaly_small):
     assert m.default_batch_size == 16 and m.default_max_steps == 5000
     assert isinstance(m.bottleneck.drop, torch.nn.Dropout) and m.bottleneck.drop.p == 0.2
     assert m.encoder.frozen and not any(p.requires_grad for p in m.encoder.parameters())
-    from ad.models.dinomaly import default_layers
+    from ad.models.foundation.dinomaly import default_layers
 
     assert default_layers(12) == [2, 3, 4, 5, 6, 7, 8, 9] and default_layers(24) == [4, 6, 8, 10, 12, 14, 16, 18]
     unified = Dinomaly(**{**SMALL, "setting": "unified"})
@@ -242,12 +242,12 @@ def test_state_dict_round_trip_gives_identical_predictions(trained):
 
 
 def test_load_run_rebuilds_dinomaly_without_the_backbone_file(trained, tmp_path):
-    from ad.engine.outputs import save_model_file
+    from ad.rundir.modelfile import save_model_file
     from ad.predict import load_run
     from tests.test_run import _ok_results
 
     model, _, _ = trained
-    cfg = {"_target_": "ad.models.dinomaly.Dinomaly", **{k: v for k, v in SMALL.items() if k != "backbone"},
+    cfg = {"_target_": "ad.models.foundation.dinomaly.Dinomaly", **{k: v for k, v in SMALL.items() if k != "backbone"},
            "backbone": {"_target_": "ad.backbones.BackboneConfig", "name": "vit_small_patch14_reg4_dinov2",
                         "pretrained": True, "weights_dir": str(tmp_path / "no_backbones")}}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "dinomaly"})

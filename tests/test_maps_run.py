@@ -7,7 +7,7 @@ import csv
 import pytest
 
 import ad.metrics as M
-from ad.engine.maps_store import MAPS_FILE, load_test_maps
+from ad.rundir.maps_store import MAPS_FILE, load_test_maps
 from tests.test_run import FAST, run_in_process
 
 

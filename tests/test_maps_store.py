@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ad.metrics as M
-from ad.engine.maps_store import MAPS_FILE, MapsWriter, load_test_maps, save_test_maps
+from ad.rundir.maps_store import MAPS_FILE, MapsWriter, load_test_maps, save_test_maps
 from ad.errors import DataError
 
 

@@ -22,12 +22,12 @@ from ad.backbones import BackboneConfig
 from ad.backbones._weights import pip_package_checkpoint
 from ad.errors import ConfigError
 from ad.models import MODELS
-from ad.models._coreset import covering_radius, exact_greedy_coreset, greedy_coreset
-from ad.models.dfm import DFM
-from ad.models.padim import Padim
-from ad.models.patchcore import PatchCore
+from ad.models.memory._coreset import covering_radius, exact_greedy_coreset, greedy_coreset
+from ad.models.memory.dfm import DFM
+from ad.models.memory.padim import Padim
+from ad.models.memory.patchcore import PatchCore
 from tests.fakes import textures, with_defects
-from ad.models.spade import Spade
+from ad.models.memory.spade import Spade
 
 SIZE = 64
 NAMES = ["patchcore", "padim", "spade", "dfm"]
@@ -333,7 +333,7 @@ def test_trainer_fits_and_predicts_on_synthetic(tiles_root, name):
 
 def test_fused_upsample_blur_equals_upsample_then_blur():
     from ad.models._maps import gaussian_blur2d, upsample_to
-    from ad.models._memory import upsample_maps
+    from ad.models._maps import upsample_maps
 
     g = torch.Generator().manual_seed(4)
     for shape, size, sigma in [((3, 8, 8), (64, 64), 4.0), ((2, 5, 7), (64, 48), 2.0), ((2, 16, 16), (64, 64), 0.0)]:
@@ -348,7 +348,7 @@ def _brute_force_knn(bank: torch.Tensor, q: torch.Tensor, k: int):
 
 @pytest.mark.parametrize("k", [1, 3, 9])
 def test_exact_pruned_search_equals_brute_force(k, monkeypatch):
-    from ad.models._memory import KnnIndex, _CellPrunedKnn
+    from ad.models.memory._memory import KnnIndex, _CellPrunedKnn
 
     brute_rows = []
     brute = _CellPrunedKnn._brute_force
@@ -380,7 +380,7 @@ def test_exact_pruned_search_equals_brute_force(k, monkeypatch):
 
 
 def test_ivf_search_is_close_to_exact_and_deterministic():
-    from ad.models._memory import KnnIndex
+    from ad.models.memory._memory import KnnIndex
 
     g = torch.Generator().manual_seed(6)
     centers = torch.randn(20, 16, generator=g) * 4
@@ -398,7 +398,7 @@ def test_ivf_search_is_close_to_exact_and_deterministic():
 
 def test_torch_brute_force_matches_faiss_flat():
     """The GPU path of brute-force k-NN (torch GEMMs; run here on the CPU) finds faiss' neighbours."""
-    from ad.models._memory import KnnIndex, _TorchFlat
+    from ad.models.memory._memory import KnnIndex, _TorchFlat
 
     g = torch.Generator().manual_seed(0)
     bank, queries = torch.randn(3000, 24, generator=g), torch.randn(500, 24, generator=g)
@@ -412,7 +412,7 @@ def test_torch_brute_force_matches_faiss_flat():
 
 def test_coreset_on_an_explicit_device_matches_the_default():
     """greedy_coreset(device=...) (PatchCore passes its bank's device) picks the same rows as before on CPU."""
-    from ad.models._coreset import greedy_coreset
+    from ad.models.memory._coreset import greedy_coreset
 
     x = torch.randn(5000, 64, generator=torch.Generator().manual_seed(1))
     chunks = [x[:1700], x[1700:]]
@@ -449,7 +449,7 @@ def test_nearest_distance_equals_brute_force_across_tile_edges(monkeypatch):
     """SPADE's pixel search (torch brute force, k = 1, the bank scanned in tiles): the float64 brute-force
     nearest neighbour and distance, whatever the tile sizes (tiles that do not divide the bank or the
     queries included)."""
-    from ad.models._memory import KnnIndex, _TorchFlat, nearest_distance
+    from ad.models.memory._memory import KnnIndex, _TorchFlat, nearest_distance
 
     g = torch.Generator().manual_seed(3)
     bank, queries = torch.randn(1300, 24, generator=g) * 3 + 1, torch.randn(1001, 24, generator=g) * 3 + 1

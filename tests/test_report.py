@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ad.engine.maps_store import MapsWriter, save_test_maps
+from ad.rundir.maps_store import MapsWriter, save_test_maps
 from ad.metrics import image_auroc
 from ad.report import build_report
 from tests._fake_sweep import fake_results, make_job, unified_results, write_predictions

@@ -166,9 +166,9 @@ def test_disk_full_keeps_the_failure_record_and_cleans_temporaries(synthetic_roo
     """A full disk while writing model.pt: the error says so, no .tmp is left, results.json is written."""
     import errno
 
-    from ad.engine import outputs
+    from ad.rundir import modelfile
 
-    real = outputs.atomic_write
+    real = modelfile.atomic_write
 
     def full(path, write, binary=False):
         if Path(path).name == "model.pt":
@@ -178,7 +178,7 @@ def test_disk_full_keeps_the_failure_record_and_cleans_temporaries(synthetic_roo
             return real(path, failing, binary=True)
         return real(path, write, binary)
 
-    monkeypatch.setattr(outputs, "atomic_write", full)
+    monkeypatch.setattr(modelfile, "atomic_write", full)
     res, run_dir = run_in_process(tmp_path, ["model=padim", f"dataset.root={synthetic_root}",
                                              "backbone.pretrained=false", *FAST])
     assert res.status == "failed" and "No space left on device" in res.error

@@ -43,7 +43,7 @@ def memory_run(synthetic_root, tmp_path_factory):
 
 
 def test_results_json_follows_the_schema(memory_run):
-    from ad.engine.records import SCHEMA_VERSION, validate
+    from ad.rundir.records import SCHEMA_VERSION, validate
 
     res, run_dir = memory_run
     assert res.status == "ok", res.error
@@ -70,7 +70,7 @@ def test_results_json_follows_the_schema(memory_run):
 
 
 def test_a_mutated_results_json_fails_validation(memory_run):
-    from ad.engine.records import RecordError, validate
+    from ad.rundir.records import RecordError, validate
 
     _, run_dir = memory_run
     saved = json.loads((run_dir / "results.json").read_text())
@@ -218,16 +218,16 @@ def test_component_error_is_reported_unwrapped(synthetic_root, tmp_path):
 
 
 def _ok_results(run_dir):
-    from ad.engine.outputs import write_json
-    from ad.engine.records import RunRecord
+    from ad.io import write_json
+    from ad.rundir.records import RunRecord
 
     write_json(run_dir / "results.json", RunRecord(status="ok").to_dict())
 
 
 def test_load_run_rebuilds_efficientad_without_its_teacher_file(tmp_path):
     """The fitted teacher is in model.pt: predicting must not need the teacher file used for training."""
-    from ad.engine.outputs import save_model_file
-    from ad.models.efficientad import EfficientAD
+    from ad.rundir.modelfile import save_model_file
+    from ad.models.distillation.efficientad import EfficientAD
     from ad.predict import load_run
 
     torch.manual_seed(0)
@@ -236,7 +236,7 @@ def test_load_run_rebuilds_efficientad_without_its_teacher_file(tmp_path):
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
         model.teacher_mean.fill_(0.1)
-    cfg = {"_target_": "ad.models.efficientad.EfficientAD", "teacher_weights": str(tmp_path / "gone" / "pdn_s.pth"),
+    cfg = {"_target_": "ad.models.distillation.efficientad.EfficientAD", "teacher_weights": str(tmp_path / "gone" / "pdn_s.pth"),
            "image_size": 64, "out_channels": 384}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "efficientad"})
     _ok_results(tmp_path)
@@ -245,11 +245,13 @@ def test_load_run_rebuilds_efficientad_without_its_teacher_file(tmp_path):
     assert torch.allclose(loaded.predict(x).scores, model.predict(x).scores)
 
 
-def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path):
-    """model.pt written before BN folding existed (its backbone config has no fold_batchnorm key)."""
+@pytest.mark.parametrize("target", ["ad.models.memory.padim.Padim", "ad.models.padim.Padim"])
+def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path, target):
+    """model.pt written before BN folding existed (its backbone config has no fold_batchnorm key), and before
+    the models moved into family packages (its `_target_` names the old module)."""
     from ad.backbones import BackboneConfig
-    from ad.engine.outputs import save_model_file
-    from ad.models.padim import Padim
+    from ad.rundir.modelfile import save_model_file
+    from ad.models.memory.padim import Padim
     from ad.predict import load_run
 
     torch.manual_seed(0)
@@ -263,10 +265,21 @@ def test_load_run_reads_model_files_with_unfolded_batchnorms(tmp_path):
     model.on_fit_start()
     model.training_step({"image": x})
     model.on_fit_end(None)
-    cfg = {"_target_": "ad.models.padim.Padim", "layers": [1, 2], "n_features": 20,
+    cfg = {"_target_": target, "layers": [1, 2], "n_features": 20,
            "backbone": {"_target_": "ad.backbones.BackboneConfig", "name": "resnet18", "pretrained": False}}
     save_model_file(tmp_path / "model.pt", model, cfg, {"model_name": "padim"})
     _ok_results(tmp_path)
     loaded, _ = load_run(tmp_path)
     assert loaded.feature_extractor.folded_batchnorms == 0
     assert torch.allclose(loaded.predict(x[:2]).scores, model.predict(x[:2]).scores)
+
+
+def test_checkpoint_identity_from_before_the_family_layout_still_matches(tmp_path):
+    """A checkpoint whose identity names a model by its pre-family module resumes; another model still refuses."""
+    from ad.engine.trainer import check_identity
+    from ad.errors import ConfigError
+
+    current = {"model._target_": "ad.models.memory.padim.Padim", "seed": 0}
+    check_identity(tmp_path / "last.ckpt", {"model._target_": "ad.models.padim.Padim", "seed": 0}, current)
+    with pytest.raises(ConfigError, match="different experiment"):
+        check_identity(tmp_path / "last.ckpt", {"model._target_": "ad.models.patchcore.PatchCore", "seed": 0}, current)

@@ -64,15 +64,15 @@ def test_not_params_entries_are_well_formed():
 
 def test_schema_file_is_current():
     """docs/results.schema.json is generated from the dataclasses: regenerate with
-    `python -c "import json; from ad.engine.records import json_schema; print(json.dumps(json_schema(), indent=2))" > docs/results.schema.json`."""
-    from ad.engine.records import json_schema
+    `python -c "import json; from ad.rundir.records import json_schema; print(json.dumps(json_schema(), indent=2))" > docs/results.schema.json`."""
+    from ad.rundir.records import json_schema
 
     path = Path(__file__).resolve().parent.parent / "docs" / "results.schema.json"
     assert json.loads(path.read_text()) == json_schema()
 
 
 def test_old_results_json_still_loads():
-    from ad.engine.records import load_record
+    from ad.rundir.records import load_record
 
     old = {"status": "ok", "error": None, "model": "patchcore", "dataset": "mvtec", "category": "bottle",
            "backbone": "wide_resnet50_2", "seed": 0, "params": {"model.coreset_ratio": "0.1"},

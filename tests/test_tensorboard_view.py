@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ad.engine.records import ImageMetrics, PixelMetrics, RunRecord, Validation
+from ad.rundir.records import ImageMetrics, PixelMetrics, RunRecord, Validation
 from ad.engine.scoring import PredictionSet
-from ad.engine.tensorboard import TensorBoardLogger
+from ad.loggers.tensorboard import TensorBoardLogger
 
 
 def _test_set(n=6, size=32):

@@ -22,13 +22,13 @@ from ad.data.mvtec import MVTecAD
 from ad.engine.trainer import Trainer, seed_everything
 from ad.errors import ConfigError
 from ad.models import MODELS
-from ad.models._distillation import MirroredDecoder, OneClassBottleneck
-from ad.models._flows import AffineCouplingStep, Flow2d
+from ad.models.distillation._distillation import MirroredDecoder, OneClassBottleneck
+from ad.models.flows._flows import AffineCouplingStep, Flow2d
 from ad.models._maps import gaussian_blur2d, upsample_to
-from ad.models.fastflow import FastFlow
-from ad.models.reverse_distillation import ReverseDistillation
+from ad.models.flows.fastflow import FastFlow
+from ad.models.distillation.reverse_distillation import ReverseDistillation
 from tests.fakes import assert_resume_matches_uninterrupted, textures, with_defects
-from ad.models.stfpm import STFPM
+from ad.models.distillation.stfpm import STFPM
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 SIZE = 64

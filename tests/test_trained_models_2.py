@@ -20,9 +20,9 @@ from scipy import ndimage
 from ad.errors import ConfigError, WeightsError
 from ad.models import create_model
 from ad.models._anomaly_synthesis import AnomalySynthesizer, perlin_mask, perlin_noise, procedural_texture
-from ad.models._ssim import ssim_map
-from ad.models.draem import focal_loss
-from ad.models.efficientad import EfficientAD
+from ad.models.reconstruction._ssim import ssim_map
+from ad.models.reconstruction.draem import focal_loss
+from ad.models.distillation.efficientad import EfficientAD
 from tests.fakes import assert_resume_matches_uninterrupted
 
 
@@ -283,7 +283,7 @@ def test_efficientad_teacher_errors_name_file_and_script(tmp_path):
 
 def test_distilled_teacher_file_loads_into_efficientad(tmp_path):
     from ad.backbones import BackboneConfig
-    from ad.models._pdn import distill_pdn_teacher, save_teacher
+    from ad.models.distillation._pdn import distill_pdn_teacher, save_teacher
     from PIL import Image
 
     folder = tmp_path / "imgs"
@@ -364,7 +364,7 @@ _TINY_RECIPE = dict(steps=2, batch_size=2, crop_size=64)
 
 
 def test_auto_teacher_is_distilled_once_cached_by_recipe_and_reused(tmp_path):
-    from ad.models._pdn import TeacherRecipe
+    from ad.models.distillation._pdn import TeacherRecipe
 
     cache = tmp_path / "backbones"
     first = create_model("efficientad", teacher_weights="auto", teacher_dir=str(cache), image_size=64,
@@ -390,7 +390,7 @@ def test_auto_teacher_is_distilled_once_cached_by_recipe_and_reused(tmp_path):
 
 
 def _distil_in_child(cache, queue):
-    from ad.models._pdn import TeacherRecipe, cached_teacher
+    from ad.models.distillation._pdn import TeacherRecipe, cached_teacher
 
     path, seconds = cached_teacher(TeacherRecipe.from_config("s", 64, _TINY_RECIPE), cache)
     queue.put((str(path), seconds))

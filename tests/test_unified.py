@@ -37,7 +37,7 @@ def test_counts_per_category_and_one_model_file(unified_run):
     assert (res.counts.train, res.counts.val, res.counts.test, res.counts.test_anomalous) == (27, 9, 36, 24)
     assert (run_dir / "model.pt").is_file() and not list(run_dir.glob("*/model.pt"))
     saved = json.loads((run_dir / "results.json").read_text())
-    from ad.engine.records import validate
+    from ad.rundir.records import validate
 
     validate(saved)
 

@@ -248,7 +248,7 @@ def test_other_backbone_models_build_fit_and_predict_on_a_vit(name):
 
 
 def test_reverse_distillation_explains_that_it_needs_a_pyramid():
-    from ad.models.reverse_distillation import ReverseDistillation
+    from ad.models.distillation.reverse_distillation import ReverseDistillation
 
     with pytest.raises(ConfigError, match="power of two"):
         ReverseDistillation(backbone=BackboneConfig(name=REG, pretrained=False), layers=(3, 5, 7))

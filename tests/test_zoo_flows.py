@@ -20,13 +20,13 @@ from ad.data.mvtec import MVTecAD
 from ad.engine.trainer import Trainer, seed_everything
 from ad.errors import ConfigError
 from ad.models import MODELS
-from ad.models._flows import VectorCouplingStep, VectorFlow
+from ad.models.flows._flows import VectorCouplingStep, VectorFlow
 from ad.models._maps import upsample_to
-from ad.models._memory import upsample_maps
+from ad.models._maps import upsample_maps
 from ad.models.base import Budget
-from ad.models.cflow import CFlow, positional_encoding_2d, warmup_cosine
-from ad.models.differnet import DifferNet, even_angles, rotate_images
-from ad.models.simplenet import SimpleNet, anomalous_features, truncated_l1_loss
+from ad.models.flows.cflow import CFlow, positional_encoding_2d, warmup_cosine
+from ad.models.flows.differnet import DifferNet, even_angles, rotate_images
+from ad.models.discriminative.simplenet import SimpleNet, anomalous_features, truncated_l1_loss
 from tests.fakes import assert_resume_matches_uninterrupted, textures, with_defects
 
 SIZE = 64

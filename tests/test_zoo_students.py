@@ -14,9 +14,9 @@ from scipy.special import voigt_profile
 
 from ad.errors import ConfigError
 from ad.models import create_model
-from ad.models._patch_descriptors import PLANS, ImageBank, PatchNet, compactness_loss, ensemble_error_variance
+from ad.models.distillation._patch_descriptors import PLANS, ImageBank, PatchNet, compactness_loss, ensemble_error_variance
 from ad.models.base import Budget
-from ad.models.wae import imq_kernel, mmd_unbiased
+from ad.models.reconstruction.wae import imq_kernel, mmd_unbiased
 from tests.fakes import assert_resume_matches_uninterrupted, textures, with_defects
 
 SIZE = 64

@@ -4,7 +4,7 @@
                  [--group model,backbone] [--reference [NAMES]] [--bootstrap N] [--baseline MODEL]
 
 Every job directory below the given directories (a directory with `.hydra/` or `results.json`) is read:
-`results.json` through the typed run records (`ad.engine.records`), `.hydra/overrides.yaml`,
+`results.json` through the typed run records (`ad.rundir.records`), `.hydra/overrides.yaml`,
 `.hydra/config.yaml` and `.hydra/hydra.yaml`. Rows are (dataset, category) — a unified run contributes one row
 per evaluated category; columns are the groups of `--group` (default: the model, the setting when any run is
 unified, plus every parameter that varies between jobs of the same category, seeds excepted) × the chosen

@@ -21,7 +21,7 @@ import numpy as np
 
 from ad.aggregate.jobs import Job
 from ad.aggregate.table import Cell, Column, Stat, Table, row_groups
-from ad.engine.maps_store import load_test_maps
+from ad.rundir.maps_store import load_test_maps
 from ad.stats import delong_test, paired_bootstrap, stratified_resamples
 from ad.stats.bootstrap import PixelHistograms, image_replicates, pixel_replicates
 

@@ -1,4 +1,4 @@
-"""Finding and reading job directories: `results.json` through the typed run records (`ad.engine.records`,
+"""Finding and reading job directories: `results.json` through the typed run records (`ad.rundir.records`,
 which also converts files written before the schema had a version), plus `.hydra/overrides.yaml`,
 `.hydra/config.yaml` and `.hydra/hydra.yaml` for what the job was asked to do."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from ad.engine.records import RecordError, RunRecord, from_dict
+from ad.rundir.records import RecordError, RunRecord, from_dict
 
 MISSING_NOTE = "no results.json (crashed, killed or still running)"
 # libyaml's parser when present: hydra.yaml / config.yaml of real jobs are long, and 1000 jobs read three each.

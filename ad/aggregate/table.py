@@ -53,7 +53,7 @@ def _std(xs: Sequence[float]) -> Optional[float]:
 def _auto_excluded(key: str) -> bool:
     """Keys that never become a column: a job's row identity, and where/how it ran (`NOT_PARAMS`, the same
     list the run names and sweep directory names use)."""
-    from ad.engine.settings import is_param
+    from ad.rundir.params import is_param
 
     return key in _AUTO_GROUP_EXCLUDE or not is_param(key) and key != "setting"
 

@@ -13,7 +13,7 @@ from ad.errors import ConfigError
 
 from ad.backbones._fold import fold_batchnorms
 from ad.backbones._specs import BackboneSpec, normalisation
-from ad.backbones._vit import ViTFeatures, is_vit
+from ad.backbones._vit import ViTFeatures, is_vit, vit_depth
 from ad.backbones._weights import load_pretrained_weights, resolve_weights
 
 
@@ -132,5 +132,5 @@ def create_feature_extractor(backbone: "BackboneConfig | str | dict", layers: Se
     return FeatureExtractor(backbone, layers, frozen, final_norm)
 
 
-__all__ = ["BackboneConfig", "BackboneSpec", "resolve_weights", "FeatureExtractor", "ViTFeatures", "is_vit",
+__all__ = ["BackboneConfig", "BackboneSpec", "resolve_weights", "FeatureExtractor", "ViTFeatures", "is_vit", "vit_depth",
            "as_backbone_config", "create_feature_extractor"]

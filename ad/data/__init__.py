@@ -3,18 +3,21 @@ from ad.data._base import (  # noqa: F401
     IMAGE_EXTENSIONS,
     AnomalyDataModule,
     ImageTransform,
+    LoaderOptions,
     Sample,
     SampleDataset,
     collate,
+    kfold_split,
     list_images,
     load_image,
     load_mask,
     split_validation,
 )
+from ad.data.source import DataSource
 from ad.registry import DATASETS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "AnomalyDataModule", "ImageTransform", "Sample", "SampleDataset", "collate", "list_images", "load_image",
+    "AnomalyDataModule", "DataSource", "ImageTransform", "LoaderOptions", "Sample", "SampleDataset", "collate", "kfold_split", "list_images", "load_image",
     "load_mask", "split_validation", "DATASETS",
 ]

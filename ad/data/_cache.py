@@ -330,7 +330,7 @@ def _executor(threads: int) -> ThreadPoolExecutor:
 def resolve_decode_threads(value: "int | str | None") -> int:
     """`auto`: one thread on CPU (the other cores run the model), up to 8 when a GPU runs the model."""
     if value in (None, "auto"):
-        from ad.config import available_cpus
+        from ad.io import available_cpus
 
         return max(1, min(8, available_cpus() - 1)) if torch.cuda.is_available() else 1
     return non_negative_int(value, "dataset.decode_threads")

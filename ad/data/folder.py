@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ad.data._base import AnomalyDataModule, Sample, check_root, list_images, mask_stem
-from ad.config import folder_name
+from ad.io import folder_name
 from ad.errors import DataError
 
 

@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from ad.data._base import Sample, SampleDataset, _stratified_head, make_loader
+from ad.data._base import LoaderOptions, Sample, SampleDataset, _stratified_head, make_loader
 
 
 class FoldData:
@@ -18,8 +18,10 @@ class FoldData:
 
     name = "fold"
 
-    def __init__(self, transform: Any, train: Sequence[Sample], heldout: Sequence[Sample]) -> None:
+    def __init__(self, transform: Any, train: Sequence[Sample], heldout: Sequence[Sample],
+                 loading: LoaderOptions = LoaderOptions()) -> None:
         self.transform = transform
+        self.loading = loading  # the parent source's cache and threads: fold models re-read the same images
         self._splits = {"train": list(train), "val": [], "heldout": list(heldout), "test": []}
 
     def setup(self) -> "FoldData":
@@ -32,9 +34,10 @@ class FoldData:
         samples = self._splits[split]
         if limit is not None and limit < len(samples):
             samples = _stratified_head(samples, limit)
-        return SampleDataset(samples, self.transform)
+        return SampleDataset(samples, self.transform, self.loading.cache, self.loading.decode_threads)
 
     def dataloader(self, split: str, batch_size: int, shuffle: bool = False, num_workers: int = 0,
                    limit: Optional[int] = None, generator: Optional[torch.Generator] = None,
                    drop_last: bool = False):
-        return make_loader(self.dataset(split, limit), batch_size, shuffle, num_workers, generator, drop_last)
+        return make_loader(self.dataset(split, limit), batch_size, shuffle, num_workers, generator, drop_last,
+                           pin_memory=self.loading.pin_memory)

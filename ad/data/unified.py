@@ -48,6 +48,7 @@ class UnifiedData:
         self.modules: Dict[str, AnomalyDataModule] = dict(modules)
         first = next(iter(self.modules.values()))
         self.transform = first.transform
+        self.loading = first.loading  # one category's loader options stand for all (the same config made them)
         self.category = "+".join(self.modules)
 
     @property
@@ -76,4 +77,5 @@ class UnifiedData:
     def dataloader(self, split: str, batch_size: int, shuffle: bool = False, num_workers: int = 0,
                    limit: Optional[int] = None, generator: Optional[torch.Generator] = None,
                    drop_last: bool = False) -> DataLoader:
-        return make_loader(self.dataset(split, limit), batch_size, shuffle, num_workers, generator, drop_last)
+        return make_loader(self.dataset(split, limit), batch_size, shuffle, num_workers, generator, drop_last,
+                           pin_memory=self.loading.pin_memory)

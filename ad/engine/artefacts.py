@@ -1,25 +1,21 @@
 """What a run leaves in its directory besides results.json: predictions.csv, history.csv, model.pt.
 
-Each file is written atomically by `ad.engine.outputs`; the run pipeline first removes whatever an earlier run
+Each file is written atomically (`ad.io`) in the formats of `ad.rundir`; the run pipeline first removes whatever an earlier run
 left in the directory (`clear_previous`), so a run dir never mixes the files of two runs.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
 from ad.engine.evaluation import Calibration
-from ad.engine.outputs import save_model_file, write_csv
 from ad.engine.scoring import PredictionSet, decide
 from ad.engine.settings import RunSpec
+from ad.rundir.layout import RUN_FILES
+from ad.rundir.modelfile import save_model_file
 
-PREDICTION_COLUMNS = ["path", "category", "defect_type", "label", "score", "normalized_score", "is_anomalous"]
-HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "lr", "seconds"]
-# Files (and folders) a run writes: removed before a new run starts in the same directory.
-RUN_FILES = ("results.json", "predictions.csv", "history.csv", "model.pt", "test_maps.npz", "tb")
 
 
 def prediction_rows(test: PredictionSet, cal: Calibration, category: str) -> List[Dict[str, Any]]:
@@ -31,22 +27,13 @@ def prediction_rows(test: PredictionSet, cal: Calibration, category: str) -> Lis
     ]
 
 
-def write_predictions(run_dir: Path, rows: Sequence[Dict[str, Any]]) -> None:
-    write_csv(run_dir / "predictions.csv", rows, PREDICTION_COLUMNS)
-
-
 def maps_writer(run_dir: Path, evaluation: Any) -> Any:
-    """The test_maps.npz writer (`ad.engine.maps_store`), or None when evaluation.save_maps=false."""
+    """The test_maps.npz writer (`ad.rundir.maps_store`), or None when evaluation.save_maps=false."""
     if not evaluation.save_maps:
         return None
-    from ad.engine.maps_store import MapsWriter
+    from ad.rundir.maps_store import MapsWriter
 
     return MapsWriter(run_dir, evaluation.save_maps_max_side)
-
-
-def write_history(run_dir: Path, history: Sequence[Any]) -> None:
-    """Per-epoch training log (CSV beside TensorBoard); header only for models without epochs of training."""
-    write_csv(run_dir / "history.csv", [dataclasses.asdict(h) for h in history], HISTORY_COLUMNS)
 
 
 def save_model(run_dir: Path, model: Any, spec: RunSpec, cal: Calibration, use_amp: bool) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ad import metrics
-from ad.engine.records import (AtThreshold, CategoryRecord, Counts, ImageMetrics, PixelMetrics, Thresholds, mad)
+from ad.rundir.records import (AtThreshold, CategoryRecord, Counts, ImageMetrics, PixelMetrics, Thresholds, mad)
 from ad.engine.scoring import PredictionSet
 from ad.engine.settings import EvalSettings
 from ad.errors import ADError

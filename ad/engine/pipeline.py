@@ -19,9 +19,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 
 from ad.engine import artefacts
+from ad.rundir import layout
 from ad.engine.evaluation import Calibration, calibrate, evaluate_category, mean_over_categories
-from ad.engine.outputs import peak_rss_mb, write_json
-from ad.engine.records import CategoryRecord, Counts, Memory, RunInfo, RunRecord, Timing, Training, Validation
+from ad.io import peak_rss_mb, write_json
+from ad.rundir.records import CategoryRecord, Counts, Memory, RunInfo, RunRecord, Timing, Training, Validation
 from ad.engine.scoring import PredictionSet, score_function
 from ad.engine.settings import RunSpec
 from ad.errors import ADError, ConfigError
@@ -72,10 +73,10 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
             record.notes += cal.notes + list(getattr(parts.model, "notes", []))
             rows, test_s = score_and_evaluate(parts, cal, spec, record, logger, run_dir, maps)
             record.validation = validation_record(parts, spec, val, fit)
-            artefacts.write_predictions(run_dir, rows)
+            layout.write_predictions(run_dir, rows)
             if maps is not None:
                 maps.close()
-            artefacts.write_history(run_dir, fit.history)
+            layout.write_history(run_dir, fit.history)
             artefacts.save_model(run_dir, parts.model, spec, cal, parts.trainer.use_amp)
             record.timing = Timing(fit_s=fit.fit_s, predict_s=test_s, ms_per_image=1000.0 * test_s / max(1, len(rows)),
                                    total_s=time.perf_counter() - t0)
@@ -122,14 +123,14 @@ def held_out_normals(parts: Components, spec: RunSpec) -> tuple[Optional[Predict
     k = min(len(train), spec.evaluation.cross_fit_folds)
     if k < 2 or parts.model_factory is None:
         return (val if len(val.scores) else None), "validation normals"
-    from ad.data._base import kfold_split
+    from ad.data import kfold_split
     from ad.data.folds import FoldData
 
     category_of = {s.path: c for c, m in parts.categories.items() for split in ("train", "val") for s in m.samples(split)}
     sets = []
     for i, (rest, held) in enumerate(kfold_split(train, k, spec.seed)):
         log.info("cross-fitting thresholds: fold %d/%d (%d images fitted, %d held out)", i + 1, k, len(rest), len(held))
-        fold = FoldData(parts.data.transform, rest, held)
+        fold = FoldData(parts.data.transform, rest, held, parts.data.loading)
         model = parts.model_factory()
         t.fit(model, fold)  # no run dir: fold models are never checkpointed or saved
         part = t.predict(model, fold.dataloader("heldout", t.eval_batch_size), desc=f"scoring fold {i + 1}")
@@ -216,8 +217,7 @@ def validation_record(parts: Components, spec: RunSpec, val: Optional[Prediction
 
 
 def visualizations(dataset: Any, test: PredictionSet, cal: Calibration, n: int) -> List[Dict[str, Any]]:
-    from ad.engine.tensorboard import pick_visualizations
-    from ad.engine.visualize import display_map
+    from ad.visualize import display_map, pick_visualizations
 
     picks = pick_visualizations(test.labels, test.scores, n)
     return [{"image": dataset[i]["image"].numpy(), "map": display_map(test.maps[i], cal.pixel_normalization),

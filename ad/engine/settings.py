@@ -3,48 +3,11 @@ DictConfig), and the one list of overrides that are not hyper-parameters."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional
 
 from ad.errors import ConfigError
+from ad.rundir.params import NOT_PARAMS, categories_of, is_param, run_name, swept_params  # noqa: F401
 from ad.values import positive_int
-
-# Overrides that say where or how a job runs, not what it is: left out of run names, hparams, the sweep job
-# directory names (conf/hydra/default.yaml builds them with the ${ad_job_params:} resolver, which reads this)
-# and the aggregator's column grouping. An entry matches the key itself and every key below it; entries
-# ending in "." are pure prefixes.
-NOT_PARAMS = ("hydra.", "sweep", "+sweep", "hparams_search", "+hparams_search", "launcher", "trainer.progress_bar",
-              "trainer.num_threads", "trainer.num_workers", "trainer.device", "trainer.resume", "dataset.root", "dataset.cache",
-              "dataset.decode_threads", "dataset.pin_memory", "dataset.cache_dir", "dataset.cache_mb", "paths.",
-              "logger.", "evaluation.save_maps", "evaluation.save_maps_max_side",
-              "evaluation.objective")
-# The run's identity choices: shown as their own fields, not as parameters.
-NAME_KEYS = ("model", "dataset", "category", "setting")
-
-
-def is_param(key: str) -> bool:
-    """True for an override that changes *what* is run (a hyper-parameter), False for where/how it runs."""
-    key = key.lstrip("+~")
-    if key in NAME_KEYS:
-        return False
-    return not any(key == k or (k.endswith(".") and key.startswith(k)) or key.startswith(k + ".")
-                   for k in NOT_PARAMS)
-
-
-def swept_params(overrides: Sequence[str]) -> Dict[str, str]:
-    """Command-line overrides other than the identity choices and the where/how keys."""
-    out = {}
-    for o in overrides:
-        key, _, value = o.lstrip("+~").partition("=")
-        if is_param(key):
-            out[key] = value
-    return out
-
-
-def run_name(model: Optional[str], dataset: Optional[str], category: Optional[str], params: Dict[str, str],
-             setting: str = "single") -> str:
-    name = f"{model}/{dataset}/{category}" + (" [unified]" if setting == "unified" else "")
-    return name + (" " + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
-
 
 THRESHOLD_METHODS = ("mean_std", "quantile")
 OBJECTIVE_MODES = ("auto", "always", "never")
@@ -62,7 +25,7 @@ class EvalSettings:
     aupro_max_fpr: float = 0.3
     objective: str = "auto"  # auto: only when a hyper-parameter search consumes it | always | never
     objective_max_images: int = 64
-    save_maps: bool = True  # test_maps.npz beside predictions.csv (ad.engine.maps_store)
+    save_maps: bool = True  # test_maps.npz beside predictions.csv (ad.rundir.maps_store)
     save_maps_max_side: int = 256  # larger maps are block-averaged before saving
     min_val_images: int = 2  # fewer held-out normals than this: thresholds come from cross-fitting
     cross_fit_folds: int = 4  # folds of the training normals for cross-fitted thresholds (few-shot)
@@ -119,11 +82,6 @@ class RunSpec:
         if self.evaluation.objective == "auto" and self.objective_consumer:
             return self.objective_consumer
         return None
-
-
-def categories_of(names: List[str]) -> str:
-    """The label of a set of categories in run names and tables."""
-    return names[0] if len(names) == 1 else "+".join(names)
 
 
 # Keys that do not change what a checkpoint holds: evaluation settings act after training, and these trainer

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ad.errors import ConfigError
 from ad.values import non_negative_int, positive_int
-from ad.engine.outputs import atomic_write
+from ad.io import atomic_write
 from ad.engine.scoring import PredictionSet, score_loader
 from ad.models.base import AnomalyModel, Budget, OptimizerSpec
 
@@ -417,6 +417,7 @@ def _load_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]:
 def check_identity(path: Path, saved: Optional[Dict[str, Any]], current: Optional[Dict[str, Any]]) -> None:
     """Refuse to resume a checkpoint of another experiment. Budgets count too: LR schedules are laid out over
     the budget, so continuing a finished 2-epoch run to 4 epochs would not equal a 4-epoch run."""
+    saved = _current_targets(saved)
     if saved == current:
         return
     if saved is None or current is None:
@@ -426,6 +427,15 @@ def check_identity(path: Path, saved: Optional[Dict[str, Any]], current: Optiona
     diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
     raise ConfigError(f"checkpoint {path} belongs to a different experiment ({diff}); use another run dir, delete "
                       f"{path.parent}, or set trainer.resume=false to train from scratch")
+
+
+def _current_targets(identity: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A checkpoint's identity with pre-family model `_target_`s spelled as today (same class, moved module)."""
+    from ad.registry import current_target
+
+    if identity is None:
+        return None
+    return {k: current_target(v) if k.endswith("_target_") and isinstance(v, str) else v for k, v in identity.items()}
 
 
 def _get_rng_state() -> Dict[str, Any]:

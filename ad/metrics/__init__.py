@@ -14,6 +14,7 @@ Undefined inputs (one class only, no defect pixel, NaN/inf scores) raise `Undefi
 reports them as None with a reason in ``notes``. Malformed inputs raise `MetricError` (a ValueError).
 """
 from ad.metrics._checks import MetricError, UndefinedMetricError
+from ad.metrics._curve import RankCounts, trapezoid_to
 from ad.metrics._evaluate import TEST_SET_DIAGNOSTICS, evaluate
 from ad.metrics._image import f1_max, image_ap, image_auroc, per_defect_auroc, precision_recall_f1
 from ad.metrics._pixel import aupro, pixel_ap, pixel_auroc, pixel_f1_max, pro_curve
@@ -22,6 +23,8 @@ from ad.metrics._thresholds import fit_calibration, fit_normalization, fit_thres
 __all__ = [
     "MetricError",
     "UndefinedMetricError",
+    "RankCounts",
+    "trapezoid_to",
     "TEST_SET_DIAGNOSTICS",
     "evaluate",
     "image_auroc",

@@ -18,8 +18,8 @@ import torchvision.transforms.v2.functional as TF
 from scipy import ndimage
 
 from ad.errors import ConfigError
+from ad.io import IMAGE_EXTENSIONS, load_image
 
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 # --- Perlin noise ----------------------------------------------------------------------------------------------
@@ -203,10 +203,10 @@ def list_source_images(source_dir: str | Path) -> List[Path]:
             f"anomaly_source_dir={source_dir} is not a folder; point it at a texture image folder (e.g. DTD's "
             "images/) or set model.anomaly_source_dir=null to use procedural textures"
         )
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ConfigError(
-            f"anomaly_source_dir={source_dir} contains no images ({', '.join(_IMAGE_EXTENSIONS)}); "
+            f"anomaly_source_dir={source_dir} contains no images ({', '.join(IMAGE_EXTENSIONS)}); "
             "add texture images or set model.anomaly_source_dir=null"
         )
     return files
@@ -235,7 +235,6 @@ class AnomalySynthesizer:
     def source(self, shape: Tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
         if self.source_files is None:
             return procedural_texture(shape, rng)
-        from ad.data._base import load_image  # local import: models must not depend on data at import time
 
         im = load_image(self.source_files[int(rng.integers(len(self.source_files)))])
         im = im.resize((shape[1], shape[0]))

@@ -19,6 +19,9 @@ never asks which model it is running:
   quantiles on validation normals...).
 - `predict(images)` → `Prediction(scores [B], maps [B,H,W])` at input resolution. `images` are float
   [B,3,H,W] in [0,1]; a model applies its own backbone normalisation.
+- What the engine reads back: `notes` (lines for the run record about this fit) and
+  `config_for_state_dict(cfg, state_dict)` (the config that rebuilds the model around a saved state dict, for
+  models whose construction needs files the state dict replaces — EfficientAD's teacher).
 
 All fitted state lives in parameters or buffers, so `state_dict()` round-trips the whole fitted model. Buffers
 whose size is only known after fitting (memory banks) are resized on load by `_load_from_state_dict`.
@@ -26,7 +29,7 @@ whose size is only known after fitting (memory banks) are resized on load by `_l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -73,6 +76,14 @@ class AnomalyModel(nn.Module):
     shuffle_train: bool = True
     #: name of the backbone for reporting (None for backbone-free models)
     backbone_name: Optional[str] = None
+    #: lines for the run record's `notes` about this fit (EfficientAD: which teacher it used)
+    notes: Sequence[str] = ()
+
+    @staticmethod
+    def config_for_state_dict(cfg: Dict[str, Any], state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """The model config that rebuilds this model around `state_dict` (model.pt); most models need none."""
+        return cfg
+
     def configure_optimizers(self, budget: Budget) -> Optional[OptimizerSpec]:
         return None
 

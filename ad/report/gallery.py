@@ -13,8 +13,8 @@ from PIL import Image
 from ad.aggregate.intervals import RunCache, RunData
 from ad.aggregate.jobs import Job
 from ad.aggregate.table import Column, Table
-from ad.engine.maps_store import TestMaps, load_test_maps
-from ad.engine.visualize import contour
+from ad.rundir.maps_store import TestMaps, load_test_maps
+from ad.visualize import contour
 
 THUMB_QUALITY = 80
 

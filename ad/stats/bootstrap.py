@@ -23,8 +23,7 @@ from typing import Dict, Optional
 import numpy as np
 from scipy import ndimage, sparse
 
-from ad.metrics._checks import MetricError
-from ad.metrics._curve import RankCounts, trapezoid_to
+from ad.metrics import MetricError, RankCounts, trapezoid_to
 
 IMAGE_METRICS = ("auroc", "ap", "f1_max")
 PIXEL_METRICS = ("auroc", "aupro")
@@ -211,7 +210,7 @@ def float16_codes(a: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def to_float16(maps: np.ndarray) -> np.ndarray:
-    """Maps as float16 (as `ad.engine.maps_store` saves them): scaled by a power of two into float16's range
+    """Maps as float16 (as `ad.rundir.maps_store` saves them): scaled by a power of two into float16's range
     when needed, which keeps every comparison between pixels (so AUROC/AUPRO) except float16 rounding ties."""
     a = np.asarray(maps)
     if a.dtype == np.float16:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from ad.metrics._checks import MetricError
+from ad.metrics import MetricError
 
 
 @dataclass(frozen=True)

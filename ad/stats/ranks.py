@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-from ad.metrics._checks import MetricError
+from ad.metrics import MetricError
 
 
 @dataclass(frozen=True)

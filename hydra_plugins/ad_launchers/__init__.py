@@ -1,2 +1,2 @@
 """Hydra plugin shim: Hydra only accepts launchers defined under the `hydra_plugins` namespace package.
-The implementation lives in `ad.engine.launcher`."""
+The implementation lives in `ad.launch.launcher`."""

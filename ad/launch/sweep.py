@@ -1,0 +1,47 @@
+"""Hydra callback: after a sweep, list every job's status (failed and missing ones by name) and make the
+sweep's exit code non-zero when any job failed. Jobs themselves never abort the sweep."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+from hydra.experimental.callback import Callback
+
+from ad.rundir.records import RecordError, load_record
+
+log = logging.getLogger("ad.sweep")
+
+# Process exit code of `ad.train` (lives here, not in ad.train, which runs as __main__ under `python -m`).
+EXIT = {"code": 0}
+
+
+def collect_job_status(sweep_dir: "str | Path") -> List[Dict[str, Any]]:
+    """One entry per job dir (a dir holding `.hydra/`): its name, status and error."""
+    jobs = []
+    for hydra_dir in sorted(Path(sweep_dir).glob("**/.hydra")):
+        job = hydra_dir.parent
+        res = job / "results.json"
+        if not res.is_file():
+            jobs.append({"job": job.name, "status": "missing", "error": "no results.json (the job crashed or is still running)"})
+            continue
+        try:
+            record = load_record(res)
+        except RecordError as exc:
+            jobs.append({"job": job.name, "status": "missing", "error": f"unreadable results.json: {exc}"})
+            continue
+        jobs.append({"job": job.name, "status": record.status, "error": record.error})
+    return jobs
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = collect_job_status(sweep_dir)
+        bad = [j for j in jobs if j["status"] != "ok"]
+        print(f"\nsweep {sweep_dir}: {len(jobs) - len(bad)}/{len(jobs)} jobs ok", flush=True)
+        for j in bad:
+            print(f"  {j['status']:8s} {j['job']}: {j['error']}", flush=True)
+        print(f"tensorboard --logdir {sweep_dir}\nad-aggregate {sweep_dir}\nad-report {sweep_dir} --out {sweep_dir}/report", flush=True)
+        if bad:
+            EXIT["code"] = 1

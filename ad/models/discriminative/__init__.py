@@ -1,0 +1,2 @@
+"""Discriminative models: a classifier on adapted features trained against synthetic feature anomalies
+(SimpleNet)."""
