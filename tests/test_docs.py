@@ -73,6 +73,21 @@ def test_readme_is_a_short_front_page_with_working_links():
     assert pages <= linked | {"index.md"}, f"pages not linked from README: {sorted(pages - linked - {'index.md'})}"
 
 
+def test_every_model_and_dataset_option_is_documented():
+    """A model or category option added to conf/ shows up in the README's config groups and the docs' tables."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    models_page = (REPO / "docs" / "models.md").read_text(encoding="utf-8")
+    count = re.search(r"(\d+) models", readme)
+    models = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+    assert count and int(count.group(1)) == len(models)
+    for name in models:
+        assert re.search(rf"\b{name}\b", readme), f"model {name} missing from README's config groups"
+        assert f"`{name}`" in models_page, f"model {name} missing from docs/models.md"
+    datasets_page = (REPO / "docs" / "datasets.md").read_text(encoding="utf-8")
+    for p in (REPO / "conf" / "dataset").glob("*.yaml"):
+        assert p.stem in readme and p.stem in (datasets_page + readme), p.stem
+
+
 def documented_commands() -> List[Tuple[str, str]]:
     """(file, command line) for every `ad-train` / `python -m ad.train` command in code blocks and inline code."""
     out = []
