@@ -78,7 +78,8 @@ def build_components(cfg: DictConfig, spec):
 def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List[str]):
     """Run one experiment end to end and return its `RunRecord`; a failed run is a record, never an exception."""
     from ad.engine import pipeline
-    from ad.rundir.records import RunInfo
+    from ad.engine.guard import record_failure
+    from ad.rundir.records import RunInfo, RunRecord
 
     try:
         spec = build_spec(cfg, choices, overrides)
@@ -86,7 +87,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: Dict[str, str], overrides: List
         info = RunInfo(model=choices.get("model"), dataset=choices.get("dataset"),
                        category=OmegaConf.select(cfg, "dataset.category", default=None, throw_on_missing=False),
                        params=swept_params(overrides))
-        return pipeline.record_failure(info, exc, Path(run_dir))
+        return record_failure(RunRecord(run=info), exc, Path(run_dir))
     return pipeline.run_experiment(spec, lambda: build_components(cfg, spec), Path(run_dir))
 
 

@@ -195,7 +195,7 @@ def test_two_runs_in_the_same_second_get_their_own_dirs(tmp_path):
 
 
 def test_a_live_run_owns_its_dir(synthetic_root, tmp_path):
-    from ad.engine.pipeline import run_dir_lock, RunDirBusy
+    from ad.engine.guard import run_dir_lock, RunDirBusy
 
     run_dir = tmp_path / "busy"
     run_dir.mkdir()

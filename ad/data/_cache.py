@@ -38,6 +38,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from ad.errors import ConfigError
+from ad.io import atomic_write
 from ad.values import non_negative_int
 
 log = logging.getLogger(__name__)
@@ -177,10 +178,8 @@ class _DiskStore:
 
     def write(self, path: Path, value: Decoded) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(_encode(value))
-            os.replace(tmp, path)  # atomic: readers see the old state or the whole new entry
+            data = _encode(value)  # readers see the old state or the whole new entry:
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), binary=True)
             prefix = path.name.split("-", 1)[0]
             for stale in path.parent.glob(f"{prefix}-*.bin"):  # older decodes of the same file and transform
                 if stale != path:

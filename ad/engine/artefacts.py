@@ -1,7 +1,6 @@
-"""What a run leaves in its directory besides results.json: predictions.csv, history.csv, model.pt.
-
-Each file is written atomically (`ad.io`) in the formats of `ad.rundir`; the run pipeline first removes whatever an earlier run
-left in the directory (`clear_previous`), so a run dir never mixes the files of two runs.
+"""What a run leaves in its directory besides results.json: predictions.csv, test_maps.npz, history.csv,
+model.pt, and the logger's view of the test set. Each file is written atomically (`ad.io`) in the formats of
+`ad.rundir`; `TestOutputs` collects each category's predictions before the pipeline drops them.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import numpy as np
 from ad.engine.evaluation import Calibration
 from ad.engine.scoring import PredictionSet, decide
 from ad.engine.settings import RunSpec
-from ad.rundir.layout import RUN_FILES
+from ad.rundir import layout
 from ad.rundir.modelfile import save_model_file
 
 
@@ -25,15 +24,6 @@ def prediction_rows(test: PredictionSet, cal: Calibration, category: str) -> Lis
          "normalized_score": float(n), "is_anomalous": a}
         for p, d, l, s, n, a in zip(test.paths, test.defect_types, test.labels, test.scores, normalized, anomalous)
     ]
-
-
-def maps_writer(run_dir: Path, evaluation: Any) -> Any:
-    """The test_maps.npz writer (`ad.rundir.maps_store`), or None when evaluation.save_maps=false."""
-    if not evaluation.save_maps:
-        return None
-    from ad.rundir.maps_store import MapsWriter
-
-    return MapsWriter(run_dir, evaluation.save_maps_max_side)
 
 
 def save_model(run_dir: Path, model: Any, spec: RunSpec, cal: Calibration, use_amp: bool) -> None:
@@ -52,19 +42,55 @@ def save_model(run_dir: Path, model: Any, spec: RunSpec, cal: Calibration, use_a
     })
 
 
-def clear_previous(run_dir: Path) -> None:
-    """Remove an earlier run's outputs (not its checkpoints, which resume decides about)."""
-    import shutil
+class TestOutputs:
+    """Where each category's test predictions go before they are dropped (predictions.csv rows, test_maps.npz,
+    the logger), and the logger itself. A context manager: on the way out the logger is closed and a maps file
+    that was not finished (a failed run) is discarded."""
 
-    for name in RUN_FILES:
-        p = run_dir / name
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
-    for tmp in run_dir.glob(".*.tmp"):  # temporaries of an interrupted earlier write
-        tmp.unlink(missing_ok=True)
+    def __init__(self, run_dir: Path, logger: Any, evaluation: Any, unified: bool) -> None:
+        self.logger = logger
+        self.unified = unified
+        self.rows: List[Dict[str, Any]] = []
+        self.maps = None
+        if evaluation.save_maps:
+            from ad.rundir.maps_store import MapsWriter
+
+            self.maps = MapsWriter(run_dir, evaluation.save_maps_max_side)
+
+    def __enter__(self) -> "TestOutputs":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.logger.close()
+        finally:
+            if self.maps is not None:
+                self.maps.abort()  # a no-op once closed; drops a partial file when the run failed
+
+    def add(self, name: str, test: PredictionSet, rec: Any, cal: Calibration, dataset: Any, n_visual: int) -> None:
+        if self.maps is not None:  # test_maps.npz: this category's maps, before they are dropped
+            self.maps.add(name, test.paths, test.labels, test.maps, test.masks, test.has_mask)
+        rows = prediction_rows(test, cal, name)
+        self.rows += rows
+        normalized = np.array([r["normalized_score"] for r in rows])
+        self.logger.log_test(f"{name}/" if self.unified else "", rec, test, normalized,
+                             visualizations(dataset, test, cal, n_visual))
+
+    def finish(self, run_dir: Path, history: Sequence[Any]) -> None:
+        """predictions.csv, test_maps.npz and history.csv, once every category is in."""
+        layout.write_predictions(run_dir, self.rows)
+        if self.maps is not None:
+            self.maps.close()
+        layout.write_history(run_dir, history)
 
 
-def test_images(dataset: Any, indices: Sequence[int]) -> List[np.ndarray]:
-    return [dataset[i]["image"].numpy() for i in indices]
+def visualizations(dataset: Any, test: PredictionSet, cal: Calibration, n: int) -> List[Dict[str, Any]]:
+    """The few test images the logger shows (worst and best cases), with their maps and decisions."""
+    from ad.visualize import display_map, pick_visualizations
+
+    picks = pick_visualizations(test.labels, test.scores, n)
+    return [{"image": dataset[i]["image"].numpy(), "map": display_map(test.maps[i], cal.pixel_normalization),
+             "mask": test.masks[i] if test.has_mask[i] else None, "caption": f"{Path(test.paths[i]).name} {cap}",
+             "name": Path(test.paths[i]).name, "score": float(test.scores[i]), "label": int(test.labels[i]),
+             "decision": None if cal.image_threshold is None else bool(test.scores[i] >= cal.image_threshold)}
+            for i, cap in picks]
