@@ -33,11 +33,14 @@ ALLOWED: Dict[str, Set[str]] = {
     "report": FLOOR | {"io", "metrics", "stats", "rundir", "visualize", "config", "registry", "aggregate"},
     "predict": FLOOR | {"io", "metrics", "rundir", "visualize", "registry", "models", "data", "engine"},
     "train": FLOOR | {"io", "rundir", "registry", "models", "data", "engine", "loggers", "launch", "config"},
+    "deploy": FLOOR | {"io"},
+    "serve": FLOOR | {"io", "deploy"},
+    "export": FLOOR | {"io", "rundir", "registry", "models", "data", "engine", "predict", "deploy"},
     "__init__": set(),
     "__main__": set(),
 }
 # Packages that must import without torch (the torch-free ground floor and run-dir readers).
-TORCH_FREE = {"errors", "values", "io", "registry", "metrics", "stats", "visualize"}
+TORCH_FREE = {"errors", "values", "io", "registry", "metrics", "stats", "visualize", "deploy", "serve"}
 
 
 def _package(path: Path) -> str:

@@ -9,7 +9,10 @@ from ad.data.unified import UnifiedData
 
 
 def _module(root, category, **loading):
-    return Synthetic(root=str(root), category=category, image_size=32, **loading).setup()
+    # the session dataset's own generation parameters (conftest): other ones would regenerate it under the
+    # other tests' feet
+    return Synthetic(root=str(root), category=category, num_train=12, num_test_good=4, num_test_defect=2,
+                     generated_size=64, image_size=32, **loading).setup()
 
 
 def test_every_data_shape_is_a_data_source(synthetic_root):

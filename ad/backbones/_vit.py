@@ -154,6 +154,7 @@ class ViTFeatures(nn.Module):
             return pos
         dtype = patch_pos.dtype
         grid = patch_pos.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        h, w = int(h), int(w)  # traced sizes are tensors under ONNX export, which interpolate's scale_factor refuses
         grid = F.interpolate(grid, scale_factor=((h + 0.1) / side, (w + 0.1) / side), mode="bicubic",
                              antialias=False)
         if tuple(grid.shape[-2:]) != (h, w):  # cannot happen for a square native grid; guards against others

@@ -63,6 +63,22 @@ def _fast_png(data: bytes) -> Optional[Image.Image]:
     return image.convert("RGB") if image.mode == "L" else image
 
 
+def decode_png(data: bytes) -> Optional[Image.Image]:
+    """An 8-bit grey or RGB PNG's bytes through libspng when it is installed, else None (read with Pillow)."""
+    return _fast_png(data) if _spng is not None else None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """The colour rule of every image `ad` reads (training, ad.predict, ad.deploy): 3-channel RGB; grey and
+    palette images become 3 equal channels; 16/32-bit grey is scaled to 8 bit by the image's own maximum
+    instead of letting convert() clip."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = max(float(arr.max()), 1.0)
+        im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open an image as RGB (grey-scale and palette images become 3-channel)."""
     try:
@@ -75,12 +91,7 @@ def load_image(path: str | Path) -> Image.Image:
                 return fast
             source = io.BytesIO(data)
         with Image.open(source) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16/32-bit grey: scale to 8 bit by the file's own range instead of letting convert() clip.
-                arr = np.asarray(im, dtype=np.float64)
-                top = max(float(arr.max()), 1.0)
-                im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
-            return im.convert("RGB")
+            return to_rgb(im)
     except FileNotFoundError:
         raise DataFileError(f"image file {path} does not exist; restore it or fix the dataset listing") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

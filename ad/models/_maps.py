@@ -103,7 +103,7 @@ def _resize_blur_operator(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
 def upsample_maps(maps: torch.Tensor, size: Tuple[int, int], sigma: float = 0.0) -> torch.Tensor:
     """[B,h,w] patch-grid scores -> [B,H,W] at input resolution (bilinear), optionally Gaussian-smoothed
     (exactly `gaussian_blur2d(upsample_to(maps, size), sigma)`, computed as A_h · map · A_wᵀ)."""
-    h, w = maps.shape[-2:]
+    h, w = (int(v) for v in maps.shape[-2:])  # ints: traced sizes (ONNX export) would miss the cache
     a_h = _resize_blur_operator(h, int(size[0]), float(sigma)).to(maps.device, maps.dtype)
     a_w = _resize_blur_operator(w, int(size[1]), float(sigma)).to(maps.device, maps.dtype)
     return a_h @ maps @ a_w.T

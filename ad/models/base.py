@@ -76,6 +76,9 @@ class AnomalyModel(nn.Module):
     shuffle_train: bool = True
     #: name of the backbone for reporting (None for backbone-free models)
     backbone_name: Optional[str] = None
+    #: why `predict` cannot become a static inference graph (ONNX / OpenVINO), or None when it can;
+    #: `ad.export` refuses such a model with this reason instead of writing a graph that scores differently
+    export_unsupported: Optional[str] = None
     #: lines for the run record's `notes` about this fit (EfficientAD: which teacher it used)
     notes: Sequence[str] = ()
 

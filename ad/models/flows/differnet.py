@@ -67,6 +67,8 @@ def even_angles(n: int, device=None) -> torch.Tensor:
 
 
 class DifferNet(AnomalyModel):
+    export_unsupported = ("its anomaly map is the gradient of the flow's likelihood with respect to the input "
+                          "pixels (torch.autograd inside predict), and ONNX/OpenVINO inference graphs have no autograd")
     default_max_epochs = 192  # 24 meta-epochs × 8 sub-epochs
     default_batch_size = 24
 

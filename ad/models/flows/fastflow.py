@@ -56,7 +56,7 @@ class FastFlow(AnomalyModel):
         for feat, flow in zip(self.encoder(images), self.flows):
             # LayerNorm over (C,H,W) as the paper does for CNN features, without a learnable affine: an affine
             # outside the flow's Jacobian could lower the NLL just by shrinking all features towards zero.
-            feat = F.layer_norm(feat, feat.shape[1:])
+            feat = F.layer_norm(feat, [int(s) for s in feat.shape[1:]])  # ints: traced sizes can't be an ONNX shape
             out.append(flow(feat))
         return out
 
