@@ -5,13 +5,14 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Set, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from ad.io.resources import available_cpus, folder_name  # noqa: F401  (resolvers; available_cpus is public here too)
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# `ad/conf` links to the repository's `conf/` in a checkout and is a real folder in an installed wheel.
+CONFIG_DIR = str((Path(__file__).resolve().parent / "conf").resolve())
 
 
 # Longest parameter suffix of a job directory name: the whole name must stay under the 255-byte limit of
@@ -19,23 +20,40 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MAX_PARAMS_SUFFIX = 140
 
 
-def _params_suffix(override_dirname: str) -> str:
-    """Parameters for a job directory name: "" or "_lr=0.1,k=3" (slashes made safe).
+def _item_name(override: str) -> str:
+    """`model.k=[2,3]` -> `model.k-2-3`: a `key-value` item for a directory name. No `=` or `,`, so the job
+    directory can be passed back on a command line (`hydra.run.dir=<it>`) without being read as a sweep."""
+    key, _, value = override.partition("=")
+    value = re.sub(r"[\[\]()'\" ]", "", value)
+    value = re.sub(r"[^A-Za-z0-9._+-]+", "-", value)
+    return f"{key}-{value}" if value else key
 
-    Too long a list is cut at a whole `key=value` item and ends with a hash of the full list, so two jobs
-    differing only in the dropped items still get different, stable names. The full overrides are in
-    <job>/.hydra/overrides.yaml and results.json.
+
+def _split_overrides(override_dirname: str) -> List[str]:
+    """Hydra's override_dirname ("a=1,b=[2,3]") into its `key=value` items (commas inside brackets kept)."""
+    return [o for o in re.split(r",(?=[^,=\[\]]+=)", override_dirname) if o]
+
+
+def _params_suffix(overrides: "str | Sequence[str]") -> str:
+    """Parameters for a job directory name: "" or "_lr-0.1_model.k-3" (no `=`, `,` or `/`).
+
+    `overrides` is a list of `key=value` or Hydra's comma-joined override_dirname. Too long a list is cut at a
+    whole item and ends with a hash of the full list, so two jobs differing only in the dropped items still get
+    different, stable names. The full overrides are in <job>/.hydra/overrides.yaml and results.json.
     """
-    if not override_dirname:
+    items = _split_overrides(overrides) if isinstance(overrides, str) else list(overrides)
+    if not items:
         return ""
-    suffix = f"_{override_dirname}".replace("/", "-")
-    if len(suffix) <= MAX_PARAMS_SUFFIX:
-        return suffix
-    digest = hashlib.sha1(override_dirname.encode("utf-8")).hexdigest()[:8]
-    head = suffix[: MAX_PARAMS_SUFFIX - len(digest) - 4]
-    cut = head.rfind(",")
-    head = head[:cut] if cut > 0 else head
-    return f"{head},..{digest}"
+    names = ["_" + _item_name(o) for o in items]
+    if sum(map(len, names)) <= MAX_PARAMS_SUFFIX:
+        return "".join(names)
+    digest = "_h" + hashlib.sha1(",".join(items).encode("utf-8")).hexdigest()[:8]
+    head = ""
+    for name in names:  # whole items only
+        if len(head) + len(name) + len(digest) > MAX_PARAMS_SUFFIX:
+            break
+        head += name
+    return head + digest
 
 
 def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
@@ -56,19 +74,52 @@ def threads_per_job(n_jobs: Any, cpus: Any = None) -> int:
     return max(cores // n, 1)
 
 
-def job_params_suffix(task_overrides: Any) -> str:
-    """Sweep job directory suffix from a job's overrides: the hyper-parameters (`ad.rundir.params.is_param`),
-    sorted like Hydra's override_dirname, as "_k=v,k2=v2" (or ""), then "_h<8 hex>" — a hash of the overrides
-    left out of the name (roots, devices, ...) when there are any, so two jobs differing only in those never
-    share a directory (e.g. two sweeps over different dataset roots into one hydra.sweep.dir)."""
+def swept_keys(sweep_dir: Any) -> Optional[Set[str]]:
+    """Keys that take several values in the sweep of `sweep_dir` (command-line `a=1,2`, `range(...)`, ... and
+    `hydra.sweeper.params`), read from the `multirun.yaml` Hydra's basic sweeper writes before any job starts.
+    None when that file is absent or unreadable (another sweeper, composing outside a sweep): then every
+    hyper-parameter is named."""
+    path = Path(str(sweep_dir)) / "multirun.yaml" if sweep_dir not in (None, "") else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        saved = OmegaConf.load(path)
+        args = [str(o) for o in (OmegaConf.select(saved, "hydra.overrides.task") or [])]
+        params = OmegaConf.select(saved, "hydra.sweeper.params")
+        if params is not None:
+            args += [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=False).items()]
+        parsed = OverridesParser.create().parse_overrides(args)
+        return {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+    except Exception:  # naming only: never fail a job over it
+        return None
+
+
+def job_params_suffix(task_overrides: Any, sweep_dir: Any = None) -> str:
+    """Sweep job directory suffix from a job's overrides: the hyper-parameters (`ad.rundir.params.is_param`)
+    that vary across the sweep (a value shared by every job, e.g. `trainer.max_epochs=5` given once, is left
+    out), sorted like Hydra's override_dirname, as "_k-v_k2-v2" (or ""), then "_h<8 hex>" — a hash of the
+    overrides left out of the name because they say where/how a job runs (roots, devices, ...) — so two jobs
+    differing only in those never share a directory (e.g. two sweeps over different dataset roots into one
+    hydra.sweep.dir)."""
     from ad.rundir.params import is_param
 
+    swept = swept_keys(sweep_dir)
     items = sorted(str(o).lstrip("+~") for o in (task_overrides or []))
-    shown = _params_suffix(",".join(o for o in items if is_param(o.partition("=")[0])))
+    keep = [o for o in items if is_param(o.partition("=")[0]) and (swept is None or o.partition("=")[0] in swept)]
+    shown = _params_suffix(keep)
     hidden = [o for o in items if not is_param(o.partition("=")[0]) and not o.startswith("hydra.")]
     if not hidden:
         return shown
     return f"{shown}_h{hashlib.sha1(chr(10).join(hidden).encode('utf-8')).hexdigest()[:8]}"
+
+
+def under_root(name: str) -> str:
+    """`${ad_under_root:outputs}`: `outputs` under `$AD_ROOT` when it is set, else relative to the launch
+    directory, like every other folder `ad` writes (datasets/, backbones/, .cache/ follow `paths.root_dir`)."""
+    root = os.environ.get("AD_ROOT")
+    return str(Path(root) / name) if root else name
 
 
 def claim_sweep_dir(base: str, mode: Any = None) -> str:
@@ -173,6 +224,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ad_input_size", input_size)
     if not OmegaConf.has_resolver("ad_sweep_dir"):  # cached: resolved once per sweep, copied into every job
         OmegaConf.register_new_resolver("ad_sweep_dir", claim_sweep_dir, use_cache=True)
+    if not OmegaConf.has_resolver("ad_under_root"):
+        OmegaConf.register_new_resolver("ad_under_root", under_root)
     if not OmegaConf.has_resolver("ad_basename"):
         OmegaConf.register_new_resolver("ad_basename", folder_name)
     # ${ad_threads:<n_jobs>[,<cpus>]}: CPU threads per job for launchers running jobs in parallel

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = (Path(__file__).resolve().parent / "conf").resolve()  # ad/conf: see ad.config.CONFIG_DIR
 
 
 @lru_cache(maxsize=None)

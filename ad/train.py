@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from ad.config import register_resolvers
+from ad.config import CONFIG_DIR, register_resolvers
 from ad.errors import Terminated
 from ad.launch.sweep import EXIT as _EXIT  # set by failed single runs and by the sweep summary callback
 from ad.engine.settings import run_name, swept_params  # noqa: F401  (re-exported: run names are part of the CLI)
@@ -191,7 +191,7 @@ def format_summary(record, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

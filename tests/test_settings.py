@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ad.config import compose, job_params_suffix
+from ad.config import _item_name, compose, job_params_suffix
 from ad.engine.settings import NOT_PARAMS, identity_of, is_param, swept_params
 
 HOW = ["trainer.num_threads=2", "trainer.progress_bar=false", "dataset.root=/data/x", "paths.data_dir=/d",
@@ -23,7 +23,7 @@ def test_every_consumer_agrees_on_what_is_a_parameter():
     assert set(swept_params(overrides)) == {o.split("=")[0] for o in WHAT}
     suffix = job_params_suffix(overrides)
     for o in WHAT:
-        assert o in suffix
+        assert _item_name(o) in suffix
     for o in HOW:
         assert o.lstrip("+").split("=")[0] not in suffix
     for o in HOW:
@@ -38,7 +38,7 @@ def test_the_hydra_sweep_dir_uses_the_shared_list():
     import yaml
 
     hydra_cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "conf" / "hydra" / "default.yaml").read_text())
-    assert hydra_cfg["sweep"]["subdir"].endswith("${ad_job_params:${hydra.overrides.task}}")
+    assert hydra_cfg["sweep"]["subdir"].endswith("${ad_job_params:${hydra.overrides.task},${hydra.sweep.dir}}")
     assert "config" not in hydra_cfg.get("job", {})  # no override_dirname.exclude_keys to keep in sync
 
 

@@ -60,12 +60,56 @@ def test_threads_per_job_divides_cores():
 
 def test_job_dir_params_stay_short_and_distinct():
     assert _params_suffix("") == ""
-    assert _params_suffix("model.k=3,dataset.root=/a/b") == "_model.k=3,dataset.root=-a-b"
+    assert _params_suffix("model.k=3,dataset.root=/a/b") == "_model.k-3_dataset.root--a-b"
+    assert _params_suffix(["model.layers=[2,3]", "model.k=-1"]) == "_model.layers-2-3_model.k--1"
+    assert _params_suffix("model.layers=[2,3],seed=1") == "_model.layers-2-3_seed-1"  # override_dirname form
     fixed = ",".join(f"dataset.option_{i}={i * 1000}" for i in range(12))
     a, b = _params_suffix(fixed + ",seed=1"), _params_suffix(fixed + ",seed=2")
     assert len(a) <= MAX_PARAMS_SUFFIX and len(b) <= MAX_PARAMS_SUFFIX and a != b
-    assert a.startswith("_dataset.option_0=0,") and a == _params_suffix(fixed + ",seed=1")  # stable
-    assert "/" not in _params_suffix("x=" + "/y" * 200)
+    assert a.startswith("_dataset.option_0-0_") and a == _params_suffix(fixed + ",seed=1")  # stable
+    assert a.rsplit("_", 1)[0].endswith("-" + str(a.count("_dataset.option_") - 1) + "000")  # cut at a whole item
+    for name in (a, _params_suffix("x=" + "/y" * 200), _params_suffix("m.l=[1,2],n='a b'")):
+        assert not set(name) & set("/=,[] '\""), name
+
+
+def _multirun_yaml(sweep_dir: Path, task: list, sweeper_params: dict) -> Path:
+    from omegaconf import OmegaConf
+
+    sweep_dir.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": task}, "sweeper": {"params": sweeper_params}},
+                                     "seed": 0}), sweep_dir / "multirun.yaml")
+    return sweep_dir
+
+
+def test_job_dir_names_only_what_varies_across_the_sweep(tmp_path):
+    from ad.config import job_params_suffix, swept_keys
+
+    sweep = _multirun_yaml(tmp_path / "sw", ["model=patchcore,padim", "trainer.max_epochs=5", "seed=range(0,3)",
+                                              "model.coreset_ratio=0.1", "+sweep=synthetic"],
+                           {"category": "syn_tiles,syn_weave", "dataset.image_size": "128"})
+    assert swept_keys(sweep) == {"model", "seed", "category"}
+    job = ["model=padim", "trainer.max_epochs=5", "seed=2", "model.coreset_ratio=0.1", "+sweep=synthetic",
+           "category=syn_weave", "dataset.image_size=128"]
+    assert job_params_suffix(job, sweep) == "_seed-2"
+    # without the sweep's multirun.yaml (composed outside a sweep, another sweeper) every parameter is named
+    assert swept_keys(tmp_path / "none") is None
+    assert job_params_suffix(job, tmp_path / "none") == "_dataset.image_size-128_model.coreset_ratio-0.1_seed-2_trainer.max_epochs-5"
+    assert job_params_suffix(job) == job_params_suffix(job, tmp_path / "none")
+
+
+def test_ad_root_anchors_outputs_and_multirun(hydra_cfg, monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    monkeypatch.delenv("AD_ROOT", raising=False)
+    cfg = hydra_cfg([])
+    assert OmegaConf.select(cfg, "hydra.run.dir").startswith("outputs/patchcore/synthetic/")
+    assert OmegaConf.select(cfg, "hydra.sweep.dir").startswith("multirun/")
+    monkeypatch.setenv("AD_ROOT", str(tmp_path))
+    cfg = hydra_cfg([])
+    assert OmegaConf.select(cfg, "hydra.run.dir").startswith(f"{tmp_path}/outputs/patchcore/synthetic/")
+    assert OmegaConf.select(cfg, "hydra.sweep.dir").startswith(f"{tmp_path}/multirun/")
+    for key in ("data_dir", "backbone_dir", "cache_dir"):  # everything else already follows paths.root_dir
+        assert OmegaConf.select(cfg, f"paths.{key}").startswith(str(tmp_path)), key
 
 
 def test_joblib_launcher_config(hydra_cfg):
@@ -136,6 +180,10 @@ def test_real_sweep_with_joblib_and_aggregate(tmp_path):
         r = json.loads(p.read_text())
         results[(r["run"]["model"], r["run"]["category"])] = (p.parent, r)
     assert set(results) == {(m, c) for m in ("patchcore", "padim") for c in ("syn_disc", "syn_tiles")}
+    # job folders name what varies (model, category); the constant `tiny` overrides stay out of the names
+    assert sorted(job.name.split("_", 1)[1] for job, _ in results.values()) == sorted(
+        f"{m}_synthetic_{c}" for m in ("patchcore", "padim") for c in ("syn_disc", "syn_tiles"))
+    assert f"ad-aggregate {multirun / 'good'}" in good.stdout and "scripts/aggregate_results.py" not in good.stdout
     for (model, cat), (job, r) in results.items():
         assert r["status"] == "ok" and r["error"] is None and r["run"]["dataset"] == "synthetic", (model, cat, r["error"])
         assert 0.0 <= r["image"]["auroc"] <= 1.0 and 0.0 <= r["pixel"]["aupro"] <= 1.0
@@ -210,3 +258,5 @@ def test_a_killed_worker_does_not_abort_the_sweep(tmp_path):
     assert status[0][0] == "ok" and status[2][0] == "ok", status
     assert status[1][0] == "failed" and "worker process died" in status[1][1], status
     assert "2/3 jobs ok" in out.stdout and "worker process died" in out.stdout
+    # the swept seed names the job folders; the constant overrides do not
+    assert sorted(p.name for p in sweep.glob("*_ae_*")) == [f"{i}_ae_synthetic_syn_disc_seed-{i}" for i in range(3)]

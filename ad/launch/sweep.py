@@ -47,6 +47,7 @@ class SweepSummary(Callback):
             print(f"  {j['status']:8s} {j['job']}: {j['error']}{where}", flush=True)
         if bad:
             print(f"re-run only these: repeat the command with hydra.sweep.dir={sweep_dir} skip_finished=true", flush=True)
-        print(f"tensorboard --logdir {sweep_dir / 'tb'}\npython scripts/aggregate_results.py {sweep_dir}", flush=True)
+        print(f"tensorboard --logdir {sweep_dir / 'tb'}\nad-aggregate {sweep_dir}\nad-report {sweep_dir} --out {sweep_dir}/report",
+              flush=True)
         if bad:
             EXIT["code"] = 1
