@@ -103,13 +103,17 @@ def job_params_suffix(task_overrides: Any, sweep_dir: Any = None) -> str:
     overrides left out of the name because they say where/how a job runs (roots, devices, ...) — so two jobs
     differing only in those never share a directory (e.g. two sweeps over different dataset roots into one
     hydra.sweep.dir)."""
-    from ad.rundir.params import is_param
+    from ad.rundir.params import NAME_KEYS, is_param
 
     swept = swept_keys(sweep_dir)
     items = sorted(str(o).lstrip("+~") for o in (task_overrides or []))
     keep = [o for o in items if is_param(o.partition("=")[0]) and (swept is None or o.partition("=")[0] in swept)]
     shown = _params_suffix(keep)
-    hidden = [o for o in items if not is_param(o.partition("=")[0]) and not o.startswith("hydra.")]
+    # where/how keys (roots, devices) are not named but hashed — in a sweep only those it varies; the identity
+    # choices (model, dataset, category, setting) are in the directory name already
+    hidden = [o for o in items if not is_param(o.partition("=")[0]) and not o.startswith("hydra.")
+              and "." in o.partition("=")[0]  # a value (dataset.root=...), not a group choice (+sweep=..., launcher=...)
+              and o.partition("=")[0] not in NAME_KEYS and (swept is None or o.partition("=")[0] in swept)]
     if not hidden:
         return shown
     return f"{shown}_h{hashlib.sha1(chr(10).join(hidden).encode('utf-8')).hexdigest()[:8]}"

@@ -75,7 +75,8 @@ def build_components(cfg: DictConfig, spec):
     if spec.setting == "unified":
         wanted = OmegaConf.select(cfg, "setting.categories", default="all")
         listed = OmegaConf.select(cfg, "dataset.categories", default=None) or dataset_categories(spec.dataset)
-        names = [str(c) for c in listed] if wanted in (None, "all") else [str(c) for c in wanted]
+        # all: in name order (the order of the per-category records and tables), whatever the YAML lists
+        names = sorted(str(c) for c in listed) if wanted in (None, "all") else [str(c) for c in wanted]
         if not names:
             raise ConfigError(f"setting=unified needs a dataset with categories; dataset={spec.dataset} has none "
                               "(choose dataset=mvtec|visa|btad|synthetic or list setting.categories=[...])")

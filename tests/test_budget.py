@@ -36,7 +36,9 @@ def _fit_recording_batches(name, overrides, root, tmp_path):
                    "trainer.early_stopping.enabled=false", *MODEL_TEST_OVERRIDES.get(name, []), *SMALL.get(name, []),
                    *overrides])
     model = instantiate(cfg.model)
-    trainer = instantiate(cfg.trainer)
+    from ad.engine.trainer import Trainer
+
+    trainer = Trainer(**instantiate(cfg.trainer).loop())  # as ad.train builds it from TrainerSettings
     seen = []
     step = model.training_step
 

@@ -51,7 +51,9 @@ def test_cross_fitted_threshold_equals_an_independent_out_of_fold_computation(tm
     cfg = compose(_tiny(2, tmp_path / "data") + [f"paths.root_dir={tmp_path}"])
     data = instantiate(cfg.dataset).setup()
     normals = data.samples("train") + data.samples("val")
-    trainer = instantiate(cfg.trainer)
+    from ad.engine.trainer import Trainer
+
+    trainer = Trainer(**instantiate(cfg.trainer).loop())  # as ad.train builds it from TrainerSettings
     scores = []
     for held in normals:
         seed_everything(0)  # the run's seed: fold models start from the run's initial weights

@@ -65,9 +65,9 @@ def test_job_dir_names_differ_for_jobs_differing_only_in_keys_left_out_of_the_na
     a = job_params_suffix(["model.lr=0.1", "dataset.root=/data/a", "trainer.device=cuda:0"])
     b = job_params_suffix(["model.lr=0.1", "dataset.root=/data/b", "trainer.device=cuda:0"])
     c = job_params_suffix(["model.lr=0.1", "dataset.root=/data/a", "trainer.device=cuda:1"])
-    assert len({a, b, c}) == 3 and all(s.startswith("_model.lr=0.1_h") for s in (a, b, c))
+    assert len({a, b, c}) == 3 and all(s.startswith("_model.lr-0.1_h") for s in (a, b, c))
     assert "/data" not in a  # left out of the name, only hashed
-    assert job_params_suffix(["model.lr=0.1", "hydra.launcher.n_jobs=2"]) == "_model.lr=0.1"
+    assert job_params_suffix(["model.lr=0.1", "hydra.launcher.n_jobs=2"]) == "_model.lr-0.1"
 
 
 def test_a_sweep_dir_is_claimed_once_per_sweep(tmp_path, monkeypatch):
@@ -81,7 +81,7 @@ def test_a_sweep_dir_is_claimed_once_per_sweep(tmp_path, monkeypatch):
     assert claim_sweep_dir(base, "RUN") == base and not (tmp_path / "multirun").exists()
     assert claim_sweep_dir(base, "RunMode.MULTIRUN") == base and claim_sweep_dir(base, "MULTIRUN") == base + "_2"
     hydra_yaml = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml")
-    assert OmegaConf.to_container(hydra_yaml)["sweep"]["dir"].startswith("${ad_sweep_dir:multirun/${now:")
+    assert OmegaConf.to_container(hydra_yaml)["sweep"]["dir"].startswith("${ad_sweep_dir:${ad_under_root:multirun}/${now:")
     assert OmegaConf.to_container(hydra_yaml)["sweep"]["dir"].endswith(",${hydra.mode}}")
     # one sweep: its jobs' configs are copies of the master's and resolve to the same, cached directory
     monkeypatch.chdir(tmp_path)
