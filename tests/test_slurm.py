@@ -111,14 +111,13 @@ def test_sweep_records_every_job_and_resumes_only_the_failed_ones(slurm_cluster,
     assert agg.returncode == 0, agg.stderr
     md = (report / "results.md").read_text()
     assert "## Failed or missing jobs (2)" in md
-    header = next(line for line in md.splitlines() if line.startswith("| dataset | category |"))
-    names = [c.strip() for c in header.strip("|").split("|")]
+    import ad.aggregate
+
+    table = ad.aggregate.load(sweep)  # the aggregator's rows, as a notebook sees them
     for cat in ("bottle", "cable"):
-        row = next(line for line in md.splitlines() if line.startswith(f"| mvtec | {cat} |"))
-        by = dict(zip(names, (c.strip() for c in row.strip("|").split("|"))))
         for model in ("padim", "dfm"):
-            auroc = records[(model, cat)][1]["image"]["auroc"]
-            assert by[f"{model} · image AUROC"].split(" [")[0] == f"{100 * auroc:.1f}"
+            row = table[(table.model == model) & (table.category == cat)]
+            assert len(row) == 1 and row["image.auroc"].iloc[0] == pytest.approx(records[(model, cat)][1]["image"]["auroc"])
 
     # resume: the missing data arrives; only the two failed jobs are submitted again (with 2 CPUs this time)
     _mvtec_like(root, "mvtec", "capsule", 12, 4, {"crack": 2, "hole": 2}, False, seed=2)

@@ -52,7 +52,10 @@ def test_tokens_equal_timms_own_forward_at_the_native_grid(name, prefix):
         want = full.forward_intermediates(fe.normalize(x), indices=[0, 1], norm=False, intermediates_only=True)
         got = fe(x)
     assert fe.model.num_prefix_tokens == prefix
-    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    # Same blocks, same positions: equal up to float reassociation (timm's attention kernel may sum in another
+    # order, ~2e-6 here); a wrong position or prefix token would differ by orders of magnitude more.
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_positions_are_resampled_like_meta_dinov2(vit_s):
