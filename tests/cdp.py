@@ -69,10 +69,18 @@ class Browser:
         return res["result"].get("value")
 
     def wait_for(self, condition: str, timeout: float = 120.0) -> None:
+        """Poll until `condition` is true. Page.navigate answers before the new document exists, so a condition
+        that throws (document.body still null while the page loads) counts as not yet, until the deadline."""
         deadline = time.time() + timeout
-        while not self.eval(f"Boolean({condition})"):
+        while True:
+            try:
+                if self.eval(f"Boolean({condition})"):
+                    return
+                last = "false"
+            except RuntimeError as exc:
+                last = str(exc)
             if time.time() > deadline:
-                raise TimeoutError(f"page never satisfied {condition}")
+                raise TimeoutError(f"page never satisfied {condition} (last: {last})")
             time.sleep(0.1)
 
     def set_file(self, selector: str, path: Path) -> None:

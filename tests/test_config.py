@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from ad.config import CONFIG_DIR, compose
 from ad.backbones._specs import KNOWN_BACKBONES
 from ad.registry import DATASETS, MODELS
+from ad.schema.check import validate
 
 CONF = Path(CONFIG_DIR)
 
@@ -54,6 +55,7 @@ def test_backbone_options_have_known_normalisation():
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_instantiates(name):
     cfg = compose([f"model={name}", "backbone.pretrained=false", *MODEL_TEST_OVERRIDES.get(name, [])])
+    validate(cfg)  # the option's YAML agrees with its constructor's schema
     model = instantiate(cfg.model)
     assert MODELS.name_of(model) == name
 
@@ -61,6 +63,7 @@ def test_every_model_option_instantiates(name):
 @pytest.mark.parametrize("name", options("category"))
 def test_every_category_pins_its_dataset(name):
     cfg = compose([f"category={name}"])
+    validate(cfg)
     assert str(cfg.dataset.category) == name
     dataset = cfg.hydra.runtime.choices.dataset
     assert dataset in options("dataset")
@@ -89,7 +92,7 @@ def test_every_option_composes(group):
             continue  # an optional extra (pip install -e ".[slurm]"); test_sweep.py covers it when installed
         prefix = "+" if group == "sweep" else ""
         cfg = compose([f"{prefix}{group}={name}"])
-        assert cfg is not None
+        validate(cfg)  # every node of the composed config passes its schema
         if group == "trainer":
             instantiate(cfg.trainer)
         if group == "backbone":

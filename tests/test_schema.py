@@ -95,7 +95,9 @@ def test_every_schema_key_composes():
         validate(cfg)
 
 
-@pytest.mark.parametrize("group", ["model", "dataset", "backbone", "trainer", "setting", "category", "launcher"])
+# model, category, dataset, backbone, trainer and launcher options are composed and validated once, in
+# tests/test_config.py (each instantiated there too); the setting group has no test of its own there.
+@pytest.mark.parametrize("group", ["setting"])
 def test_every_option_passes_its_schema(group):
     from tests.test_config import _plugin_missing
 
@@ -265,7 +267,22 @@ _OPTIONAL_PLUGINS = {"hparams_search": "hydra_plugins.hydra_optuna_sweeper", "la
                      "hydra_plugins.hydra_submitit_launcher", "launcher=joblib": "hydra_plugins.hydra_joblib_launcher"}
 
 
-@pytest.mark.parametrize("doc,tokens", _documented_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def _large_sweep(tokens) -> bool:
+    """A dataset preset (+sweep=mvtec: every category) or more than 12 jobs: each job is composed (~0.3 s), so
+    these run with -m slow; tests/test_docs.py composes the first job of every documented command by default."""
+    if any(t.startswith("+sweep=") and t != "+sweep=synthetic" for t in tokens):
+        return True
+    jobs = 1
+    for t in tokens:
+        key, _, value = t.partition("=")
+        if value and not key.startswith("hydra.") and "," in value and not value.startswith(("[", "{", "'", '"')):
+            jobs *= len(value.split(","))
+    return jobs > 12
+
+
+@pytest.mark.parametrize("doc,tokens", [pytest.param(d, t, marks=[pytest.mark.slow] if _large_sweep(t) else [])
+                                        for d, t in _documented_commands()],
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else v)
 def test_documented_commands_pass_the_preflight(doc, tokens):
     import importlib.util
 
@@ -299,28 +316,72 @@ def test_documented_keys_compose():
             if "<" not in m.group(1) and "..." not in m.group(1):
                 keys.add(m.group(1))
     assert "evaluation.objective=always" in keys or not (REPO_ROOT / "README.md").read_text().count("objective")
+    from omegaconf import OmegaConf
+
     from ad.registry import DATASETS, MODELS
 
-    def options_for(key: str) -> list:
-        # a model's or dataset's own key composes with that option selected: try each until one has it
-        group, registry = {"model": ("model", MODELS), "dataset": ("dataset", DATASETS)}.get(key.split(".")[0], (None, None))
-        return [[]] + ([[f"{group}={name}"] for name in registry] if registry is not None else [])
+    composed: dict = {}
 
-    failures = []
+    def base(extra: tuple):
+        if extra not in composed:
+            composed[extra] = compose(list(extra))
+        return composed[extra]
+
+    def options_for(key: str) -> list:
+        # a model's or dataset's own key composes with that option selected: the options whose constructor
+        # takes it (the schema, read without composing), or the defaults when they have the key
+        if OmegaConf.select(base(()), key, default="<absent>", throw_on_missing=False) != "<absent>":
+            return [()]
+        group, registry = {"model": ("model", MODELS), "dataset": ("dataset", DATASETS)}.get(key.split(".")[0], (None, None))
+        having = [(f"{group}={name}",) for name in (registry or [])
+                  if key.split(".")[1] in signature_of(nodes.option_target(group, name)).params]
+        return having or [()]  # no option has it: composed with the defaults, where it fails as an unknown key
+
+    import copy
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def value_error(kv: str, extra: tuple):
+        """None when `kv` passes the schema in the config composed with `extra` (Hydra's override of an
+        existing key sets its parsed value: done here on a copy rather than composing once per key)."""
+        key = kv.partition("=")[0]
+        cfg = copy.deepcopy(base(extra))
+        OmegaConf.update(cfg, key, parser.parse_override(kv).value(), merge=False)
+        try:
+            validate(cfg)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a documented bad value shows its one-line error: fine
+            return str(exc).splitlines()[0]
+
+    failures, good = [], {}
     for kv in sorted(keys):
         key, _, value = kv.partition("=")
         if value in ("…", "N", "k") or value.startswith("/"):
             continue  # a placeholder, not a value
-        errors = []
-        for extra in options_for(key):
-            try:
-                validate(compose([kv] + extra))
+        has_key = False
+        for extra in options_for(key):  # the first option that takes the key and the value
+            if OmegaConf.select(base(extra), key, default="<absent>", throw_on_missing=False) == "<absent>":
+                continue
+            has_key = True
+            if value_error(kv, extra) is None:
+                good.setdefault(extra, []).append(kv)
                 break
-            except Exception as exc:  # noqa: BLE001 - collected: one report of every documented key that fails
-                errors.append(str(exc).splitlines()[0])
-        else:
-            # documented *bad values* (pages showing the one-line error they get) are fine; an unknown key is not
-            unknown = [e for e in errors if "Could not override" in e or "not a key" in e]
-            if len(unknown) == len(errors):
-                failures.append(f"{kv}: {errors[0]}")
+        # documented bad values (pages showing their one-line error) are fine; an unknown key is not
+        if not has_key:
+            failures.append(f"{kv}: not a key of the config with any option")
+    # the good values through Hydra itself: one compose per option and batch of distinct keys
+    for extra, kvs in good.items():
+        batches: list = []
+        for kv in kvs:
+            target = next((b for b in batches if kv.partition("=")[0] not in {k.partition("=")[0] for k in b}), None)
+            if target is None:
+                batches.append(target := [])
+            target.append(kv)
+        for batch in batches:
+            try:
+                validate(compose([*batch, *extra]))
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"{' '.join(batch)} {' '.join(extra)}: {str(exc).splitlines()[0]}")
     assert not failures, failures

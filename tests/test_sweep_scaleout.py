@@ -20,6 +20,9 @@ TINY = ["trainer=smoke", "trainer.limit_train=null", "trainer.limit_val=null", "
         "dataset.generated_size=64", "dataset.val_fraction=0.25", "trainer.num_threads=1"]
 
 
+# Slow (~30 s of job start-up): the submitit launcher is run for real, on a one-node SLURM cluster, by
+# tests/test_slurm.py in CI's SLURM step.
+@pytest.mark.slow
 def test_submitit_local_sweep_and_aggregate(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
