@@ -52,10 +52,21 @@ def test_backbone_options_have_known_normalisation():
     assert set(options("backbone")) <= set(KNOWN_BACKBONES)
 
 
+def _same_keys_as_the_preflight_hint(group: str, option: str, node) -> None:
+    """The config check names the valid keys of a component from its schema, without composing again: they
+    must be the composed node's keys."""
+    from ad.launch.preflight import _component_keys
+
+    known = _component_keys(group, [f"{group}={option}"])
+    if known is not None:
+        assert sorted(known[1]) == sorted(k for k in node if not str(k).startswith("_")), (group, option)
+
+
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_instantiates(name):
     cfg = compose([f"model={name}", "backbone.pretrained=false", *MODEL_TEST_OVERRIDES.get(name, [])])
     validate(cfg)  # the option's YAML agrees with its constructor's schema
+    _same_keys_as_the_preflight_hint("model", name, cfg.model)
     model = instantiate(cfg.model)
     assert MODELS.name_of(model) == name
 
@@ -93,6 +104,8 @@ def test_every_option_composes(group):
         prefix = "+" if group == "sweep" else ""
         cfg = compose([f"{prefix}{group}={name}"])
         validate(cfg)  # every node of the composed config passes its schema
+        if group in ("trainer", "backbone", "dataset"):
+            _same_keys_as_the_preflight_hint(group, name, cfg[group])
         if group == "trainer":
             instantiate(cfg.trainer)
         if group == "backbone":

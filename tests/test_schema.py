@@ -189,7 +189,7 @@ try:
 except SystemExit as e:
     code = e.code
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(f"RESULT rc={code} torch={'torch' in sys.modules} wall={time.perf_counter() - t0:.3f} "
+print(f"RESULT rc={code} torch={'torch' in sys.modules} numpy={'numpy' in sys.modules} wall={time.perf_counter() - t0:.3f} "
       f"cpu={usage.ru_utime + usage.ru_stime:.3f}")
 """
 
@@ -233,6 +233,7 @@ def test_cli_config_mistakes(tmp_path, args, message):
     err, result = _cli(tmp_path, *args)
     assert len(err) == 1 and err[0].startswith(message), err
     assert result["rc"] == "2" and result["torch"] == "False", result
+    assert result["numpy"] == "False", result  # the check runs on Hydra alone (numpy costs ~0.2 s of the second)
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
     assert float(result["cpu"]) < 5.0, result  # ~0.5 s of CPU on an idle core: imports + one or two composes
 

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import numpy as np
 
 
 def file_mode() -> int:
@@ -68,8 +67,8 @@ def to_jsonable(obj: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # arrays and scalars; numpy is not imported
+        return to_jsonable(obj.tolist())  # here: a run record is read without it (the config check, launchers)
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy / torch scalars
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -92,10 +91,12 @@ def write_csv(path: "str | Path", rows: Sequence[Mapping[str, Any]], columns: Se
 
 
 def _csv_value(v: Any) -> Any:
-    if isinstance(v, (bool, np.bool_)):
+    if type(v).__module__ == "numpy" and hasattr(v, "item"):  # numpy scalars -> Python
+        v = v.item()
+    if isinstance(v, bool):
         return int(v)
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.8g}"
+    if isinstance(v, float):
+        return f"{v:.8g}"
     return v
 
 

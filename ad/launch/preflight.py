@@ -86,6 +86,9 @@ def _unknown_override(key: str, exc: Any, hydra: Any, config_name: str, override
     from hydra.types import RunMode
 
     parent, _, name = key.rpartition(".")
+    known = _component_keys(parent, overrides)
+    if known is not None:
+        return str(unknown_key(key, known[1], f"{parent} ({known[0]})"))
     rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
     try:
         cfg = hydra.compose_config(config_name, rest, run_mode=RunMode.RUN, with_log_configuration=False,
@@ -99,6 +102,33 @@ def _unknown_override(key: str, exc: Any, hydra: Any, config_name: str, override
         return str(unknown_key(key, [str(k) for k in node.keys() if not str(k).startswith("_")], where))
     cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ is not None else ""
     return f"{key} cannot be set: {cause or str(exc).splitlines()[0]}"
+
+
+def _component_keys(parent: str, overrides: List[str]) -> Optional[Tuple[str, List[str]]]:
+    """(target, keys) of a component group node (`trainer`, `model`, ...) read from its schema, without a
+    second composition (~0.3 s); None where only composing can tell: a nested node, a constructor that takes
+    **kwargs, or another group choice (a category or preset may change which option the group gets)."""
+    from ad.schema import nodes
+    from ad.schema.signature import signature_of
+
+    if parent not in nodes.TARGET_GROUPS:
+        return None
+    choice = nodes.group_default(parent)
+    for o in overrides:
+        k, eq, v = o.lstrip("+~").partition("=")
+        if eq and "." not in k and not k.startswith("hydra"):
+            if k != parent:
+                return None
+            choice = v
+    try:
+        target = nodes.option_target(parent, str(choice))
+        sig = signature_of(target)
+    except Exception:  # noqa: BLE001 - composing will tell
+        return None
+    if sig.open:
+        return None
+    skip = set(nodes.NOT_KEYS.get(target, ()))
+    return target, [k for k in sig.params if k not in skip and not k.startswith("_")]
 
 
 # --- sweeps ------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import Any, Dict, List
 
 from hydra.experimental.callback import Callback
 
-from ad.rundir.records import RecordError, load_record
 
 log = logging.getLogger("ad.sweep")
 
@@ -18,6 +17,9 @@ EXIT = {"code": 0}
 
 def collect_job_status(sweep_dir: "str | Path") -> List[Dict[str, Any]]:
     """One entry per job dir (a dir holding `.hydra/`): its name, status and error."""
+    # imported here: ad.train imports this module for EXIT, and its config check runs before numpy is loaded
+    from ad.rundir.records import RecordError, load_record
+
     jobs = []
     for hydra_dir in sorted(Path(sweep_dir).glob("**/.hydra")):
         job = hydra_dir.parent
