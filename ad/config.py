@@ -100,9 +100,10 @@ def job_params_suffix(task_overrides: Any, sweep_dir: Any = None) -> str:
     """Sweep job directory suffix from a job's overrides: the hyper-parameters (`ad.rundir.params.is_param`)
     that vary across the sweep (a value shared by every job, e.g. `trainer.max_epochs=5` given once, is left
     out), sorted like Hydra's override_dirname, as "_k-v_k2-v2" (or ""), then "_h<8 hex>" — a hash of the
-    overrides left out of the name because they say where/how a job runs (roots, devices, ...) — so two jobs
-    differing only in those never share a directory (e.g. two sweeps over different dataset roots into one
-    hydra.sweep.dir)."""
+    overrides left out of the name because they say where/how a job runs (roots, devices, ...) and that the
+    sweep varies — so two jobs of one sweep differing only in those (`dataset.root=/a,/b`) never share a
+    directory. A where/how value given once stays out of the name (every job has it). Reusing an explicit
+    hydra.sweep.dir is a resume: a job whose data differs is refused by the checkpoint identity check."""
     from ad.rundir.params import NAME_KEYS, is_param
 
     swept = swept_keys(sweep_dir)
