@@ -15,14 +15,45 @@ SHARED_DATA = Path(os.environ.get("AD_SHARED_DATA", REPO_ROOT.parent / "shared" 
 torch.set_num_threads(1)
 
 
+_SYNTHETIC = dict(num_train=12, num_test_good=4, num_test_defect=2, size=64, seed=0)
+# The same parameters as overrides, for a run pointed at synthetic_root (`dataset.root=...`) with dataset=synthetic.
+SYNTHETIC_ROOT_OVERRIDES = ["dataset.num_train=12", "dataset.num_test_good=4", "dataset.num_test_defect=2",
+                            "dataset.generated_size=64", "dataset.generation_seed=0"]
+_SHARED_SYNTHETIC: dict = {}  # root -> {marker file: its text} once this worker generated the session dataset
+
+
+def _markers(root: Path) -> dict:
+    from ad.data.synthetic import MARKER
+
+    return {str(m): m.read_text() for m in sorted(root.glob(f"*/{MARKER}"))}
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A tiny synthetic MVTec-layout dataset (all synthetic categories, 64 px) generated once per session."""
     from ad.data.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic(root, num_train=12, num_test_good=4, num_test_defect=2, size=64, seed=0)
+    generate_synthetic(root, **_SYNTHETIC)
+    _SHARED_SYNTHETIC[root] = _markers(root)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _shared_synthetic_root_unchanged(request):
+    """The session's synthetic_root is shared by every test of a worker. A run pointed at it with other
+    generation parameters (`dataset.root=<it>` with another `dataset.num_train`, size...) regenerates it, and
+    the tests after it in that worker see other data (an order-dependent failure). Such a test fails here,
+    named, and the dataset is put back."""
+    yield
+    from ad.data.synthetic import generate_synthetic
+
+    for root, before in _SHARED_SYNTHETIC.items():
+        if _markers(root) != before:
+            generate_synthetic(root, **_SYNTHETIC)
+            pytest.fail(f"{request.node.nodeid} regenerated the shared synthetic_root {root} with other "
+                        "generation parameters; give the run the conftest's parameters or its own dataset.root",
+                        pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = ["trainer=smoke", "trainer.limit_train=null", "trainer.limit_val=null", "trainer.limit_test=null",
          "backbone.pretrained=false", "dataset.image_size=64", "dataset.val_fraction=0.25"]
 ON_SLURM = ["launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.mem_gb=1"]
-# A small trained model with many short epochs: long enough to be interrupted, checkpointed every epoch.
-TRAINED = ["model=ae", "model.image_size=64", "model.widths=[8,16,32]", "model.latent_dim=16", "trainer.max_epochs=400",
+# A small trained model with many short epochs, checkpointed every epoch: long enough (~2 min on an idle
+# 2-core machine) that a time limit lowered after the first checkpoint falls mid-training even though
+# slurmctld enforces limits only every ~30 s (at 400 epochs an idle machine finished first).
+TRAINED = ["model=ae", "model.image_size=64", "model.widths=[8,16,32]", "model.latent_dim=16", "trainer.max_epochs=1200",
            "trainer.max_steps=null", "trainer.batch_size=4", "trainer.early_stopping.enabled=false", "category=syn_disc",
            "backbone.pretrained=false", "dataset.num_train=12", "dataset.num_test_good=4", "dataset.num_test_defect=2",
            "dataset.generated_size=64", "dataset.image_size=64", "dataset.val_fraction=0.25"]

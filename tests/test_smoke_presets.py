@@ -8,6 +8,7 @@ from omegaconf import open_dict
 
 from ad.config import compose
 from ad.schema.nodes import options
+from tests.conftest import SYNTHETIC_ROOT_OVERRIDES
 
 FAMILIES = {"cnn": "resnet18", "vit": "vit_small_patch14_dinov2"}
 # Models built for one family refuse the other in one line naming the backbone (not a preset failure).
@@ -19,7 +20,8 @@ def _smoke(tmp_path, synthetic_root, model, family):
     from ad.train import run
 
     overrides = ["trainer=smoke", f"model={model}", f"backbone={FAMILIES[family]}", "backbone.pretrained=false",
-                 "category=syn_disc", f"dataset.root={synthetic_root}", "trainer.progress_bar=false"]
+                 "category=syn_disc", f"dataset.root={synthetic_root}", *SYNTHETIC_ROOT_OVERRIDES,
+                 "trainer.progress_bar=false"]
     if model == "efficientad":
         overrides.append("model.teacher_weights=random")
     run_dir = tmp_path / f"{model}_{family}"
