@@ -14,25 +14,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ad.errors import ADError, ConfigError
+from ad.errors import ConfigError
+from ad.io.cli import parse_key_values, run_tool
 from ad.io.outdir import prepare_out_dir
-from ad.values import positive_int
+from ad.values import boolean, positive_int
 
 USAGE = "usage: python -m ad.predict run_dir=<run dir> input=<image or folder> [out=<dir>] [batch_size=16] [device=auto] [overlays=true]"
 KEYS = {"run_dir", "input", "out", "batch_size", "device", "overlays"}
 
 
 def parse_args(argv: Sequence[str]) -> Dict[str, str]:
-    args: Dict[str, str] = {}
-    for a in argv:
-        key, sep, value = a.partition("=")
-        if not sep or key not in KEYS:
-            raise ConfigError(f"unknown argument '{a}'; {USAGE}")
-        args[key] = value
-    for key in ("run_dir", "input"):
-        if key not in args:
-            raise ConfigError(f"missing {key}=...; {USAGE}")
-    return args
+    return parse_key_values(argv, KEYS, ("run_dir", "input"), USAGE)
 
 
 def load_run(run_dir: "str | Path", device: "str | torch.device" = "cpu"):
@@ -121,30 +113,6 @@ def predict_paths(model, meta: Dict[str, Any], paths: List[Path], batch_size: in
             "maps": np.concatenate(maps), "images": np.concatenate(images)}
 
 
-def gather_inputs(inp: Path, exclude: Optional[Path] = None) -> List[Path]:
-    """Image files to score; `exclude` (the output folder) is skipped, so outputs inside the input folder are
-    never scored as inputs on a second call."""
-    from ad.data import IMAGE_EXTENSIONS
-
-    if inp.is_file():
-        return [inp]
-    if inp.is_dir():
-        skip = exclude.resolve() if exclude is not None else None
-        files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                       and (skip is None or skip not in p.resolve().parents))
-        if not files:
-            raise ConfigError(f"input folder {inp} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return files
-    raise ConfigError(f"input {inp} does not exist; pass an image file or a folder of images")
-
-
-def _flag(key: str, value: str) -> bool:
-    v = value.lower()
-    if v not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ConfigError(f"{key}={value!r} is not a boolean; use {key}=true or {key}=false")
-    return v in ("1", "true", "yes", "on")
-
-
 def _device(value: str) -> torch.device:
     from ad.engine.trainer import checked_device
 
@@ -187,41 +155,37 @@ def summary_lines(rows: List[Dict[str, Any]], threshold: Optional[float], out: P
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from ad.io import write_csv
+def _predict(argv: List[str]) -> int:
+    from ad.io import image_inputs, write_csv
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip() + "\n\n" + USAGE)
-        return 0
-    try:
-        args = parse_args(argv)
-        batch_size = positive_int(args.get("batch_size", "16"), "batch_size")
-        write_overlays = _flag("overlays", args.get("overlays", "true"))
-        device = _device(args.get("device", "auto"))
-        out = Path(args.get("out") or Path(args["run_dir"]) / "predict")
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"out={out} is an existing file; pass a folder (created if missing) for the outputs")
-        model, meta = load_run(args["run_dir"], device)
-        paths = gather_inputs(Path(args["input"]), exclude=out)
-        out = prepare_out_dir(out, "out=")
-        res = predict_paths(model, meta, paths, batch_size, device)
-        threshold = meta["image_threshold"]
-        rows = []
-        for i, p in enumerate(paths):
-            row = {"path": str(p), "score": float(res["scores"][i]), "normalized_score": float(res["normalized"][i]),
-                   "is_anomalous": res["is_anomalous"][i]}
-            if write_overlays:
-                row["overlay"] = write_overlay(out / f"{i:05d}_{p.stem}.png", p, res["maps"][i], meta,
-                                               row["score"], None if threshold is None else bool(row["is_anomalous"]))
-            rows.append(row)
-        cols = ["path", "score", "normalized_score", "is_anomalous"] + (["overlay"] if write_overlays else [])
-        write_csv(out / "predictions.csv", rows, cols)
-        print(summary_lines(rows, threshold, out), flush=True)
-        return 0
-    except ADError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = parse_args(argv)
+    batch_size = positive_int(args.get("batch_size", "16"), "batch_size")
+    write_overlays = boolean(args.get("overlays", "true"), "overlays")
+    device = _device(args.get("device", "auto"))
+    out = Path(args.get("out") or Path(args["run_dir"]) / "predict")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is an existing file; pass a folder (created if missing) for the outputs")
+    model, meta = load_run(args["run_dir"], device)
+    paths = image_inputs(Path(args["input"]), exclude=out)
+    out = prepare_out_dir(out, "out=")
+    res = predict_paths(model, meta, paths, batch_size, device)
+    threshold = meta["image_threshold"]
+    rows = []
+    for i, p in enumerate(paths):
+        row = {"path": str(p), "score": float(res["scores"][i]), "normalized_score": float(res["normalized"][i]),
+               "is_anomalous": res["is_anomalous"][i]}
+        if write_overlays:
+            row["overlay"] = write_overlay(out / f"{i:05d}_{p.stem}.png", p, res["maps"][i], meta,
+                                           row["score"], None if threshold is None else bool(row["is_anomalous"]))
+        rows.append(row)
+    cols = ["path", "score", "normalized_score", "is_anomalous"] + (["overlay"] if write_overlays else [])
+    write_csv(out / "predictions.csv", rows, cols)
+    print(summary_lines(rows, threshold, out), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_tool(argv, __doc__, USAGE, _predict)
 
 
 if __name__ == "__main__":

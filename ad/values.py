@@ -68,6 +68,16 @@ def positive_int(value: Any, key: str, optional: bool = False, null_means: str =
     return number(value, key, int, low=1, optional=optional, null_means=null_means, error=error)
 
 
+def boolean(value: Any, key: str, error: Type[Exception] = ConfigError) -> bool:
+    """A switch given as text or bool: true/false, yes/no, on/off, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise error(f"{key}={value!r} is not a boolean; use {key}=true or {key}=false")
+    return v in ("1", "true", "yes", "on")
+
+
 def non_negative_int(value: Any, key: str, error: Type[Exception] = ConfigError) -> int:
     """A count where 0 means none (loader workers, decode threads)."""
     return number(value, key, int, low=0, error=error)

@@ -1,4 +1,5 @@
-"""The ground floor: file writing (atomic, one file mode), JSON conversion, locks, image listing and loading.
+"""The ground floor: file writing (atomic, one file mode), JSON conversion, locks, image listing and loading,
+the `key=value` command line of the tools.
 Imports nothing from `ad` but `ad.errors`; every other package may import it.
 
 The names below are loaded on first use (PEP 562): `ad.config` needs only `ad.io.resources`, and the command
@@ -13,7 +14,8 @@ _WHERE = {
     **dict.fromkeys(["PendingFile", "atomic_write", "file_lock", "file_mode", "to_jsonable", "write_csv",
                      "write_json"], "ad.io.files"),
     **dict.fromkeys(["available_cpus", "folder_name", "peak_rss_mb"], "ad.io.resources"),
-    **dict.fromkeys(["IMAGE_EXTENSIONS", "DataFileError", "list_images", "load_image", "load_mask", "mask_files"],
+    **dict.fromkeys(["parse_key_values", "run_tool"], "ad.io.cli"),
+    **dict.fromkeys(["IMAGE_EXTENSIONS", "DataFileError", "image_inputs", "list_images", "load_image", "load_mask", "mask_files"],
                     "ad.io.images"),
 }
 

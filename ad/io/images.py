@@ -10,7 +10,7 @@ from typing import List, Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ad.errors import DataError
+from ad.errors import ConfigError, DataError
 
 try:  # libspng decodes PNGs ~1.7x faster than Pillow's zlib decoder, to the same pixels (tests/test_data.py)
     import pyspng as _spng
@@ -39,6 +39,22 @@ class DataFileError(DataError):
 def list_images(folder: Path) -> List[Path]:
     """Image files of a folder, sorted by name (deterministic order across file systems)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def image_inputs(inp: Path, exclude: Optional[Path] = None) -> List[Path]:
+    """The images a scoring tool was pointed at: the file itself, or every image under a folder (recursive,
+    sorted). `exclude` (the tool's output folder) is skipped, so outputs written inside the input folder are
+    never scored as inputs on a second call. A missing path or an empty folder is one line."""
+    if inp.is_file():
+        return [inp]
+    if inp.is_dir():
+        skip = exclude.resolve() if exclude is not None else None
+        files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                       and (skip is None or skip not in p.resolve().parents))
+        if not files:
+            raise ConfigError(f"input folder {inp} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return files
+    raise ConfigError(f"input {inp} does not exist; pass an image file or a folder of images")
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

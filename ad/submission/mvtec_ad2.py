@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ad.errors import ADError, ConfigError
+from ad.io.cli import parse_key_values, run_tool
 
 OBJECTS = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
 SPLITS = ("test_private", "test_private_mixed")
@@ -177,29 +178,43 @@ def expected_from_root(root: "str | Path", objects: Sequence[str]) -> Dict[str, 
     return {o: {s: [p.stem for p in list_private(root, o, s)] for s in SPLITS} for o in objects}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = dict(a.partition("=")[::2] for a in (sys.argv[1:] if argv is None else argv))
-    try:
-        if "check" in args:
-            folder = Path(args["check"])
-            objects = args["categories"].split(",") if args.get("categories") else sorted(
-                p.name for p in (folder / TOP[0]).iterdir() if p.is_dir()) if (folder / TOP[0]).is_dir() else []
-            if not args.get("root"):
-                raise ConfigError("check needs root=<MVTec AD 2 root> (the private image names come from it)")
-            n = check_submission(folder, expected_from_root(args["root"], objects), args.get("complete") == "true")
-            print(f"ok: {n} files follow the MVTec AD 2 submission rules")
-            return 0
-        if not all(k in args for k in ("run_dir", "out", "root")):
-            raise ConfigError("usage: " + __doc__.splitlines()[2].strip())
-        cats = args["categories"].split(",") if args.get("categories") else None
-        summary = score_private(Path(args["run_dir"]), Path(args["out"]), Path(args["root"]), cats,
-                                args.get("device", "cpu"), int(args.get("batch_size", 8)))
-        print(json.dumps(summary, indent=2))
+USAGE = ("usage: python -m ad.submission.mvtec_ad2 run_dir=<trained run> out=<submission dir> root=<dataset root> "
+         "[categories=can,fabric] [device=cpu] [batch_size=8], or check=<submission dir> root=<dataset root> "
+         "[complete=true]")
+KEYS = ("run_dir", "out", "root", "categories", "device", "batch_size", "check", "complete")
+
+
+def _submission(argv: List[str]) -> int:
+    from ad.values import boolean, positive_int
+
+    args = parse_key_values(argv, KEYS, (), USAGE)
+    cats = [c for c in args["categories"].split(",") if c] if args.get("categories") else None
+    if "check" in args:
+        folder = Path(args["check"])
+        objects = cats or (sorted(p.name for p in (folder / TOP[0]).iterdir() if p.is_dir())
+                           if (folder / TOP[0]).is_dir() else [])
+        if not args.get("root"):
+            raise ConfigError("check needs root=<MVTec AD 2 root> (the private image names come from it)")
+        n = check_submission(folder, expected_from_root(args["root"], objects),
+                             boolean(args.get("complete", "false"), "complete"))
+        print(f"ok: {n} files follow the MVTec AD 2 submission rules")
         return 0
-    except (ADError, OSError) as exc:
+    missing = [k for k in ("run_dir", "out", "root") if not args.get(k)]
+    if missing:
+        raise ConfigError(f"missing {', '.join(k + '=...' for k in missing)}; {USAGE}")
+    summary = score_private(Path(args["run_dir"]), Path(args["out"]), Path(args["root"]), cats,
+                            args.get("device", "cpu"), positive_int(args.get("batch_size", "8"), "batch_size"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit 0 when done, 2 for a mistake on the command line, 1 when the data or a submission check fails."""
+    try:
+        return run_tool(argv, __doc__, USAGE, _submission, error_codes={ConfigError: 2, ADError: 1})
+    except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
