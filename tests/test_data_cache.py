@@ -226,3 +226,90 @@ def test_cli_results_identical_with_cold_and_warm_disk_cache(synthetic_root, tmp
         for section in ("image", "pixel", "per_defect", "thresholds", "counts"):
             assert results[name][section] == results["off"][section], (name, section)
         assert results[name]["validation"]["objective"] == results["off"]["validation"]["objective"]
+
+
+# --- warming the next split (ad.data.warm_split) -------------------------------------------------------------------
+def _counting_decodes(monkeypatch):
+    """Patch the decoder the data modules bind at construction; returns the list of decoded paths."""
+    import ad.data._base as base
+
+    calls: list = []
+    real = base.decode_sample
+
+    def counting(sample, transform):
+        calls.append(sample.path)
+        return real(sample, transform)
+
+    monkeypatch.setattr(base, "decode_sample", counting)
+    return calls
+
+
+def test_a_warmed_split_is_decoded_once_and_loads_identically(synthetic_root, monkeypatch):
+    from ad.data import warm_split
+
+    calls = _counting_decodes(monkeypatch)
+    dm = _data(synthetic_root, cache="memory", decode_threads=1)
+    test = dm.samples("test")
+    assert warm_split(dm, "test") == len(test)
+    assert warm_split(dm, "test") == 0  # queued or in memory already: nothing twice
+    # the loader neither queues the warmed images again nor decodes them on its own thread
+    got = [b for b in dm.dataloader("test", 3)]
+    assert sorted(calls) == sorted(s.path for s in test)
+    ref = _all_items(_data(synthetic_root, cache="off"), "test")
+    assert torch.equal(torch.cat([b["image"] for b in got]), torch.stack([r["image"] for r in ref]))
+    assert torch.equal(torch.cat([b["mask"] for b in got]), torch.stack([r["mask"] for r in ref]))
+
+
+def test_warming_stays_within_the_memory_budget(synthetic_root):
+    from ad.data import warm_split
+
+    one = 4 * 48 * 48  # what warm_split counts per image (RGB + mask)
+    dm = _data(synthetic_root, cache="memory", cache_mb=3 * one / 2**20, decode_threads=1)
+    assert warm_split(dm, "train") == 3
+    dm_off = _data(synthetic_root, cache="off", decode_threads=1)
+    assert warm_split(dm_off, "train") == 0  # no cache to warm
+    dm_sync = _data(synthetic_root, cache="memory", decode_threads=0)
+    assert warm_split(dm_sync, "train") == 0  # no decode thread: nothing runs in the background
+
+
+def test_stop_warming_cancels_what_has_not_started(synthetic_root, monkeypatch):
+    import threading
+
+    from ad.data import stop_warming, warm_split
+    from ad.data._cache import _WARMING, _executor
+
+    calls = _counting_decodes(monkeypatch)
+    dm = _data(synthetic_root, cache="memory", decode_threads=1)
+    gate = threading.Event()
+    blocker = _executor(1).submit(gate.wait, 30)  # the one decode thread is busy: warmed decodes stay queued
+    try:
+        n = warm_split(dm, "test")
+        assert n == len(dm.samples("test")) and stop_warming() == n
+    finally:
+        gate.set()
+        blocker.result()
+    assert not _WARMING and calls == []
+    # cancelled decodes are simply done by the loader later
+    assert len(_all_items(dm, "test")) == n and len(calls) == n
+
+
+def test_a_memory_model_fit_decodes_every_image_once_with_the_warm_up(synthetic_root, monkeypatch):
+    """The trainer warms the validation split and the caller's next splits once the training images are in;
+    each image of the run is still decoded exactly once, and the model is the same as without warming."""
+    from tests.fakes import TinyMemory
+
+    calls = _counting_decodes(monkeypatch)
+    dm = _data(synthetic_root, cache="memory", decode_threads=1)
+    trainer = Trainer(progress_bar=False, early_stopping={"enabled": False})
+    model = TinyMemory()
+    trainer.fit(model, dm, then=[("test", None)])
+    pred = trainer.predict(model, dm.dataloader("test", 4))
+    everything = [s.path for split in ("train", "val", "test") for s in dm.samples(split)]
+    assert sorted(calls) == sorted(everything)
+    clear_memory_cache()
+    ref_model = TinyMemory()
+    ref_dm = _data(synthetic_root, cache="off")
+    Trainer(progress_bar=False, early_stopping={"enabled": False}).fit(ref_model, ref_dm)
+    ref = trainer.predict(ref_model, ref_dm.dataloader("test", 4))
+    np.testing.assert_array_equal(pred.scores, ref.scores)
+    np.testing.assert_array_equal(pred.maps, ref.maps)
