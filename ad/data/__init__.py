@@ -12,8 +12,6 @@ from ad.data._base import (  # noqa: F401
     load_image,
     load_mask,
     split_validation,
-    stop_warming,
-    warm_split,
 )
 from ad.data.source import DataSource
 from ad.registry import DATASETS
@@ -21,5 +19,5 @@ from ad.registry import DATASETS
 __all__ = [
     "IMAGE_EXTENSIONS",
     "AnomalyDataModule", "DataSource", "ImageTransform", "LoaderOptions", "Sample", "SampleDataset", "collate", "kfold_split", "list_images", "load_image",
-    "load_mask", "split_validation", "stop_warming", "warm_split", "DATASETS",
+    "load_mask", "split_validation", "DATASETS",
 ]

@@ -11,14 +11,14 @@ import random
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Union
+from typing import Annotated, Dict, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from ad.data._cache import Decoded, DecodeCache, Prefetcher, resolve_decode_threads, stop_warming  # noqa: F401
+from ad.data._cache import Decoded, DecodeCache, Prefetcher, resolve_decode_threads
 
 from ad.data._checks import DatasetConfigError, check_number, check_size, verify_samples
 from ad.data.leaks import check_disjoint
@@ -170,8 +170,7 @@ class SampleDataset(Dataset):
         return self.cache.load(s) if self.cache is not None else decode_sample(s, self.transform)
 
     def _is_cached(self, i: int) -> bool:
-        # in memory, or already being decoded into it by a warm-up (`warm_split`): nothing to queue
-        return self.cache is not None and self.cache.coming(self.samples[i])
+        return self.cache is not None and self.cache.cached(self.samples[i])
 
     def __getitem__(self, i: int) -> Dict:
         s = self.samples[i]
@@ -426,21 +425,6 @@ class LoaderOptions:
     cache: Optional[DecodeCache] = None
     decode_threads: int = 0
     pin_memory: bool = False
-
-
-def warm_split(data: Any, split: str, limit: Optional[int] = None) -> int:
-    """Start decoding a split's images (`data.dataset(split, limit)`, any `DataSource`) into the decode cache on
-    the background decode threads, behind whatever loaders have already queued: the next stage's images are
-    then ready when its loader starts instead of being decoded while the model waits (`DecodeCache.warm`).
-    Returns how many decodes were queued (0 without a cache or decode threads)."""
-    loading = data.loading
-    if loading.cache is None or loading.decode_threads <= 0:
-        return 0
-    samples = getattr(data.dataset(split, limit), "samples", None)
-    if not samples:
-        return 0
-    h, w = _pair(data.transform.output_size)
-    return loading.cache.warm(samples, loading.decode_threads, item_bytes=4 * h * w)  # RGB + mask bytes
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,

@@ -120,10 +120,6 @@ class _MemoryStore:
 
 
 _STORE = _MemoryStore()
-# entry key -> the background decode (`DecodeCache.warm`) that will put it in `_STORE`; process-wide like the
-# store, so that every view of the data (a category, the unified union, a fold) sees what is already coming
-_WARMING: Dict[str, Future] = {}
-_WARMING_LOCK = threading.Lock()
 _GENERATIONS = itertools.count(1)
 
 
@@ -275,52 +271,6 @@ class DecodeCache:
             key, prefix = self.key(sample)
         except OSError:
             return self._decode(sample)  # a missing file: let the decoder raise its one-line error
-        coming = _WARMING.get(key)
-        # Being decoded on a background thread (`warm`): wait rather than decode it twice — but never on a decode
-        # thread itself, whose pool may run that decode only after this task (a wait there could deadlock).
-        if coming is not None and not threading.current_thread().name.startswith(_THREAD_PREFIX):
-            try:
-                coming.result()
-            except Exception:  # noqa: BLE001 - decoded again below, where the error is raised on this thread
-                pass
-        return self._load_keyed(sample, key, prefix)
-
-    def coming(self, sample) -> bool:
-        """True when `sample` is in memory or being decoded into it by `warm` (a loader need not queue it)."""
-        if not self.memory:
-            return False
-        try:
-            key = self.key(sample)[0]
-        except OSError:
-            return False
-        return key in _WARMING or _STORE.get(key, self.generation) is not None
-
-    def warm(self, samples: Sequence, threads: int, item_bytes: int) -> int:
-        """Decode `samples` into memory on the background decode threads, queued after what loaders have asked
-        for, so that a split's images are ready before its loader starts (e.g. the test images while PatchCore
-        builds its coreset). Stops where the memory budget would be full (`item_bytes` per image, an estimate):
-        warming never evicts or holds more than the cache may. Returns how many decodes it queued."""
-        if not self.memory or threads <= 0:
-            return 0
-        room = (self.budget - _STORE.nbytes) // max(1, item_bytes)
-        pool, queued = _executor(threads), 0
-        for sample in samples:
-            if queued >= room:
-                break
-            try:
-                key, prefix = self.key(sample)
-            except OSError:
-                continue  # a missing file: its loader raises the one-line error
-            with _WARMING_LOCK:
-                if key in _WARMING or _STORE.get(key, self.generation) is not None:
-                    continue
-                future = pool.submit(self._load_keyed, sample, key, prefix)
-                _WARMING[key] = future
-            future.add_done_callback(lambda _f, k=key: _WARMING.pop(k, None))
-            queued += 1
-        return queued
-
-    def _load_keyed(self, sample, key: str, prefix: str) -> Decoded:
         hit = _STORE.get(key, self.generation)
         if hit is not None:
             self.stats["memory_hits"] += 1
@@ -366,22 +316,13 @@ class DecodeCache:
 # prefetch
 # ---------------------------------------------------------------------------------------------------------------
 _EXECUTORS: Dict[int, ThreadPoolExecutor] = {}
-_THREAD_PREFIX = "ad-decode"
 _EXECUTOR_LOCK = threading.Lock()
-
-
-def stop_warming() -> int:
-    """Cancel the background decodes `warm` queued that have not started (a run that ends early must not
-    leave its process decoding images nobody will read, nor wait for them at exit). Returns how many."""
-    with _WARMING_LOCK:
-        futures = list(_WARMING.values())
-    return sum(f.cancel() for f in futures)
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:
     with _EXECUTOR_LOCK:
         if threads not in _EXECUTORS:
-            _EXECUTORS[threads] = ThreadPoolExecutor(threads, thread_name_prefix=_THREAD_PREFIX)
+            _EXECUTORS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="ad-decode")
         return _EXECUTORS[threads]
 
 

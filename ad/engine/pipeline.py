@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol
 
 import numpy as np
 
-from ad.data import DataSource, stop_warming
+from ad.data import DataSource
 from ad.data.identity import data_identity
 from ad.engine import artefacts
 from ad.engine.evaluation import (Calibration, benchmark_metrics, calibrate, evaluate_category, mean_entries,
@@ -79,7 +79,7 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
             with artefacts.TestOutputs(run_dir, parts.logger_factory(run_dir / "tb"), spec.evaluation,
                                        unified=spec.setting == "unified") as out:
                 fit = parts.trainer.fit(parts.model, parts.data, run_dir=run_dir, logger=out.logger,
-                                        identity=spec.identity, then=[("test", spec.trainer.limit_test)])
+                                        identity=spec.identity)
                 record.training = training_record(fit)
                 val, source = held_out_normals(parts, spec)
                 cal = calibrate(val, spec.evaluation, list(parts.categories), source)
@@ -100,8 +100,6 @@ def run_experiment(spec: RunSpec, build: Callable[[], Components], run_dir: Path
     except RunDirBusy as exc:  # another live run owns the directory: nothing was written there
         record.status, record.error = "failed", str(exc)
         log.error("%s", exc)
-    finally:
-        stop_warming()  # a run that ended early leaves no background decodes of its images behind
     return record
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -154,14 +154,6 @@ class _FitState:
     clock: Optional[EpochClock] = None  # run-level "epoch k/N, ETA"
 
 
-def _warm(data, splits: Sequence[Tuple[str, Optional[int]]]) -> None:
-    """Queue the decoding of the splits read next (`ad.data.warm_split`), in the order they will be read."""
-    from ad.data import warm_split
-
-    for split, limit in splits:
-        warm_split(data, split, limit)
-
-
 class Trainer:
     """The training loop. It takes what the loop needs only; the run's other `trainer.*` settings (test limits,
     visualisations, threads, determinism) are read by the entry point and the pipeline from
@@ -240,21 +232,18 @@ class Trainer:
         return Budget(max_epochs=max_epochs, max_steps=max_steps, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
 
     def fit(self, model: AnomalyModel, data, run_dir: "str | Path | None" = None, logger: Any = None,
-            identity: Optional[Dict[str, Any]] = None, then: Sequence[Tuple[str, Optional[int]]] = ()) -> FitResult:
+            identity: Optional[Dict[str, Any]] = None) -> FitResult:
         """Fit `model` on the train normals of `data`; validation normals drive early stopping and
         `on_fit_end`. With `run_dir`, trained models checkpoint to `<run_dir>/checkpoints/` and resume —
         only a checkpoint whose `identity` (the experiment's configuration, see `ad.engine.settings`) equals
-        this run's; any other is refused with a one-line error rather than reused under a wrong label.
-        `then`: the (split, limit)s the caller reads next (the test split); once the training images are in,
-        the validation images and these are decoded in the background while the model works."""
+        this run's; any other is refused with a one-line error rather than reused under a wrong label."""
         t0 = time.perf_counter()
         model.to(self.device)
         budget = self.budget(model, len(data.dataset("train", self.limit_train)))
         # The model lays out its LR schedule (drops at 95 %, milestones) over the budget it is told.
         spec: Optional[OptimizerSpec] = model.configure_optimizers(budget)
-        warm = [("val", self.limit_val), *then]
         if spec is None:  # statistics passes (memory models): epochs only, no checkpoints
-            return self._collect(model, data, budget, t0, warm)
+            return self._collect(model, data, budget, t0)
         ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
         stopper = EarlyStopping(**{k: v for k, v in self.early_stopping_cfg.items() if k in ("enabled", "patience", "min_delta")})  # noqa: E501
         # Loss scaling is for float16 on CUDA; the CPU's bfloat16 autocast has float32's range and needs none.
@@ -277,15 +266,12 @@ class Trainer:
                 break
             t_epoch = time.perf_counter()
             losses = self._train_epoch(run, data, epoch)
-            if epoch == start_epoch:  # the training images are decoded now: the decode threads would idle
-                _warm(data, warm)
             run.result.epochs = epoch + 1
             if self._end_epoch(run, data, epoch, losses, time.perf_counter() - t_epoch, max_epochs):
                 break
         return self._finish(run, data, t0)
 
-    def _collect(self, model: AnomalyModel, data, budget: Budget, t0: float,
-                 warm: Sequence[Tuple[str, Optional[int]]] = ()) -> FitResult:
+    def _collect(self, model: AnomalyModel, data, budget: Budget, t0: float) -> FitResult:
         """Memory/statistics models: `max_epochs` passes of `training_step` under no_grad, then `on_fit_end`."""
         epochs = self.max_epochs if self.max_epochs is not None else int(model.default_max_epochs)
         budget = Budget(max_epochs=epochs, max_steps=None, batch_size=budget.batch_size, steps_per_epoch=budget.steps_per_epoch)
@@ -299,7 +285,6 @@ class Trainer:
                 for batch in track(loader, what, bar=self.progress, interval=self.progress_interval):
                     model.training_step(self._to_device(batch))
         model.eval()
-        _warm(data, warm)  # decoded on the idle decode threads while on_fit_end works on the features
         t_end = time.perf_counter()
         model.on_fit_end(self.val_loader(data))  # e.g. PatchCore's coreset: often the longest part of a fit
         log.info("fitting the model's statistics (on_fit_end) took %s", hms(time.perf_counter() - t_end))
