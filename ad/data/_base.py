@@ -377,14 +377,18 @@ class AnomalyDataModule:
 
     def verify(self, samples: Optional[Sequence[Sample]] = None) -> None:
         """The pre-training check of every image and mask of the splits (`verify_samples`): headers, mask
-        sizes, then a full read of each file by the training decoder (files already in the decode cache,
-        unchanged since, were read in full before and are skipped). `setup()` runs it."""
+        sizes, then a full read of each file by the training decoder, kept in the decode cache (files already
+        there, unchanged since, were read in full before and are not read again). `setup()` runs it."""
         if samples is None:
             samples = self.samples("train") + self.samples("val") + self.samples("test")
         verify_samples(samples, read=self._read_unless_cached, threads=max(1, self.decode_threads))
 
     def _read_unless_cached(self, sample: Sample) -> None:
-        if not self.cache.has(sample):
+        # The full read is the decode training needs anyway: with a cache, keep its result (within the memory
+        # budget; a disk-cache hit is a cheap read) so that no image is decoded twice in a run.
+        if self.cache.memory:
+            self.cache.load(sample)
+        else:
             read_sample(sample)
 
     def samples(self, split: str) -> List[Sample]:
