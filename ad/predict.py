@@ -16,7 +16,7 @@ from PIL import Image
 
 from ad.errors import ConfigError
 from ad.io.cli import parse_key_values, run_tool
-from ad.io.outdir import prepare_out_dir
+from ad.io.outdir import check_out_dir, prepare_out_dir
 from ad.values import boolean, positive_int
 
 USAGE = "usage: python -m ad.predict run_dir=<run dir> input=<image or folder> [out=<dir>] [batch_size=16] [device=auto] [overlays=true]"
@@ -162,9 +162,8 @@ def _predict(argv: List[str]) -> int:
     batch_size = positive_int(args.get("batch_size", "16"), "batch_size")
     write_overlays = boolean(args.get("overlays", "true"), "overlays")
     device = _device(args.get("device", "auto"))
-    out = Path(args.get("out") or Path(args["run_dir"]) / "predict")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={out} is an existing file; pass a folder (created if missing) for the outputs")
+    # checked before the model loads: a wrong out= costs nothing
+    out = check_out_dir(args.get("out") or Path(args["run_dir"]) / "predict", "out=")
     model, meta = load_run(args["run_dir"], device)
     paths = image_inputs(Path(args["input"]), exclude=out)
     out = prepare_out_dir(out, "out=")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -129,10 +129,3 @@ def resize(image: Image.Image, recipe: Mapping[str, Any]) -> np.ndarray:
 def to_input(pixels: np.ndarray) -> np.ndarray:
     """float32 [1,3,H,W] in [0,1] from uint8 [H,W,3] (x / 255 in float32, as training's `to_float`)."""
     return (np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0))[None]
-
-
-def list_images(folder: Path, exclude: Optional[Path] = None) -> Sequence[Path]:
-    """Image files under `folder` (recursive, sorted); `exclude` (an output folder inside it) is skipped."""
-    skip = exclude.resolve() if exclude is not None else None
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and (skip is None or skip not in p.resolve().parents))

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ad.errors import ConfigError
 from ad.io.cli import parse_key_values, run_tool
 
 USAGE = ("usage: python -m ad.deploy.predict model=<export dir> input=<image or folder> [out=<dir>] "
@@ -28,15 +27,14 @@ def _predict(argv: List[str]) -> int:
 
     from ad.deploy import Inferencer
     from ad.io import image_inputs, write_csv
-    from ad.io.outdir import prepare_out_dir
+    from ad.io.outdir import check_out_dir, prepare_out_dir
     from ad.values import boolean, positive_int
 
     args = parse_args(argv)
     write_overlays = boolean(args.get("overlays", "true"), "overlays")
     threads = positive_int(args["threads"], "threads") if "threads" in args else None
-    out = Path(args.get("out") or Path(args["model"]) / "predict")
-    if out.exists() and not out.is_dir():  # before the model loads: a wrong out= costs nothing
-        raise ConfigError(f"out={out} is an existing file; pass a folder (created if missing) for the outputs")
+    # checked before the model loads: a wrong out= costs nothing
+    out = check_out_dir(args.get("out") or Path(args["model"]) / "predict", "out=")
     inf = Inferencer(args["model"], threshold=args.get("threshold"), threads=threads)
     paths = image_inputs(Path(args["input"]), exclude=out)
     out = prepare_out_dir(out, "out=")

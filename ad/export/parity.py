@@ -70,12 +70,12 @@ def parity_images(run_dir: Path, meta: Mapping[str, Any], extra: Optional[Path] 
                   n_val: int = 8, n_test: int = 4) -> List[Path]:
     """The run's held-out validation normals (up to `n_val`, from its dataset config) and a few of its test
     images (from predictions.csv, normal and anomalous), plus every image in `extra`; those that still exist."""
-    from ad.deploy.images import IMAGE_EXTENSIONS, list_images
+    from ad.io.images import IMAGE_EXTENSIONS, find_images
 
     paths: List[Path] = list(_val_normals(meta))[:n_val]
     paths += _test_images(run_dir / "predictions.csv", n_test)
     if extra is not None:
-        paths += [extra] if extra.is_file() and extra.suffix.lower() in IMAGE_EXTENSIONS else list(list_images(extra))
+        paths += [extra] if extra.is_file() and extra.suffix.lower() in IMAGE_EXTENSIONS else find_images(extra)
     seen, out = set(), []
     for p in paths:
         if p.is_file() and p not in seen:

@@ -15,7 +15,7 @@ _WHERE = {
                      "write_json"], "ad.io.files"),
     **dict.fromkeys(["available_cpus", "folder_name", "peak_rss_mb"], "ad.io.resources"),
     **dict.fromkeys(["parse_key_values", "run_tool"], "ad.io.cli"),
-    **dict.fromkeys(["IMAGE_EXTENSIONS", "DataFileError", "image_inputs", "list_images", "load_image", "load_mask", "mask_files"],
+    **dict.fromkeys(["IMAGE_EXTENSIONS", "DataFileError", "find_images", "image_inputs", "list_images", "load_image", "load_mask", "mask_files"],
                     "ad.io.images"),
 }
 

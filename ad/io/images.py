@@ -41,6 +41,14 @@ def list_images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def find_images(folder: Path, exclude: Optional[Path] = None) -> List[Path]:
+    """Image files anywhere under `folder` (recursive, sorted); files under `exclude` (e.g. an output folder
+    inside it) are skipped."""
+    skip = exclude.resolve() if exclude is not None else None
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and (skip is None or skip not in p.resolve().parents))
+
+
 def image_inputs(inp: Path, exclude: Optional[Path] = None) -> List[Path]:
     """The images a scoring tool was pointed at: the file itself, or every image under a folder (recursive,
     sorted). `exclude` (the tool's output folder) is skipped, so outputs written inside the input folder are
@@ -48,9 +56,7 @@ def image_inputs(inp: Path, exclude: Optional[Path] = None) -> List[Path]:
     if inp.is_file():
         return [inp]
     if inp.is_dir():
-        skip = exclude.resolve() if exclude is not None else None
-        files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                       and (skip is None or skip not in p.resolve().parents))
+        files = find_images(inp, exclude)
         if not files:
             raise ConfigError(f"input folder {inp} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return files

@@ -18,7 +18,7 @@ import torchvision.transforms.v2.functional as TF
 from scipy import ndimage
 
 from ad.errors import ConfigError
-from ad.io import IMAGE_EXTENSIONS, load_image
+from ad.io import IMAGE_EXTENSIONS, find_images, load_image
 
 
 
@@ -203,7 +203,7 @@ def list_source_images(source_dir: str | Path) -> List[Path]:
             f"anomaly_source_dir={source_dir} is not a folder; point it at a texture image folder (e.g. DTD's "
             "images/) or set model.anomaly_source_dir=null to use procedural textures"
         )
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = find_images(root)
     if not files:
         raise ConfigError(
             f"anomaly_source_dir={source_dir} contains no images ({', '.join(IMAGE_EXTENSIONS)}); "
