@@ -3,8 +3,8 @@
 
     # accuracy + time on the real MVTec AD bottle images (209 train / 83 test), 256 px, lite0, 2 threads
     python scripts/benchmark_patchcore.py --mode speed --root ../shared/data/mvtec_ad
-    # peak memory on a generated category with 1000 training images at 256 px
-    python scripts/benchmark_patchcore.py --mode memory --train-images 1000
+    # peak memory on a generated category with 1000 training images at 256 px (bounded: --feature-budget-mb 128)
+    python scripts/benchmark_patchcore.py --mode memory --train-images 1000 --feature-budget-mb 0
 
 Speed mode decodes and resizes every image once (timed separately: "data"), then alternates, `--repeats`
 times, (a) the backbone forward passes alone over all train+test images and (b) the full PatchCore
@@ -49,7 +49,8 @@ def _model(args):
 
     return PatchCore(backbone=BackboneConfig(name=args.backbone, pretrained=True), layers=tuple(args.layers),
                      coreset_ratio=args.coreset_ratio, coreset_cell_size=args.cell_size,
-                     target_embed_dim=args.target_embed_dim, search=args.search)
+                     target_embed_dim=args.target_embed_dim, search=args.search,
+                     feature_budget_mb=args.feature_budget_mb or None)
 
 
 def _fit_predict(model, train, test, bs):
@@ -127,8 +128,8 @@ def memory(args) -> dict:
         for b in data.dataloader("train", args.batch):  # streamed: images are never all in memory
             model.training_step(b)
             n += b["image"].shape[0]
-    t1 = time.perf_counter()
-    n_patches = sum(c.shape[0] for c in model._train_features)
+        t1 = time.perf_counter()
+        n_patches = n * model.embed(b["image"][:1]).shape[1:3].numel()
     model.on_fit_end(None)
     t2 = time.perf_counter()
     from sklearn.metrics import roc_auc_score
@@ -146,6 +147,7 @@ def memory(args) -> dict:
         "predict_s": round(t3 - t2, 1),
         "image_auroc": float(roc_auc_score(torch.cat(labels).numpy(), torch.cat(scores).numpy())),
         "peak_rss_mb": round(peak, 1), "rss_before_model_mb": round(rss_before, 1),
+        "feature_budget_mb": args.feature_budget_mb, "notes": list(model.notes),
     }
 
 
@@ -162,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cell-size", type=int, default=256)
     ap.add_argument("--target-embed-dim", type=int, default=None, help="PatchCore target_embed_dim (default: keep all channels)")
     ap.add_argument("--search", choices=["exact", "flat", "ivf"], default="exact", help="PatchCore nearest-neighbour search")
+    ap.add_argument("--feature-budget-mb", type=int, default=4096,
+                    help="PatchCore feature_budget_mb (training patches held at once; 0 = no bound)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)

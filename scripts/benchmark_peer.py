@@ -80,8 +80,18 @@ MODELS: Dict[str, Dict[str, Any]] = {
         "ad": {}, "steps": 100, "batch": 8,
         "peer": ("Cflow", {"layers": [2, 3, 4]}),
     },
+    # {teacher} / {penalty}: the assets both sides share (efficientad_assets): ad's default auto-distilled PDN-S
+    # teacher (the peer gets it converted to its key names in place of its download) and one folder of
+    # procedural textures as the penalty images (the peer's ImageNette download has no offline substitute;
+    # it cannot switch the penalty off, so ad uses the same folder).
+    "efficientad": {
+        "ad": {"teacher_weights": "{teacher}", "imagenet_dir": "{penalty}"}, "steps": 400, "batch": 1,
+        "peer": ("EfficientAd", {"model_size": "small", "imagenet_dir": "{penalty}"}),
+        "note": "both: ad's auto-distilled PDN-S teacher and the same procedural-texture penalty folder; "
+                "peer map quantiles from ad's validation normals (as ad's)",
+    },
 }
-DEFAULT_ORDER = ["reverse_distillation", "patchcore", "padim", "stfpm", "fastflow", "dfm", "cflow"]
+DEFAULT_ORDER = ["reverse_distillation", "patchcore", "padim", "stfpm", "fastflow", "dfm", "cflow", "efficientad"]
 
 
 # ----------------------------------------------------------------------------------------------- data (both sides)
@@ -117,8 +127,49 @@ def lite0_timm_file(out_dir: Path) -> Path:
     return path
 
 
+def efficientad_assets(out_dir: Path, image_size: int, textures: int = 200) -> Dict[str, str]:
+    """What both EfficientAD sides share: ad's default auto-distilled teacher (distilled once into
+    `out_dir/teacher`, exactly as `teacher_weights=auto` would) plus the same file in the peer's PDN key names,
+    and a folder of procedural textures for the penalty term (an ImageFolder: one class subfolder)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ad.config import compose
+    from ad.models._anomaly_synthesis import procedural_texture
+    from ad.models.distillation._pdn import TeacherRecipe, cached_teacher, load_teacher
+
+    recipe_options = compose(["model=efficientad"]).model.teacher_distill
+    recipe = TeacherRecipe.from_config("s", image_size, dict(recipe_options))
+    teacher, _ = cached_teacher(recipe, out_dir / "teacher")
+    peer_teacher = out_dir / "teacher" / "efficientad_pretrained_weights" / "pretrained_teacher_small.pth"
+    if not peer_teacher.is_file():
+        pdn, _ = load_teacher(teacher, "s")
+        convs = [i for i, m in enumerate(pdn) if isinstance(m, torch.nn.Conv2d)]
+        state = {f"conv{n + 1}.{k}": v for n, i in enumerate(convs) for k, v in pdn[i].state_dict().items()}
+        peer_teacher.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, peer_teacher)
+    penalty = out_dir / "penalty_textures"
+    if not (penalty / "textures").is_dir():
+        (penalty / "partial").mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        for i in range(textures):
+            img = procedural_texture((image_size, image_size), rng)
+            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+                penalty / "partial" / f"{i:04d}.png")
+        os.replace(penalty / "partial", penalty / "textures")
+    channels = [v for k, v in torch.load(peer_teacher).items() if k.endswith(".bias")][-1].numel()
+    return {"teacher": str(teacher), "peer_teacher_dir": str(peer_teacher.parent.parent), "penalty": str(penalty),
+            "teacher_channels": str(channels)}
+
+
+def _resolve(kwargs: Dict[str, Any], assets: Dict[str, str]) -> Dict[str, Any]:
+    return {k: v.format(**assets) if isinstance(v, str) else v for k, v in kwargs.items()}
+
+
 # ------------------------------------------------------------------------------------------------------ ad worker
-def run_ad(model_name: str, root: Path, image_size: int, threads: int, seed: int) -> Dict[str, Any]:
+def run_ad(model_name: str, root: Path, image_size: int, threads: int, seed: int,
+           assets: Dict[str, str]) -> Dict[str, Any]:
     import inspect
 
     import torch
@@ -136,7 +187,7 @@ def run_ad(model_name: str, root: Path, image_size: int, threads: int, seed: int
         data.dataset(split)
     t0 = time.perf_counter()
     cls = REGISTRY.get(model_name)
-    kwargs = dict(spec["ad"])
+    kwargs = _resolve(spec["ad"], assets)
     if "backbone" in inspect.signature(cls.__init__).parameters:
         kwargs["backbone"] = BackboneConfig(name=BACKBONE)
     model = cls(**kwargs)
@@ -185,7 +236,16 @@ def patch_peer_rd() -> None:
     rd.get_decoder = lambda backbone: MirroredDecoder(ch, red, emb, (3, 4, 6), out_relu=False)
 
 
-def run_peer(model_name: str, root: Path, image_size: int, threads: int, seed: int, weights: Path) -> Dict[str, Any]:
+def patch_peer_teacher(folder: str) -> None:
+    """The peer's EfficientAd loads `<pretrained dir>/efficientad_pretrained_weights/...` and downloads it when
+    absent: point it at the converted ad teacher."""
+    import anomalib.models.image.efficient_ad.lightning_model as eff
+
+    eff.get_pretrained_weights_dir = lambda: Path(folder)
+
+
+def run_peer(model_name: str, root: Path, image_size: int, threads: int, seed: int, weights: Path,
+             assets: Dict[str, str]) -> Dict[str, Any]:
     import logging
 
     import torch
@@ -194,6 +254,8 @@ def run_peer(model_name: str, root: Path, image_size: int, threads: int, seed: i
     patch_peer_weights(weights)
     if model_name == "reverse_distillation":
         patch_peer_rd()
+    if model_name == "efficientad":
+        patch_peer_teacher(assets["peer_teacher_dir"])
     import anomalib.models as amodels
     from anomalib.data import ImageBatch
     from anomalib.engine import Engine
@@ -206,16 +268,21 @@ def run_peer(model_name: str, root: Path, image_size: int, threads: int, seed: i
     torch.set_num_threads(threads)
     seed_everything(seed)
     train_x, _, _, _ = load_split(root, image_size, "train", seed)
+    val_x, _, _, _ = load_split(root, image_size, "val", seed)
     test_x, _, _, test_paths = load_split(root, image_size, "test", seed)
     t0 = time.perf_counter()
     cls_name, kwargs = spec["peer"]
-    kwargs = {"backbone": BACKBONE, **kwargs}
+    kwargs = {"backbone": BACKBONE, **_resolve(kwargs, assets)}
+    if model_name == "efficientad":  # the teacher's width (ad's auto teacher regresses Lite0 levels, not 384)
+        kwargs["teacher_out_channels"] = int(assets["teacher_channels"])
     cls = getattr(amodels, cls_name)
     if "backbone" not in cls.__init__.__code__.co_varnames:
         kwargs.pop("backbone")
     # Resize is a no-op on the already resized tensors; models such as RD read their input size from it
-    pre = PreProcessor(transform=Compose([Resize((image_size, image_size), antialias=True),
-                                          Normalize(mean=[LITE_MEAN_STD[0]] * 3, std=[LITE_MEAN_STD[1]] * 3)]))
+    steps = [Resize((image_size, image_size), antialias=True)]
+    if model_name != "efficientad":  # EfficientAd normalises inside (ImageNet statistics, as ad) and refuses one here
+        steps.append(Normalize(mean=[LITE_MEAN_STD[0]] * 3, std=[LITE_MEAN_STD[1]] * 3))
+    pre = PreProcessor(transform=Compose(steps))
     model = cls(pre_processor=pre, post_processor=False, evaluator=False, visualizer=False, **kwargs)
 
     def collate(items):
@@ -226,8 +293,29 @@ def run_peer(model_name: str, root: Path, image_size: int, threads: int, seed: i
                         generator=torch.Generator().manual_seed(seed))
     engine = Engine(max_steps=spec["steps"] or -1, max_epochs=None if spec["steps"] else 1, accelerator="cpu",
                     devices=1, barebones=True, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "benchmark_peer"))
-    engine.fit(model=model, train_dataloaders=loader)
+                    enable_model_summary=False, limit_val_batches=0,
+                    default_root_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "benchmark_peer"))
+    if model_name == "efficientad":
+        # EfficientAd reads its batch size and loaders from a datamodule; its map quantiles come from the same
+        # validation normals ad uses (the peer's own datamodule would take them from test images)
+        from lightning.pytorch import LightningDataModule
+
+        val_loader = DataLoader(TensorDataset(val_x), batch_size=16, collate_fn=collate)
+
+        class Data(LightningDataModule):
+            name, category, train_batch_size = "pasted", CATEGORY, spec["batch"]  # what the peer's Engine reads
+
+            def train_dataloader(self):
+                return loader
+
+            def val_dataloader(self):
+                return val_loader
+
+        engine.fit(model=model, datamodule=Data())
+        model.eval()
+        model.model.quantiles.update(model.map_norm_quantiles(val_loader))
+    else:
+        engine.fit(model=model, train_dataloaders=loader)
     model.eval()
     scores, maps = [], []
     with torch.no_grad():
@@ -247,10 +335,11 @@ def worker(a: argparse.Namespace) -> None:
 
     if a.steps and MODELS[a.model]["steps"]:
         MODELS[a.model]["steps"] = a.steps
+    assets = json.loads(a.assets) if a.assets else {}
     if a.worker == "ad":
-        out = run_ad(a.model, a.data, a.image_size, a.threads, a.seed)
+        out = run_ad(a.model, a.data, a.image_size, a.threads, a.seed, assets)
     else:
-        out = run_peer(a.model, a.data, a.image_size, a.threads, a.seed, a.weights)
+        out = run_peer(a.model, a.data, a.image_size, a.threads, a.seed, a.weights, assets)
     a.result.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.result.with_suffix(".partial.npz")
     np.savez_compressed(tmp, scores=np.asarray(out["scores"], np.float32), maps=np.asarray(out["maps"], np.float16),
@@ -278,14 +367,14 @@ def evaluate(result: Path, truth: Dict[str, Any]) -> Dict[str, float]:
     }
 
 
-def run_side(a: argparse.Namespace, side: str, model: str, weights: Path) -> Path:
+def run_side(a: argparse.Namespace, side: str, model: str, weights: Path, assets: Dict[str, str]) -> Path:
     result = a.out / f"{model}.{side}.npz"
     if result.is_file() and not a.force:
         return result
     python = sys.executable if side == "ad" else a.peer_python
     cmd = ["nice", "-n", str(a.nice), python, str(Path(__file__).resolve()), "--worker", side, "--model", model,
            "--data", str(a.data), "--image-size", str(a.image_size), "--threads", str(a.threads),
-           "--seed", str(a.seed), "--weights", str(weights), "--result", str(result)]
+           "--seed", str(a.seed), "--weights", str(weights), "--result", str(result), "--assets", json.dumps(assets)]
     if a.steps:
         cmd += ["--steps", str(a.steps)]
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
@@ -331,6 +420,7 @@ def driver(a: argparse.Namespace) -> None:
         sys.exit(f"--peer-python {a.peer_python} does not exist; python -m venv it and pip install anomalib there")
     a.out.mkdir(parents=True, exist_ok=True)
     weights = lite0_timm_file(a.out)
+    assets = efficientad_assets(a.out, a.image_size) if "efficientad" in models else {}
     _, labels, masks, paths = load_split(a.data, a.image_size, "test", a.seed)
     truth = {"labels": labels.numpy(), "masks": (masks.numpy() > 0).astype(np.uint8), "paths": paths}
     started = time.strftime("%Y-%m-%d %H:%M")
@@ -339,7 +429,7 @@ def driver(a: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        futures = {(m, s): pool.submit(run_side, a, s, m, weights) for m in models for s in ("ad", "peer")}
+        futures = {(m, s): pool.submit(run_side, a, s, m, weights, assets) for m in models for s in ("ad", "peer")}
         rows = []
         for m in models:
             try:
@@ -386,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--assets", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     worker(a) if a.worker else driver(a)
 

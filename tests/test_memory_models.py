@@ -464,3 +464,42 @@ def test_nearest_distance_equals_brute_force_across_tile_edges(monkeypatch):
     flat, _ = KnnIndex("flat").search(bank, queries, 1)
     torch.testing.assert_close(nearest_distance(bank, queries), flat[:, 0], rtol=1e-4, atol=1e-4)
     assert float(nearest_distance(bank[:1], bank[:1])) < 1e-2  # a point to itself: 0 up to float32 cancellation
+
+
+def test_patchcore_bounded_fit_holds_at_most_its_budget_and_covers_like_the_full_fit(images):
+    """Past `feature_budget_mb` the training patches are reduced chunk by chunk (merge and reduce): the held
+    patches never pass the budget, the bank is the union of the chunks' coresets (rows of the training set,
+    the same ratio of each chunk) and covers the training patches nearly as tightly as the one-pass coreset."""
+    big = F.interpolate(images["train"], size=256, mode="bilinear", align_corners=False)
+    full = _fit(PatchCore(backbone=LITE0, coreset_ratio=0.1, feature_budget_mb=None), big, batch=1)
+    assert full.notes == []
+    feats = full.embed(big).reshape(-1, full.embed_dim)
+    per_image = feats.shape[0] // big.shape[0]
+    image_bytes = per_image * full.embed_dim * 4
+    budget_mb = 2
+    per_chunk = budget_mb * 2**20 // image_bytes + 1  # images held when the budget is first passed
+    assert 1 < per_chunk < big.shape[0] // 2  # several chunks, so the bound is exercised
+
+    model = PatchCore(backbone=LITE0, coreset_ratio=0.1, feature_budget_mb=budget_mb)
+    model.train()
+    model.on_fit_start()
+    with torch.no_grad():
+        for i in range(big.shape[0]):
+            model.training_step({"image": big[i : i + 1]})
+            assert model.held_feature_bytes() <= budget_mb * 2**20
+    model.on_fit_end(None)
+    chunks = [min(per_chunk, big.shape[0] - s) for s in range(0, big.shape[0], per_chunk)]
+    assert model.memory_bank.shape[0] == sum(max(1, round(0.1 * c * per_image)) for c in chunks)
+    assert model.notes and f"{len(chunks)} chunks" in model.notes[0] and "feature_budget_mb=2" in model.notes[0]
+    d = torch.cdist(model.memory_bank, feats, compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    assert d.max() < 1e-4  # every bank row is a training patch
+    assert covering_radius(feats, model.memory_bank) <= 1.25 * covering_radius(feats, full.memory_bank)  # 1.06 measured
+    # a budget the features fit in changes nothing
+    same = _fit(PatchCore(backbone=LITE0, coreset_ratio=0.1, feature_budget_mb=64), big, batch=1)
+    assert torch.equal(same.memory_bank, full.memory_bank) and same.notes == []
+    # and the scores stay those of a PatchCore: defects above normals
+    bad = F.interpolate(images["bad"], size=256, mode="bilinear", align_corners=False)
+    good = F.interpolate(images["good"], size=256, mode="bilinear", align_corners=False)
+    model.eval()
+    s_bad, s_good = model.predict(bad).scores, model.predict(good).scores
+    assert roc_auc_score([1] * len(s_bad) + [0] * len(s_good), torch.cat([s_bad, s_good]).numpy()) > 0.9

@@ -3,6 +3,14 @@
 Locally aware patch features from mid-level backbone layers form a memory bank of nominal patches, reduced by
 greedy k-center coreset subsampling; a test patch's score is its distance to the nearest bank patch. The
 image score is the largest patch score, reweighted by how isolated its nearest bank patch is (paper eq. 7).
+
+Bounded memory: the training patches are held until the end of the fit (one greedy pass over all of them, the
+paper's procedure) only while they fit in `feature_budget_mb`. A larger training set (Real-IAD's thousands of
+views, a large image size or backbone) is reduced as it streams: whenever the held patches pass the budget they
+are cut to their own coreset (`coreset_ratio` of them) and only those rows are kept (merge and reduce), so the
+fit holds at most the budget plus the growing bank, never the category. The bank then has the same size
+(up to per-chunk rounding), each chunk is covered as tightly as its own greedy covers it, and the run's notes
+say the bank was built in chunks.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ class PatchCore(AnomalyModel):
         seed: NonNegativeInt = 0,
         search: Literal["exact", "flat", "ivf"] = "exact",
         nprobe: PositiveInt = 8,
+        feature_budget_mb: Optional[PositiveInt] = 4096,
     ) -> None:
         super().__init__()
         if not 0.0 < float(coreset_ratio) <= 1.0:
@@ -63,8 +72,11 @@ class PatchCore(AnomalyModel):
         self.seed = int(seed)
         self.search = search
         self.nprobe = int(nprobe)
+        self.feature_budget_mb = int(feature_budget_mb) if feature_budget_mb else None
         self.register_buffer("memory_bank", torch.empty(0, self.embed_dim))
-        self._train_features: List[torch.Tensor] = []
+        self._train_features: List[torch.Tensor] = []  # held patches not yet reduced
+        self._reduced: List[torch.Tensor] = []  # coresets of the chunks reduced so far (bounded fits)
+        self.notes: List[str] = []
         self._index = self._new_index()
 
     def _new_index(self) -> KnnIndex:
@@ -93,32 +105,49 @@ class PatchCore(AnomalyModel):
 
     # --- fitting ------------------------------------------------------------------------------------------
     def on_fit_start(self, train_loader=None) -> None:
-        self._train_features = []
+        self._train_features, self._reduced, self.notes = [], [], []
 
     def training_step(self, batch: Dict[str, Any]) -> None:
         emb = self.embed(batch["image"])
         self._train_features.append(emb.reshape(-1, emb.shape[-1]).detach().float().cpu())
+        if self.feature_budget_mb and self.held_feature_bytes() > self.feature_budget_mb * 2**20:
+            self._reduced.append(self._coreset_of(self._train_features))
+            self._train_features = []
         return None
 
+    def held_feature_bytes(self) -> int:
+        """Bytes of training patches held and not yet reduced (what `feature_budget_mb` bounds)."""
+        return sum(c.numel() * c.element_size() for c in self._train_features)
+
     def on_fit_end(self, val_loader: Optional[Iterable[Dict[str, Any]]] = None) -> None:
-        if not self._train_features:
+        if not self._train_features and not self._reduced:
             raise RuntimeError("PatchCore.on_fit_end: no training features were collected")
-        chunks, self._train_features = self._train_features, []
+        if self._reduced:  # a bounded fit: the bank is the chunks' coresets
+            if self._train_features:
+                self._reduced.append(self._coreset_of(self._train_features))
+            self.notes = [f"PatchCore: training patches exceeded model.feature_budget_mb={self.feature_budget_mb}; "
+                          f"memory bank built from the coresets of {len(self._reduced)} chunks"]
+            bank = torch.cat(self._reduced)
+        else:
+            bank = self._coreset_of(self._train_features)
+        self._train_features, self._reduced = [], []
+        self.memory_bank = bank.to(self.memory_bank.device, torch.float32).contiguous()
+        self._index = self._new_index()  # never reuse an index of a previous fit
+
+    def _coreset_of(self, chunks: List[torch.Tensor]) -> torch.Tensor:
+        """The `coreset_ratio` greedy coreset of the rows of `chunks` (all of them when that is every row)."""
         n = sum(c.shape[0] for c in chunks)
         n_select = max(1, int(round(self.coreset_ratio * n)))
         if n_select >= n:
-            bank = torch.cat(chunks)
-        else:
-            idx = greedy_coreset(chunks, n_select, projection_dim=self.projection_dim,
-                                 cell_size=self.coreset_cell_size, seed=self.seed, device=self.memory_bank.device)
-            # idx is sorted: select each chunk's rows in turn (no concatenated copy of all features)
-            bank, lo = [], 0
-            for c in chunks:
-                bank.append(c[idx[(idx >= lo) & (idx < lo + c.shape[0])] - lo])
-                lo += c.shape[0]
-            bank = torch.cat(bank)
-        self.memory_bank = bank.to(self.memory_bank.device, torch.float32).contiguous()
-        self._index = self._new_index()  # never reuse an index of a previous fit
+            return torch.cat(chunks)
+        idx = greedy_coreset(chunks, n_select, projection_dim=self.projection_dim,
+                             cell_size=self.coreset_cell_size, seed=self.seed, device=self.memory_bank.device)
+        # idx is sorted: select each chunk's rows in turn (no concatenated copy of all features)
+        bank, lo = [], 0
+        for c in chunks:
+            bank.append(c[idx[(idx >= lo) & (idx < lo + c.shape[0])] - lo])
+            lo += c.shape[0]
+        return torch.cat(bank)
 
     # --- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
